@@ -1,0 +1,256 @@
+"""convert/alexnet_to_flax.py: parity with torchvision, strictness, bad inputs, atomic output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from convert import alexnet_to_flax as converter
+from voc_jax import weights
+
+SCRIPT = Path(converter.__file__)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+def seeded_alexnet(seed: int = 0) -> torch.nn.Module:
+    """A torchvision AlexNet re-initialised so that fc7 and the logits are of order 1 (unit-gain
+    normal init, non-zero biases). torchvision's own init gives logits of order 0.01, where an
+    absolute tolerance of 1e-5 would prove little; with He init they reach ~20, where float32
+    rounding alone (torch vs a float64 torch) is ~3e-5 and no float32 code can meet atol=1e-5."""
+    torch.manual_seed(seed)
+    model = torchvision.models.alexnet(weights=None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="linear")
+            torch.nn.init.normal_(module.bias, 0.0, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def torch_model() -> torch.nn.Module:
+    return seeded_alexnet()
+
+
+@pytest.fixture(scope="module")
+def pth(tmp_path_factory, torch_model) -> Path:
+    path = tmp_path_factory.mktemp("src") / "alexnet.pth"
+    torch.save(torch_model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, pth) -> Path:
+    out = tmp_path_factory.mktemp("conv") / "alexnet_flax"
+    result = run_cli("--pth", str(pth), "--out", str(out), "--verify")
+    assert result.returncode == 0, result.stderr
+    assert "verify at 224x224" in result.stdout
+    return out
+
+
+def torch_outputs(model: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        t = torch.from_numpy(x).permute(0, 3, 1, 2)
+        pooled = torch.flatten(model.avgpool(model.features(t)), 1)
+        fc7 = model.classifier[:6](pooled)
+        return model.classifier[6](fc7).numpy(), fc7.numpy()
+
+
+@pytest.mark.parametrize("size", [(224, 224), (256, 256), (227, 241)])
+def test_logits_and_fc7_match_torch(converted, torch_model, size):
+    params, metadata = weights.load_converted(converted)
+    model = weights.classifier_from_metadata(metadata)
+    x = np.random.default_rng(1).standard_normal((2, *size, 3)).astype(np.float32)
+    want_logits, want_fc7 = torch_outputs(torch_model, x)
+    with jax.default_matmul_precision("highest"):
+        logits = model.apply({"params": params}, x)
+        fc7 = model.apply({"params": params}, x, features_only=True)
+    assert np.abs(want_logits).max() > 1.0  # the comparison is not between near-zeros
+    np.testing.assert_allclose(np.asarray(logits), want_logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(fc7), want_fc7, rtol=1e-4, atol=1e-5)
+    # Against float64 torch, the exact answer: error at float32 rounding of the output's scale.
+    exact_logits, exact_fc7 = torch_outputs(torch_model.double(), x.astype(np.float64))
+    torch_model.float()
+    for got, exact in ((logits, exact_logits), (fc7, exact_fc7)):
+        assert np.abs(np.asarray(got) - exact).max() <= 2e-6 * np.abs(exact).max()
+
+
+def test_metadata(converted, pth):
+    meta = json.loads((converted / "metadata.json").read_text())
+    assert meta["source"]["kind"] == "pth"
+    assert meta["source"]["sha256"] == converter.sha256_of(pth)
+    assert meta["architecture"] == {
+        "name": "alexnet",
+        "conv1_padding": 2,
+        "input_size": 224,
+        "num_classes": 1000,
+    }
+    assert meta["preprocessing"]["channel_order"] == "RGB"
+    np.testing.assert_allclose(meta["preprocessing"]["mean"], [0.485, 0.456, 0.406])
+    np.testing.assert_allclose(meta["preprocessing"]["std"], [0.229, 0.224, 0.225])
+    assert meta["preprocessing"]["scale"] == pytest.approx(1 / 255)
+    assert meta["imagenet_classes"] == 1000
+
+
+def test_fc6_is_permuted_to_hwc(torch_model):
+    state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+    params, _ = converter.torch_to_flax(state, "mem")
+    w = state["classifier.1.weight"]  # (4096, 256*6*6), input index c*36 + h*6 + w
+    c, h, col, out = 17, 4, 2, 123
+    assert params["fc6"]["kernel"][(h * 6 + col) * 256 + c, out] == w[out, c * 36 + h * 6 + col]
+    conv = state["features.3.weight"]  # OIHW
+    assert params["conv2"]["kernel"][1, 3, 5, 7] == conv[7, 5, 1, 3]
+
+
+def test_verify_catches_a_wrong_layout(pth, tmp_path, monkeypatch, capsys):
+    """Without the fc6 permutation the logits differ: --verify exits 1 and writes nothing."""
+    original = converter.torch_to_flax
+
+    def unpermuted(state, source):
+        params, n = original(state, source)
+        params["fc6"]["kernel"] = np.ascontiguousarray(state["classifier.1.weight"].T)
+        return params, n
+
+    monkeypatch.setattr(converter, "torch_to_flax", unpermuted)
+    out = tmp_path / "out"
+    assert converter.main(["--pth", str(pth), "--out", str(out), "--verify"]) == 1
+    assert "disagrees" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def _bad_state(torch_model, change: str) -> dict[str, torch.Tensor]:
+    state = dict(torch_model.state_dict())
+    if change == "reshaped":
+        state["features.3.weight"] = state["features.3.weight"][:, :32]
+    elif change == "missing":
+        del state["classifier.4.bias"]
+    elif change == "extra":
+        state["classifier.7.weight"] = torch.zeros(3, 3)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            "reshaped",
+            "wrong shape features.3.weight: expected (192, 64, 5, 5), got (192, 32, 5, 5)",
+        ),
+        ("missing", "missing classifier.4.bias: expected shape (4096,)"),
+        ("extra", "unexpected classifier.7.weight: shape (3, 3)"),
+    ],
+)
+def test_strict_state_dict_errors(torch_model, tmp_path, change, expected):
+    src = tmp_path / f"{change}.pth"
+    torch.save(_bad_state(torch_model, change), src)
+    out = tmp_path / "out"
+    result = run_cli("--pth", str(src), "--out", str(out))
+    assert result.returncode == 2
+    assert expected in result.stderr and str(src) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]  # nothing written
+
+
+def test_vgg_state_dict_reports_every_problem(tmp_path):
+    src = tmp_path / "vgg11.pth"
+    torch.save(torchvision.models.vgg11(weights=None).state_dict(), src)
+    result = run_cli("--pth", str(src), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    err = result.stderr
+    assert "not a torchvision AlexNet state dict" in err
+    assert "unexpected features.13.weight" in err  # VGG-only layer
+    assert "wrong shape features.3.weight" in err  # both have it, different shapes
+    assert "missing features.10.weight" in err  # a max-pool in VGG
+    assert "unexpected classifier.0.weight" in err and "missing classifier.1.weight" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text", "empty"])
+def test_unreadable_files(pth, tmp_path, kind):
+    src = tmp_path / f"{kind}.pth"
+    if kind == "truncated":
+        data = pth.read_bytes()
+        src.write_bytes(data[: len(data) // 2])
+    elif kind == "text":
+        src.write_text("these are not the weights you are looking for\n")
+    else:
+        src.write_bytes(b"")
+    result = run_cli("--pth", str(src), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert f"{src}: not a readable torch state dict" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_file(tmp_path):
+    result = run_cli("--pth", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "nope.pth: no such file" in result.stderr
+
+
+def test_existing_output_needs_force(pth, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert converter.main(["--pth", str(pth), "--out", str(out)]) == 2
+    assert (out / "keep.txt").read_text() == "precious"
+    assert converter.main(["--pth", str(pth), "--out", str(out), "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "params.msgpack"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary leftovers
+
+
+def test_torchvision_download_offline_is_one_clear_line(tmp_path):
+    dead_proxy = "http://127.0.0.1:9"  # discard port: connection refused at once
+    env = {
+        "TORCH_HOME": str(tmp_path / "torch_home"),
+        "http_proxy": dead_proxy,
+        "https_proxy": dead_proxy,
+        "HTTP_PROXY": dead_proxy,
+        "HTTPS_PROXY": dead_proxy,
+        "no_proxy": "",
+    }
+    result = run_cli("--torchvision", "--out", str(tmp_path / "out"), env=env)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "--pth" in lines[0] and "offline?" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_explains_every_option():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for option in ("--torchvision", "--pth", "--out", "--verify", "--force", "--mean", "--std"):
+        assert option in result.stdout
+
+
+def test_preprocessing_override(pth, tmp_path):
+    out = tmp_path / "out"
+    code = converter.main(
+        ["--pth", str(pth), "--out", str(out), "--channel-order", "BGR", "--scale", "1"]
+        + ["--mean", "1", "2", "3", "--std", "4", "5", "6"]
+    )
+    assert code == 0
+    _, meta = weights.load_converted(out)
+    assert meta["preprocessing"] == {
+        "channel_order": "BGR",
+        "scale": 1.0,
+        "mean": [1.0, 2.0, 3.0],
+        "std": [4.0, 5.0, 6.0],
+    }
