@@ -1,0 +1,290 @@
+"""The VOC reader: a VOC-layout root + split -> validated records.
+
+Conventions: boxes are float32 ``(x0, y0, x1, y1)`` in 0-based pixel coordinates, i.e. the XML
+value minus 1 (what the reference uses); labels are 1..20 in the official class order (0 is
+background in the model). Every problem is collected with the file it came from; warnings
+(clipped or dropped boxes) become errors in strict mode, and all errors are raised together
+before any long work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from defusedxml import ElementTree as SafeET
+
+from voc_jax.classes import CLASS_INDEX, VOC_CLASSES
+
+
+class VocError(ValueError):
+    """A dataset that cannot be used as it is; the message lists every problem found."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    severity: str  # "error" or "warning"
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.path}: {self.message}"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class VocRecord:
+    image_id: str
+    image_path: Path
+    width: int
+    height: int
+    boxes: np.ndarray  # float32 [N, 4] (x0, y0, x1, y1), 0-based
+    labels: np.ndarray  # int32 [N], 1..20
+    difficult: np.ndarray  # bool [N]
+    truncated: np.ndarray  # bool [N]
+
+    @property
+    def num_objects(self) -> int:
+        return len(self.labels)
+
+    def targets(self) -> np.ndarray:
+        """int8 [20]: 1 has a non-difficult object, 0 only difficult ones, -1 none (official)."""
+        out = np.full(len(VOC_CLASSES), -1, np.int8)
+        out[self.labels[self.difficult] - 1] = 0
+        out[self.labels[~self.difficult] - 1] = 1
+        return out
+
+
+@dataclasses.dataclass
+class VocDataset:
+    root: Path
+    split: str
+    records: list[VocRecord]
+    problems: list[Problem]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    def targets(self) -> np.ndarray:
+        """int8 [num_images, 20] image-level targets (see VocRecord.targets)."""
+        return np.stack([r.targets() for r in self.records]) if self.records else np.zeros((0, 20))
+
+
+def _text(element: ET.Element, tag: str) -> str | None:
+    child = element.find(tag)
+    return None if child is None or child.text is None else child.text.strip()
+
+
+def _number(element: ET.Element, tag: str) -> float:
+    value = _text(element, tag)
+    if value is None:
+        raise ValueError(f"missing <{tag}>")
+    return float(value)
+
+
+def parse_annotation(
+    xml_path: Path, *, image_path: Path | None = None, strict: bool = False
+) -> tuple[VocRecord | None, list[Problem]]:
+    """One XML file -> (record or None when unusable, problems found)."""
+    problems: list[Problem] = []
+    where = str(xml_path)
+
+    def warn(message: str) -> None:
+        problems.append(Problem("error" if strict else "warning", where, message))
+
+    try:
+        root = SafeET.parse(xml_path).getroot()
+    except ET.ParseError as e:
+        line, column = e.position
+        return None, [
+            Problem("error", where, f"malformed XML at line {line}, column {column}: {e}")
+        ]
+    except OSError as e:
+        return None, [Problem("error", where, f"cannot read: {e}")]
+    except Exception as e:  # defusedxml refuses entities, DTDs and the like
+        return None, [Problem("error", where, f"refused XML ({type(e).__name__}): {e}")]
+
+    size = root.find("size")
+    try:
+        if size is None:
+            raise ValueError("missing <size>")
+        width, height = int(_number(size, "width")), int(_number(size, "height"))
+        if width <= 0 or height <= 0:
+            raise ValueError(f"non-positive <size> {width}x{height}")
+    except ValueError as e:
+        return None, [Problem("error", where, f"{e}; cannot place the boxes without it")]
+
+    boxes, labels, difficult, truncated = [], [], [], []
+    for index, obj in enumerate(root.findall("object")):
+        name = _text(obj, "name")  # a direct child only: <part> names are not classes
+        if name not in CLASS_INDEX:
+            problems.append(Problem("error", where, f"object {index}: unknown class {name!r}"))
+            continue
+        bndbox = obj.find("bndbox")
+        try:
+            if bndbox is None:
+                raise ValueError("missing <bndbox>")
+            x0, y0, x1, y1 = (_number(bndbox, t) - 1.0 for t in ("xmin", "ymin", "xmax", "ymax"))
+        except ValueError as e:
+            problems.append(Problem("error", where, f"object {index} ({name}): {e}"))
+            continue
+        clipped = (
+            float(np.clip(x0, 0, width - 1)),
+            float(np.clip(y0, 0, height - 1)),
+            float(np.clip(x1, 0, width - 1)),
+            float(np.clip(y1, 0, height - 1)),
+        )
+        if clipped != (x0, y0, x1, y1):
+            warn(
+                f"object {index} ({name}): box {(x0 + 1, y0 + 1, x1 + 1, y1 + 1)} outside the "
+                f"{width}x{height} image; clipped"
+            )
+        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+            warn(f"object {index} ({name}): empty or inverted box {clipped} (0-based); dropped")
+            continue
+        boxes.append(clipped)
+        labels.append(CLASS_INDEX[name])
+        difficult.append(_text(obj, "difficult") == "1")
+        truncated.append(_text(obj, "truncated") == "1")
+
+    if any(p.severity == "error" for p in problems):
+        return None, problems
+    record = VocRecord(
+        image_id=xml_path.stem,
+        image_path=image_path if image_path is not None else xml_path,
+        width=width,
+        height=height,
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        labels=np.asarray(labels, np.int32),
+        difficult=np.asarray(difficult, bool),
+        truncated=np.asarray(truncated, bool),
+    )
+    return record, problems
+
+
+def read_split(root: Path, split: str) -> list[str]:
+    path = Path(root) / "ImageSets" / "Main" / f"{split}.txt"
+    if not path.is_file():
+        raise VocError(f"{path}: split list not found (is {root} a VOC2007 directory?)")
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if len(set(ids)) != len(ids):
+        raise VocError(f"{path}: lists some image ids more than once")
+    return ids
+
+
+def read_class_targets(root: Path, split: str) -> dict[str, np.ndarray] | None:
+    """The official per-class files as {image_id: int8 [20]}, or None when absent."""
+    main = Path(root) / "ImageSets" / "Main"
+    columns: dict[str, np.ndarray] = {}
+    for c, name in enumerate(VOC_CLASSES):
+        path = main / f"{name}_{split}.txt"
+        if not path.is_file():
+            return None
+        for line in path.read_text().splitlines():
+            if line.strip():
+                image_id, value = line.split()
+                columns.setdefault(image_id, np.full(len(VOC_CLASSES), -2, np.int8))[c] = int(value)
+    return columns
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+def decode_check(path: Path) -> None:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+
+
+def load_dataset(
+    root: str | Path,
+    split: str,
+    *,
+    strict: bool = False,
+    images: str = "sizes",
+    raise_on_error: bool = True,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> VocDataset:
+    """Index ``root`` (a VOC2007 directory) for ``split``.
+
+    ``images``: "none" (annotations only), "exist" (all listed images must exist: missing ones
+    are reported together), "sizes" (also compare the XML size with the file's header: the
+    default), or "decode" (also decode every image). Raises VocError listing every error unless
+    ``raise_on_error`` is False (then check ``dataset.errors``).
+    """
+    root = Path(root)
+    if images not in ("none", "exist", "sizes", "decode"):
+        raise ValueError(f"images must be none, exist, sizes or decode, got {images!r}")
+    ids = read_split(root, split)
+    problems: list[Problem] = []
+    jpeg_dir = root / "JPEGImages"
+    if images != "none":
+        missing = [i for i in ids if not (jpeg_dir / f"{i}.jpg").is_file()]
+        if missing:
+            shown = ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
+            problems.append(
+                Problem(
+                    "error",
+                    str(jpeg_dir),
+                    f"{len(missing)} of {len(ids)} images listed in {split}.txt are missing: {shown}",
+                )
+            )
+    records = []
+    iterator: Iterable[str] = progress(ids) if progress else ids
+    for image_id in iterator:
+        xml_path = root / "Annotations" / f"{image_id}.xml"
+        image_path = jpeg_dir / f"{image_id}.jpg"
+        if not xml_path.is_file():
+            problems.append(Problem("error", str(xml_path), f"annotation of {image_id} not found"))
+            continue
+        record, found = parse_annotation(xml_path, image_path=image_path, strict=strict)
+        problems.extend(found)
+        if record is None:
+            continue
+        if images in ("sizes", "decode") and image_path.is_file():
+            try:
+                w, h = image_size(image_path)
+                if images == "decode":
+                    decode_check(image_path)
+            except Exception as e:  # PIL raises several types for broken files
+                problems.append(
+                    Problem("error", str(image_path), f"does not decode ({type(e).__name__}: {e})")
+                )
+                continue
+            if (w, h) != (record.width, record.height):
+                problems.append(
+                    Problem(
+                        "error",
+                        str(xml_path),
+                        f"<size> says {record.width}x{record.height} but {image_path.name} is {w}x{h}",
+                    )
+                )
+                continue
+        records.append(record)
+    dataset = VocDataset(root, split, records, problems)
+    if raise_on_error and dataset.errors:
+        raise VocError(format_problems(dataset.errors, header=f"{root} ({split}): "))
+    return dataset
+
+
+def format_problems(problems: Sequence[Problem], header: str = "", limit: int = 50) -> str:
+    lines = [str(p) for p in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"... and {len(problems) - limit} more")
+    return f"{header}{len(problems)} problem(s):\n  " + "\n  ".join(lines)
