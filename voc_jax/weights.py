@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
+from voc_jax.atomic import atomic_directory
 from voc_jax.model import BACKBONE_LAYERS, AlexNet, TransferHead
 from voc_jax.preprocessing import Preprocessing
 
@@ -115,26 +114,11 @@ def save_converted(
         raise WeightsError(
             f"{out}: refusing to write inconsistent params:\n  " + "\n  ".join(problems)
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is a normal directory
+    with atomic_directory(out, overwrite=overwrite) as tmp:
         numpy_params = jax.tree.map(lambda a: np.asarray(a, np.float32), dict(params))
         (tmp / PARAMS_FILE).write_bytes(serialization.msgpack_serialize(numpy_params))
         full_metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata}
         (tmp / METADATA_FILE).write_text(json.dumps(full_metadata, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
