@@ -1,0 +1,156 @@
+"""voc_jax/data/pipeline.py: decoding, canvas, sampled batches, determinism, resumable state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from voc_jax.data import patches as P
+from voc_jax.data.pipeline import (
+    ImageError,
+    PatchConfig,
+    decode_image,
+    epoch_dataset,
+    fit_canvas,
+    iterate,
+    make_example,
+)
+from voc_jax.data.synthetic import SyntheticConfig, generate
+from voc_jax.data.voc import load_dataset
+
+SMALL = PatchConfig(patches_per_image=32, min_patches=32, min_scales=3, canvas=(500, 500))
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    root = generate(
+        tmp_path_factory.mktemp("syn") / "VOC2007", SyntheticConfig(num_trainval=10, num_test=5)
+    )
+    return load_dataset(root, "trainval").records
+
+
+def collect(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def test_batch_layout(records):
+    ds = epoch_dataset(records, SMALL, images_per_batch=2, train=True, seed=0)
+    assert len(ds) == 5
+    batch = ds[0]
+    assert batch["image"].shape == (2, 500, 500, 3) and batch["image"].dtype == np.uint8
+    assert batch["boxes"].shape == (2, 32, 4) and batch["boxes"].dtype == np.float32
+    assert batch["labels"].shape == (2, 32) and batch["labels"].dtype == np.int32
+    assert batch["row_intervals"].shape == (2, SMALL.max_rows, 2)
+    for i in range(2):
+        record = records[batch["image_index"][i]]
+        assert batch["image_size"][i].tolist() == [record.height, record.width]
+        # Labels are the rule's labels of exactly these boxes.
+        want = P.patch_labels(batch["boxes"][i], record.boxes, record.labels, record.difficult)
+        np.testing.assert_array_equal(batch["labels"][i], want)
+        # Padding beyond the true size is zero.
+        assert batch["image"][i, record.height :].max(initial=0) == 0
+
+
+def test_training_keeps_positives(records):
+    config = PatchConfig(min_scales=5, min_patches=64, patches_per_image=64)
+    for index, record in enumerate(records[:4]):
+        ex = make_example(record, index, np.random.default_rng(0), config, train=True)
+        boxes, _ = P.patch_boxes(record.width, record.height, config.scales, 64, 5)
+        labels = P.patch_labels(boxes, record.boxes, record.labels, record.difficult)
+        assert (ex["labels"] > 0).sum() == min(64, (labels > 0).sum())
+
+
+def test_deterministic_and_reshuffled_per_epoch(records):
+    def order(seed, epoch):
+        ds = epoch_dataset(records, SMALL, images_per_batch=2, train=True, seed=seed, epoch=epoch)
+        return [int(i) for b in ds for i in b["image_index"]]
+
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 0) != order(0, 1)
+    assert order(0, 0) != order(1, 0)
+    assert sorted(order(0, 1)) == list(range(10))
+    a = epoch_dataset(records, SMALL, images_per_batch=2, train=True, seed=0)
+    b = epoch_dataset(records, SMALL, images_per_batch=2, train=True, seed=0)
+    assert_batches_equal([a[0], a[3]], [b[0], b[3]])
+
+
+def test_evaluation_covers_every_image_once(records):
+    ds = epoch_dataset(records, SMALL, images_per_batch=4, train=False, seed=0)
+    seen = [int(i) for b in ds for i in b["image_index"]]
+    assert seen == list(range(10)) + [-1, -1]
+    last = ds[len(ds) - 1]
+    assert (last["labels"][2:] == P.IGNORE).all()
+    shards = [
+        [int(i) for b in epoch_dataset(records, SMALL, images_per_batch=2, train=False, seed=0,
+                                       shard_index=s, shard_count=3) for i in b["image_index"]]
+        for s in range(3)
+    ]  # fmt: skip
+    assert sorted(i for s in shards for i in s if i >= 0) == list(range(10))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_restored_iterator_continues_exactly(records, workers):
+    ds = epoch_dataset(records, SMALL, images_per_batch=2, train=True, seed=5)
+    original = iterate(ds, workers=workers)
+    collect(original, 2)
+    state = original.get_state()
+    rest = collect(original, 3)
+    restored = iterate(ds, workers=workers)
+    restored.set_state(state)
+    assert_batches_equal(collect(restored, 3), rest)
+    straight = collect(iterate(ds), 5)
+    assert_batches_equal(straight[2:], rest)  # workers change nothing
+
+
+def test_decode_odd_files(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (20, 30, 3), np.uint8)
+    cases = {
+        "gray.jpg": Image.fromarray(rgb[..., 0]),
+        "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+        "palette.png": Image.fromarray(rgb).convert("P"),
+        "rgba.png": Image.fromarray(np.dstack([rgb, np.full((20, 30), 255, np.uint8)])),
+    }
+    for name, image in cases.items():
+        fmt = "PNG" if name.endswith(".png") else "JPEG"
+        target = tmp_path / name.replace(".png", ".jpg")  # PNG content named .jpg
+        image.save(target, format=fmt)
+        out = decode_image(str(target), (30, 20))
+        assert out.shape == (20, 30, 3) and out.dtype == np.uint8, name
+    gray = decode_image(str(tmp_path / "gray.jpg"))
+    assert (gray[..., 0] == gray[..., 1]).all()
+    with pytest.raises(ImageError, match=r"gray\.jpg: is 30x20 but its annotation says 31x20"):
+        decode_image(str(tmp_path / "gray.jpg"), (31, 20))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(ImageError, match=r"broken\.jpg: cannot decode"):
+        decode_image(str(broken))
+
+
+def test_large_images_are_scaled_down_once():
+    image = np.zeros((800, 1000, 3), np.uint8)
+    boxes = np.array([[99.5, 199.5, 499.5, 599.5]], np.float32)
+    out, scaled = fit_canvas(image, boxes, (500, 500))
+    assert out.shape == (400, 500, 3)
+    np.testing.assert_allclose(scaled, [[49.5, 99.5, 249.5, 299.5]])  # (x + 0.5) * 0.5 - 0.5
+    same, unchanged = fit_canvas(np.zeros((300, 200, 3), np.uint8), boxes, (500, 500))
+    assert same.shape == (300, 200, 3) and unchanged is boxes
+
+
+def test_portrait_images_are_flagged(records, tmp_path: Path):
+    portrait = [r for r in records if r.height > r.width]
+    assert portrait, "the synthetic set has portrait images"
+    ex = make_example(portrait[0], 0, np.random.default_rng(0), SMALL, train=True)
+    assert bool(ex["transposed"])
+    np.testing.assert_array_equal(ex["col_intervals"], ex["boxes"][:, [1, 3]])
