@@ -222,3 +222,22 @@ def test_check_cli_exit_codes(tmp_path, capsys):
     assert check.main([str(root), "--strict"]) == 1
     assert check.main([str(tmp_path / "nowhere")]) == 2
     assert "split list not found" in capsys.readouterr().err
+
+
+def test_patch_statistics_add_up(tmp_path, capsys):
+    from voc_jax.data.patches import patch_boxes, patch_labels
+    from voc_jax.data.synthetic import SyntheticConfig, generate
+
+    root = generate(tmp_path / "syn", SyntheticConfig(num_trainval=6, num_test=0))
+    records = load_dataset(root, "trainval").records
+    labels = [
+        patch_labels(patch_boxes(r.width, r.height)[0], r.boxes, r.labels, r.difficult)
+        for r in records
+    ]
+    total = sum(len(x) for x in labels)
+    positives = sum(int((x > 0).sum()) for x in labels)
+    assert check.main([str(root), "--patch-stats"]) == 0
+    out = capsys.readouterr().out
+    assert f"{total} candidates over 6 images, {positives / total:.2%} positive" in out
+    dog = sum(int((x == VOC_CLASSES.index("dog") + 1).sum()) for x in labels)
+    assert f"| dog          | {dog:>8} |" in out

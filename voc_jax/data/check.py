@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from voc_jax.classes import VOC_CLASSES
+from voc_jax.data.patches import patch_boxes, patch_labels
 from voc_jax.data.voc import VocDataset, VocError, format_problems, load_dataset, read_class_targets
 
 
@@ -40,6 +41,35 @@ def class_table(dataset: VocDataset) -> str:
     lines.append(
         f"| {'total':<12} | {with_objects:>6} | {objects.sum():>7} | {difficult.sum():>9} | "
         f"{truncated.sum():>9} |"
+    )
+    return "\n".join(lines)
+
+
+def patch_statistics(dataset: VocDataset) -> str:
+    """Candidate patches per class under the reference geometry and label rule."""
+    counts = np.zeros(len(VOC_CLASSES) + 1, np.int64)
+    positives_per_image = []
+    for r in dataset.records:
+        boxes, _ = patch_boxes(r.width, r.height)
+        labels = patch_labels(boxes, r.boxes, r.labels, r.difficult)
+        counts += np.bincount(labels, minlength=len(counts))
+        positives_per_image.append(int((labels > 0).sum()))
+    total = counts.sum()
+    lines = [
+        f"patches under the reference rule: {total} candidates over {len(dataset)} images, "
+        f"{counts[1:].sum() / total:.2%} positive",
+        f"| {'class':<12} | {'patches':>8} | {'of all':>7} | {'of positives':>12} |",
+        f"|{'-' * 14}|{'-' * 9}:|{'-' * 8}:|{'-' * 13}:|",
+    ]
+    for c, name in enumerate(VOC_CLASSES, start=1):
+        lines.append(
+            f"| {name:<12} | {counts[c]:>8} | {counts[c] / total:>7.2%} | "
+            f"{counts[c] / max(counts[1:].sum(), 1):>12.2%} |"
+        )
+    per_image = np.array(positives_per_image)
+    lines.append(
+        f"positives per image: median {np.median(per_image):.0f}, mean {per_image.mean():.1f}, "
+        f"none in {(per_image == 0).sum()} images, more than 448 in {(per_image > 448).sum()}"
     )
     return "\n".join(lines)
 
@@ -74,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="trainval", help="ImageSets/Main/<split>.txt")
     parser.add_argument("--strict", action="store_true", help="warnings count as errors")
     parser.add_argument(
+        "--patch-stats",
+        action="store_true",
+        help="also count positive patches per class under the reference geometry and rule",
+    )
+    parser.add_argument(
         "--images",
         choices=("auto", "none", "exist", "sizes", "decode"),
         default="auto",
@@ -107,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(class_table(dataset))
         if comparison:
             print(comparison[1])
+        if args.patch_stats:
+            print(patch_statistics(dataset))
     if dataset.problems:
         print(format_problems(dataset.problems))
     print(f"{len(dataset.errors)} errors, {len(dataset.warnings)} warnings")
