@@ -90,7 +90,8 @@ def test_evaluation_covers_every_image_once(records):
     seen = [int(i) for b in ds for i in b["image_index"]]
     assert seen == list(range(10)) + [-1, -1]
     last = ds[len(ds) - 1]
-    assert (last["labels"][2:] == P.IGNORE).all()
+    assert (last["labels"][2:] == P.IGNORE).all() and not last["valid"][2:].any()
+    assert last["valid"][:2].all()
     shards = [
         [int(i) for b in epoch_dataset(records, SMALL, images_per_batch=2, train=False, seed=0,
                                        shard_index=s, shard_count=3) for i in b["image_index"]]

@@ -11,6 +11,7 @@ Batch layout (B images per batch, K patches per image, R row intervals):
   image_size    int32   [B, 2]          true (height, width) on the canvas
   boxes         float32 [B, K, 4]       (x0, y0, x1, y1) crop rectangles, canvas pixels
   labels        int32   [B, K]          0 background, 1..20 classes, -1 ignored / padding
+  valid         bool    [B, K]          a real sampled patch (False only for padding)
   image_index   int32   [B]             index into the records list (-1 for padding)
   row_intervals float32 [B, R, 2]       distinct intervals for the shared vertical pass
   row_index     int32   [B, K]          which interval each patch uses
@@ -121,11 +122,12 @@ def make_example(
     k = config.patches_per_image
     if train:
         chosen = P.sample_train(labels, rng, k, shuffle=config.shuffle_patches)
-        sampled_labels = labels[chosen]
+        valid = np.ones(k, bool)
     else:
         chosen = P.sample_test(len(boxes), rng, k, config.test_sampling)
-        sampled_labels = np.where(chosen >= 0, labels[np.maximum(chosen, 0)], P.IGNORE)
-        chosen = np.maximum(chosen, 0)  # padding repeats patch 0 and is masked by its label
+        valid = chosen >= 0
+        chosen = np.maximum(chosen, 0)  # padding repeats patch 0, masked by valid and label
+    sampled_labels = np.where(valid, labels[chosen], P.IGNORE)
     sampled = boxes[chosen].astype(np.float32)
     transposed = h > w and config.canvas[0] == config.canvas[1]
     row_axis, col_axis = ([0, 2], [1, 3]) if transposed else ([1, 3], [0, 2])
@@ -135,6 +137,7 @@ def make_example(
         "image_size": np.array([h, w], np.int32),
         "boxes": sampled,
         "labels": sampled_labels.astype(np.int32),
+        "valid": valid,
         "image_index": np.int32(index),
         "row_intervals": row_intervals,
         "row_index": row_index,
@@ -152,6 +155,7 @@ def padding_example(config: PatchConfig) -> Batch:
         "image_size": np.array([2, 2], np.int32),
         "boxes": box,
         "labels": np.full(k, P.IGNORE, np.int32),
+        "valid": np.zeros(k, bool),
         "image_index": np.int32(-1),
         "row_intervals": np.tile(np.array([[0, 1]], np.float32), (config.max_rows, 1)),
         "row_index": np.zeros(k, np.int32),

@@ -1,0 +1,197 @@
+"""voc_jax/steps.py: one real training step, overfitting, no recompiles, multi-device."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from tests.configs import tiny
+from voc_jax import experiment, steps
+from voc_jax.data.pipeline import epoch_dataset
+from voc_jax.data.synthetic import SyntheticConfig, generate
+from voc_jax.data.voc import load_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    root = generate(
+        tmp_path_factory.mktemp("syn") / "VOC2007",
+        SyntheticConfig(num_trainval=4, num_test=0, min_side=100, max_side=150),
+    )
+    return load_dataset(root, "trainval").records
+
+
+def setup_step(config, unroll=None):
+    setup = experiment.build_model(config)
+    state, optimizer, labels, schedule = experiment.make_train_state(config, setup, 10)
+    step = jax.jit(
+        steps.make_train_step(
+            setup.model,
+            optimizer,
+            labels,
+            schedule,
+            setup.preprocessing,
+            patch_size=config.patches.size,
+            batch_size=config.batch_size,
+            unroll=unroll,
+        ),
+        donate_argnums=(0,),
+    )
+    return setup, state, step, schedule
+
+
+def first_batch(config, records, train=True):
+    ds = epoch_dataset(
+        records,
+        experiment.patch_config(config),
+        images_per_batch=config.images_per_step,
+        train=train,
+        seed=0,
+    )
+    return ds[0]
+
+
+def copy(tree):
+    return jax.tree.map(lambda a: np.array(a), tree)
+
+
+def test_frozen_params_bitwise_unchanged(records):
+    config = tiny.get_config()
+    config.optim.trainable = (r"head/.*",)
+    config.optim.weight_decay = 5e-4
+    _, state, step, schedule = setup_step(config)
+    before = copy(state.params)
+    state, metrics = step(state, first_batch(config, records))
+    after = copy(state.params)
+    for name in ("conv1", "conv5", "fc6", "fc7"):
+        for leaf in ("kernel", "bias"):
+            assert np.array_equal(before[name][leaf], after[name][leaf]), name
+    assert not np.array_equal(before["head"]["fc_a"]["kernel"], after["head"]["fc_a"]["kernel"])
+    assert int(state.step) == 2  # 8 patches, micro-batches of 4
+    # No optimizer state for the frozen backbone: momentum only for the head.
+    sizes = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim)
+    assert sizes == sum(x.size for x in jax.tree.leaves(before["head"]))
+    assert float(metrics["learning_rate"]) == float(schedule(1))
+    assert set(metrics) == {"loss", "accuracy", "positive_fraction", "learning_rate", "grad_norm"}
+
+
+def test_full_fine_tune_changes_everything(records):
+    config = tiny.get_config()
+    _, state, step, _ = setup_step(config)
+    before = copy(state.params)
+    state, _ = step(state, first_batch(config, records))
+    after = copy(state.params)
+    for name in ("conv1", "fc6", "head"):
+        changed = jax.tree.leaves(
+            jax.tree.map(lambda a, b: not np.array_equal(a, b), before[name], after[name])
+        )
+        assert all(changed), name
+
+
+def test_scan_and_unrolled_agree(records):
+    config = tiny.get_config()
+    batch = first_batch(config, records)
+    results = []
+    for unroll in (True, False):
+        _, state, step, _ = setup_step(config, unroll=unroll)
+        state, metrics = step(state, batch)
+        results.append((copy(state.params), float(metrics["loss"])))
+    assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
+    for a, b in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(results[1][0]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_overfits_one_image(records):
+    config = tiny.get_config()
+    config.model.dropout_rate = 0.0
+    config.patches.shuffle = False
+    config.optim.learning_rate = 0.003
+    config.optim.lr_changes = ()
+    config.optim.weight_decay = 0.0
+    _, state, step, _ = setup_step(config)
+    batch = first_batch(config, records[:1])
+    losses = []
+    for _ in range(30):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < losses[0] / 10, losses
+
+
+def test_second_call_does_not_recompile(records):
+    config = tiny.get_config()
+    _, state, step, _ = setup_step(config)
+    ds = epoch_dataset(
+        records, experiment.patch_config(config), images_per_batch=1, train=True, seed=0
+    )
+    state, _ = step(state, ds[0])
+    state, _ = step(state, ds[1])  # other boxes, labels, image size: same shapes
+    assert step._cache_size() == 1
+
+
+def test_eval_step_scores_every_image(records):
+    config = tiny.get_config()
+    setup = experiment.build_model(config)
+    eval_step = jax.jit(
+        steps.make_eval_step(
+            setup.model, setup.preprocessing, patch_size=64, batch_size=4, exponent=5.0
+        )
+    )
+    config.images_per_step = 2
+    out = eval_step(setup.params, first_batch(config, records, train=False))
+    assert out["power"].shape == (2, 20) and out["image_index"].tolist() == [0, 1]
+    assert np.isfinite(np.asarray(out["power"])).all()
+
+
+MULTI_DEVICE = textwrap.dedent(
+    """
+    import os, sys, json
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    sys.path.insert(0, {repo!r})
+    import jax, numpy as np
+    from tests.configs import tiny
+    from tests.test_steps import setup_step, first_batch
+    from voc_jax import experiment
+    from voc_jax.data.voc import load_dataset
+    records = load_dataset({root!r}, "trainval").records
+    config = tiny.get_config()
+    config.images_per_step = 2
+    batch = first_batch(config, records)
+    out = {{}}
+    for n in (1, 2):
+        mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                             devices=jax.devices()[:n])
+        _, state, step, _ = setup_step(config)
+        state = jax.device_put(state, experiment.replicated(mesh))
+        b = experiment.put_batch(batch, experiment.batch_sharding(mesh))
+        for _ in range(2):
+            state, metrics = step(state, b)
+        out[n] = jax.tree.map(np.asarray, state.params)
+        assert len(b["image"].sharding.device_set) == n
+    diffs = [float(np.abs(a - b).max()) for a, b in
+             zip(jax.tree.leaves(out[1]), jax.tree.leaves(out[2]))]
+    print(json.dumps({{"devices": jax.device_count(), "max_diff": max(diffs)}}))
+    """
+)
+
+
+def test_two_devices_match_one(records):
+    root = str(records[0].image_path.parent.parent)
+    script = MULTI_DEVICE.format(repo=str(REPO), root=root)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    import json
+
+    report = json.loads(line)
+    assert report["devices"] == 2
+    assert report["max_diff"] < 1e-4

@@ -1,0 +1,90 @@
+"""The reference recipe (seed.md): ImageNet AlexNet fine-tuned end to end on VOC 2007
+trainval patches, 448 per image as 7 SGD updates of 64, evaluated on VOC 2007 test.
+
+    python -m voc_jax.train --config voc_jax/configs/voc07_alexnet.py --workdir runs/ref \
+        --config.data.root=data/VOCdevkit/VOC2007 --config.init.weights=weights/alexnet_tv
+"""
+
+import ml_collections
+
+from voc_jax.data.patches import REFERENCE_SCALES
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # everything random derives from it: head init, shuffles, sampling, dropout
+    c.num_epochs = 10  # the published run; the reference converged after ~15
+    c.batch_size = 64  # patches per SGD update (per image micro-batch)
+    c.images_per_step = 1  # images per jitted call; each adds batch_size patches per update
+    c.log_every_steps = 50  # SGD updates between TensorBoard points
+
+    c.data = ml_collections.ConfigDict()
+    c.data.root = ""  # the VOC2007 directory (Annotations/, JPEGImages/, ImageSets/Main/)
+    c.data.train_split = "trainval"
+    c.data.test_split = "test"
+    c.data.max_train_images = 5000  # the reference uses the first 5000 of 5011; 0 = all
+    c.data.max_test_images = 0  # 0 = all
+    c.data.check_images = "sizes"  # validation before training: none, exist, sizes, decode
+    c.data.strict = False  # annotation warnings (clipped / dropped boxes) become errors
+    c.data.workers = 2  # host pipeline worker processes (0 = in the training process)
+    c.data.synthetic = ml_collections.ConfigDict()
+    c.data.synthetic.generate = False  # generate the synthetic VOC set if data.root is absent
+    c.data.synthetic.num_trainval = 200
+    c.data.synthetic.num_test = 100
+    c.data.synthetic.seed = 0
+    c.data.synthetic.min_side = 200  # image sides drawn from [min_side, max_side]
+    c.data.synthetic.max_side = 500
+
+    c.patches = ml_collections.ConfigDict()
+    c.patches.size = 224  # network input side (patches are resized to size x size)
+    c.patches.scales = REFERENCE_SCALES  # patch side = (min(W, H) - 1) / s
+    c.patches.per_image = 448  # K: patches sampled per image (train and test)
+    c.patches.min_patches = 448  # geometry: stop once this many patches ...
+    c.patches.min_scales = 11  # ... and this many scales were used
+    c.patches.min_patch_overlap = 0.2  # label rule: intersection >= 20% of the patch ...
+    c.patches.min_box_coverage = 0.6  # ... and >= 60% of the box
+    c.patches.difficult = "object"  # object (reference) | ignore | exclude
+    c.patches.shuffle = True  # mix positives over the 7 micro-batches
+    c.patches.test_sampling = "random"  # random (reference) | spread (deterministic)
+    c.patches.canvas = (500, 500)  # device image buffer; larger images are scaled down
+    c.patches.max_rows = 96  # distinct row intervals per image for the shared crop pass
+
+    c.model = ml_collections.ConfigDict()
+    c.model.num_classes = 21  # background + 20
+    c.model.head_hidden = 4096  # the new Dense layer's width
+    c.model.dropout_rate = 0.5
+    c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
+    c.model.conv1_padding = 2  # only for training from scratch; weights carry their own
+
+    c.init = ml_collections.ConfigDict()
+    c.init.weights = ""  # converter output directory; empty = train from scratch
+    c.init.keep_head = False  # use the head stored in the weights (a converted VOC model)
+    # Normalisation when training from scratch (converted weights carry their own):
+    c.init.channel_order = "RGB"
+    c.init.scale = 1.0 / 255.0
+    c.init.mean = (0.485, 0.456, 0.406)
+    c.init.std = (0.229, 0.224, 0.225)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.optimizer = "sgd"  # sgd (the reference) | adamw
+    c.optim.trainable = (".*",)  # regexes over param paths; the reference trains everything
+    c.optim.learning_rate = 1e-4
+    c.optim.schedule = "step"  # step (set to value at epoch) | cosine
+    c.optim.lr_changes = ((15, 1e-5), (20, 1e-6))  # (epoch, new rate) for schedule=step
+    c.optim.warmup_epochs = 0.0  # linear warm-up from 0
+    c.optim.momentum = 0.9  # sgd only
+    c.optim.nesterov = False
+    c.optim.weight_decay = 5e-4  # sgd: coupled L2, as neon; adamw: decoupled
+    c.optim.no_decay = ()  # regexes of params without decay; the reference decays biases too
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 1000  # SGD updates between checkpoints (and every epoch end)
+    c.checkpoint.max_to_keep = 3
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.exponent = 5.0  # image score = sum over patches of p(c | patch) ** exponent
+    c.eval.protocols = ("voc07", "area", "reference")  # AP protocols reported
+    c.eval.every_epochs = 0  # also evaluate every N epochs (0 = only at the end)
+    c.eval.images_per_step = 1  # test images per jitted call
+    c.eval.plots = True  # PR curves and per-class bar chart as PNG
+    return c

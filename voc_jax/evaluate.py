@@ -1,0 +1,280 @@
+"""Score a split and report per-class AP: ``python -m voc_jax.evaluate --workdir DIR``.
+
+Writes into ``DIR/eval/<step>/``: ``scores.npz`` (image ids, targets, the three poolings),
+the VOC devkit result files ``results/comp1_cls_<split>_<class>.txt`` (``<image id> <score>``),
+the AP table as Markdown (also printed), CSV and JSON for every protocol, with the reference's
+published numbers side by side on VOC 2007 test, ``pr_curves.png`` and ``ap_bars.png``.
+Evaluation is deterministic for a checkpoint (test sampling is seeded per image).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from voc_jax import experiment, metrics, steps
+from voc_jax.classes import VOC_CLASSES
+from voc_jax.data.pipeline import epoch_dataset, iterate
+from voc_jax.data.voc import VocRecord
+
+log = logging.getLogger(__name__)
+
+# The neon reference's published AP on VOC 2007 test, its own protocol (seed.md).
+REFERENCE_AP = dict(
+    zip(
+        VOC_CLASSES,
+        (81.17, 79.32, 81.21, 74.84, 52.89, 74.57, 87.72, 78.54, 63.00, 69.57)
+        + (58.28, 74.06, 77.38, 79.91, 90.69, 69.05, 78.02, 59.55, 81.32, 82.26),
+        strict=True,
+    )
+)
+REFERENCE_MAP = 74.67
+PROTOCOL_NAMES = {
+    "voc07": "VOC07 official (11-point, difficult ignored)",
+    "area": "all-points AP, difficult ignored",
+    "reference": "reference (all-points, difficult positive, scores < 1e-6 ignored)",
+}
+
+
+def compute_scores(
+    params: Any,
+    setup: experiment.ModelSetup,
+    records: Sequence[VocRecord],
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    *,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """{'power'|'mean'|'max': [N, 20]} image scores, one row per record, in record order."""
+    patch_cfg = experiment.patch_config(config)
+    dataset = epoch_dataset(
+        records,
+        patch_cfg,
+        images_per_batch=config.eval.images_per_step,
+        train=False,
+        seed=config.seed + 1_000_003,
+    )
+    step = jax.jit(
+        steps.make_eval_step(
+            setup.model,
+            setup.preprocessing,
+            patch_size=config.patches.size,
+            batch_size=config.batch_size,
+            exponent=config.eval.exponent,
+        )
+    )
+    sharding = experiment.batch_sharding(mesh)
+    params = jax.device_put(params, experiment.replicated(mesh))
+    out = {k: np.full((len(records), len(VOC_CLASSES)), np.nan) for k in ("power", "mean", "max")}
+    iterator = iterate(dataset, workers=config.data.workers)
+    for _ in tqdm(range(len(dataset)), desc="evaluating", unit="batch", disable=not progress):
+        result = jax.device_get(step(params, experiment.put_batch(next(iterator), sharding)))
+        keep = result["image_index"] >= 0
+        for pooling in out:
+            out[pooling][result["image_index"][keep]] = result[pooling][keep]
+    missing = np.isnan(out["power"]).any(axis=1)
+    if missing.any():
+        raise RuntimeError(f"{missing.sum()} images were not scored; this is a bug")
+    return out
+
+
+def ap_results(
+    scores: np.ndarray, targets: np.ndarray, protocols: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    results = {}
+    for protocol in protocols:
+        r = metrics.mean_average_precision(scores, targets, protocol)
+        results[protocol] = {
+            "ap": [float(a) for a in r["ap"]],
+            "map": r["map"],
+            "classes_without_positives": r["classes_without_positives"],
+        }
+    return results
+
+
+def format_table(results: dict[str, dict[str, Any]], with_reference: bool) -> str:
+    """Markdown: one row per class in the official order, then mAP; every column named by its
+    protocol; the reference's published column (its own protocol) when comparable."""
+    protocols = list(results)
+    header = ["class"] + [f"AP {p}" for p in protocols]
+    if with_reference:
+        header += ["published (reference protocol)", "difference"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+
+    def row(name, values, published):
+        cells = [name] + [f"{100 * v:.2f}" if np.isfinite(v) else "n/a" for v in values]
+        if with_reference:
+            ours = values[protocols.index("reference")] if "reference" in protocols else np.nan
+            cells += [f"{published:.2f}", f"{100 * ours - published:+.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    for c, name in enumerate(VOC_CLASSES):
+        row(name, [results[p]["ap"][c] for p in protocols], REFERENCE_AP[name])
+    row("**mAP**", [results[p]["map"] for p in protocols], REFERENCE_MAP)
+    notes = [f"- AP {p}: {PROTOCOL_NAMES[p]}" for p in protocols]
+    return "\n".join(lines + [""] + notes)
+
+
+def write_result_files(out_dir: Path, split: str, ids: Sequence[str], scores: np.ndarray) -> None:
+    """The devkit's comp1 (classification, own training data) format, one file per class."""
+    results = out_dir / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    for c, name in enumerate(VOC_CLASSES):
+        lines = "".join(f"{i} {s:.8g}\n" for i, s in zip(ids, scores[:, c], strict=True))
+        (results / f"comp1_cls_{split}_{name}.txt").write_text(lines)
+
+
+def read_result_files(directory: Path, split: str) -> tuple[list[str], np.ndarray]:
+    columns, ids = [], None
+    for name in VOC_CLASSES:
+        rows = [
+            line.split()
+            for line in (directory / f"comp1_cls_{split}_{name}.txt").read_text().splitlines()
+        ]
+        ids = ids or [r[0] for r in rows]
+        columns.append([float(r[1]) for r in rows])
+    return ids, np.array(columns).T
+
+
+def write_plots(
+    out_dir: Path, scores: np.ndarray, targets: np.ndarray, results, with_reference: bool
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(4, 5, figsize=(16, 13), sharex=True, sharey=True)
+    for c, (name, ax) in enumerate(zip(VOC_CLASSES, axes.ravel(), strict=True)):
+        for protocol, style in (("voc07", "-"), ("reference", "--")):
+            if np.isnan(results.get(protocol, {"ap": [np.nan] * 20})["ap"][c]):
+                continue
+            pr = metrics.precision_recall(scores[:, c], targets[:, c], protocol)
+            ax.plot(pr.recall, pr.precision, style, label=protocol)
+        ap = results[next(iter(results))]["ap"][c]
+        ax.set_title(f"{name} ({100 * ap:.1f})", fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.supxlabel("recall")
+    fig.supylabel("precision")
+    fig.suptitle(f"precision-recall per class (title: AP {next(iter(results))})")
+    fig.tight_layout()
+    fig.savefig(out_dir / "pr_curves.png", dpi=80)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(14, 5))
+    x = np.arange(len(VOC_CLASSES))
+    protocol = "reference" if "reference" in results else next(iter(results))
+    ax.bar(x - 0.2, 100 * np.array(results[protocol]["ap"]), 0.4, label=f"voc-jax ({protocol})")
+    if with_reference:
+        ax.bar(
+            x + 0.2, [REFERENCE_AP[n] for n in VOC_CLASSES], 0.4, label="neon reference (published)"
+        )
+    ax.set_xticks(x, VOC_CLASSES, rotation=45, ha="right")
+    ax.set_ylabel("AP (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax.set_title(f"per-class AP, mAP {100 * results[protocol]['map']:.2f} ({protocol})")
+    fig.tight_layout()
+    fig.savefig(out_dir / "ap_bars.png", dpi=80)
+    plt.close(fig)
+
+
+def is_voc2007_test(root: Path, split: str, n_images: int) -> bool:
+    """Comparable with the published numbers: the real VOC 2007 test split, complete."""
+    return split == "test" and not (root / "synthetic.json").exists() and n_images == 4952
+
+
+def evaluate(
+    params: Any,
+    setup: experiment.ModelSetup,
+    dataset,
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Scores + APs for ``dataset`` (a VocDataset); files into ``out_dir`` when ``write``."""
+    records = dataset.records
+    scores = compute_scores(params, setup, records, config, mesh, progress=progress)
+    targets = np.stack([r.targets() for r in records])
+    results = ap_results(scores["power"], targets, tuple(config.eval.protocols))
+    extra = {
+        pooling: metrics.mean_average_precision(scores[pooling], targets, "voc07")["map"]
+        for pooling in ("mean", "max")
+    }
+    with_reference = is_voc2007_test(dataset.root, dataset.split, len(records))
+    table = format_table(results, with_reference)
+    summary = {
+        "split": dataset.split,
+        "images": len(records),
+        "exponent": config.eval.exponent,
+        "results": results,
+        "voc07_map_other_poolings": extra,
+        "table": table,
+    }
+    if write:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ids = [r.image_id for r in records]
+        np.savez(out_dir / "scores.npz", image_ids=np.array(ids), targets=targets, **scores)
+        write_result_files(out_dir, dataset.split, ids, scores["power"])
+        (out_dir / "ap_table.md").write_text(table + "\n")
+        with open(out_dir / "ap_table.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["class"] + [f"ap_{p}" for p in results])
+            for c, name in enumerate(VOC_CLASSES):
+                writer.writerow([name] + [f"{results[p]['ap'][c]:.6f}" for p in results])
+            writer.writerow(["mAP"] + [f"{results[p]['map']:.6f}" for p in results])
+        (out_dir / "ap_table.json").write_text(
+            json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2) + "\n"
+        )
+        if config.eval.plots:
+            write_plots(out_dir, scores["power"], targets, results, with_reference)
+    return summary
+
+
+# ----------------------------------------------------------------------------- CLI
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Only when run as a program, so importing this module defines no flags."""
+    flags.DEFINE_string("workdir", None, "training workdir (its config.json and checkpoints)")
+    flags.DEFINE_integer("checkpoint", None, "checkpoint step (default: the latest)")
+    flags.DEFINE_string("split", None, "split to score (default: config.data.test_split)")
+    config_flags.DEFINE_config_file("config", None, "config file (default: WORKDIR/config.json)")
+
+
+def main(argv: Sequence[str]) -> int:
+    del argv
+    from voc_jax import train  # the restore logic lives with training
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if FLAGS.workdir is None:
+        print("error: --workdir is required", file=sys.stderr)
+        return 2
+    workdir = Path(FLAGS.workdir)
+    config = FLAGS.config or experiment.load_config(workdir)
+    return train.evaluate_workdir(config, workdir, step=FLAGS.checkpoint, split=FLAGS.split)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(lambda argv: sys.exit(main(argv)))

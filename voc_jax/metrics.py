@@ -1,0 +1,109 @@
+"""Average precision for VOC classification, three protocols (pure NumPy).
+
+Targets follow the official per-class files: 1 positive, 0 difficult only, -1 negative.
+
+- ``voc07``: the official VOC 2007 devkit: images with target 0 ignored, 11-point
+  interpolated AP (mean over t = 0, 0.1, ..., 1 of the best precision at recall >= t).
+- ``area``: official difficult handling, all-points AP (area under the monotone precision
+  envelope, the VOC 2010+ devkit).
+- ``reference``: what the neon reference computed: target 0 counts as positive, all-points
+  AP, images scoring below 1e-6 ignored (removed from the ranking and from the positives
+  counted for recall; seed.md does not say more).
+
+Ties: images are ranked by score with a stable sort, so tied images keep their dataset
+order, as the devkit's MATLAB ``sort`` does. A class without positive images has no AP: it is
+NaN, reported, and left out of the mean (never a silent 0). NaN or infinite scores are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+
+PROTOCOLS = ("voc07", "area", "reference")
+REFERENCE_SCORE_FLOOR = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionRecall:
+    precision: np.ndarray
+    recall: np.ndarray
+
+
+def _select(scores: np.ndarray, targets: np.ndarray, protocol: str):
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    targets = np.asarray(targets).reshape(-1)
+    if scores.shape != targets.shape:
+        raise ValueError(f"scores {scores.shape} and targets {targets.shape} differ in shape")
+    if not np.isfinite(scores).all():
+        bad = np.flatnonzero(~np.isfinite(scores))
+        raise ValueError(f"{len(bad)} non-finite scores (first at index {bad[0]}); fix the model")
+    if not np.isin(targets, (-1, 0, 1)).all():
+        raise ValueError("targets must be 1 (positive), 0 (difficult only) or -1 (negative)")
+    if protocol in ("voc07", "area"):
+        keep = targets != 0
+        positive = targets == 1
+    elif protocol == "reference":
+        keep = scores >= REFERENCE_SCORE_FLOOR
+        positive = targets >= 0
+    else:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    return scores[keep], positive[keep], int(positive[keep].sum())
+
+
+def precision_recall(scores, targets, protocol: str = "voc07") -> PrecisionRecall:
+    """Precision and recall after each image in ranked order (the devkit's curve)."""
+    s, positive, n_positive = _select(scores, targets, protocol)
+    order = np.argsort(-s, kind="stable")
+    tp = np.cumsum(positive[order])
+    fp = np.cumsum(~positive[order])
+    recall = tp / n_positive if n_positive else np.full(len(tp), np.nan)
+    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    return PrecisionRecall(precision, recall)
+
+
+def eleven_point(pr: PrecisionRecall) -> float:
+    total = 0.0
+    for t in np.linspace(0, 1, 11):
+        above = pr.precision[pr.recall >= t]
+        total += above.max() if above.size else 0.0
+    return total / 11
+
+
+def area_under_envelope(pr: PrecisionRecall) -> float:
+    recall = np.concatenate([[0.0], pr.recall, [1.0]])
+    precision = np.concatenate([[0.0], pr.precision, [0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1])
+    return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))
+
+
+def average_precision(scores, targets, protocol: str = "voc07") -> float:
+    """AP of one class; NaN when the class has no positive image under ``protocol``."""
+    pr = precision_recall(scores, targets, protocol)
+    if not len(pr.recall) or np.isnan(pr.recall).all():
+        return float("nan")
+    return eleven_point(pr) if protocol == "voc07" else area_under_envelope(pr)
+
+
+def mean_average_precision(
+    scores: np.ndarray, targets: np.ndarray, protocol: str = "voc07"
+) -> dict[str, object]:
+    """Per-class APs [C] and their mean over the classes that have positives."""
+    scores, targets = np.asarray(scores), np.asarray(targets)
+    if scores.shape != targets.shape or scores.ndim != 2:
+        raise ValueError(f"scores {scores.shape} and targets {targets.shape}: need equal [N, C]")
+    ap = np.array(
+        [average_precision(scores[:, c], targets[:, c], protocol) for c in range(scores.shape[1])]
+    )
+    missing = [int(c) for c in np.flatnonzero(np.isnan(ap))]
+    if missing:
+        warnings.warn(
+            f"{len(missing)} classes have no positive image ({missing}); their AP is NaN and "
+            "they are left out of the mean",
+            stacklevel=2,
+        )
+    mean = float(np.nanmean(ap)) if len(missing) < len(ap) else float("nan")
+    return {"protocol": protocol, "ap": ap, "map": mean, "classes_without_positives": missing}

@@ -1,0 +1,157 @@
+"""The jitted training and evaluation steps.
+
+One call handles G images (a pipeline batch): it crops and normalises all their patches on
+the device, then a ``lax.scan`` runs the SGD updates. Update t uses micro-batch t of every
+image, ``batch_size`` patches each, so with G = 1 this is exactly the reference (448 patches,
+7 sequential updates of 64, each from one image) and with G images on G devices each device
+holds its own image's micro-batch (data parallel, gradients averaged over the G x 64 patches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from voc_jax import optim
+from voc_jax.data.crops import crop_batch
+from voc_jax.preprocessing import Preprocessing
+from voc_jax.scoring import image_scores
+
+Params = Any
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # SGD updates done (the schedule's count)
+    params: Params
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key; dropout uses fold_in(rng, step)
+
+
+def create_state(params: Params, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        rng=jax.random.PRNGKey(seed),
+    )
+
+
+def _micro_batches(x: jax.Array, batch_size: int) -> jax.Array:
+    """[G, K, ...] -> [K / batch_size, G * batch_size, ...]: update t takes micro-batch t of
+    every image."""
+    g, k = x.shape[:2]
+    steps = k // batch_size
+    x = x.reshape(g, steps, batch_size, *x.shape[2:]).swapaxes(0, 1)
+    return x.reshape(steps, g * batch_size, *x.shape[3:])
+
+
+def masked_cross_entropy(logits: jax.Array, labels: jax.Array, valid: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy over the patches that count (label >= 0 and valid)."""
+    use = valid & (labels >= 0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+    return jnp.sum(ce * use) / jnp.maximum(use.sum(), 1)
+
+
+def make_train_step(
+    model: flax.linen.Module,
+    optimizer: optax.GradientTransformation,
+    labels: Params,
+    schedule: optax.Schedule,
+    preprocessing: Preprocessing,
+    *,
+    patch_size: int,
+    batch_size: int,
+    unroll: bool | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The un-jitted step; jit it with the state donated.
+
+    ``unroll`` traces the micro-batch updates as straight-line code instead of a
+    ``lax.scan``. Default: on the CPU backend only, where XLA runs a loop body several times
+    slower (measured here: one AlexNet update of 64 patches, 0.42 s as plain code, 2.87 s as
+    a one-iteration scan); with 7 micro-batches the longer program costs only compile time.
+    """
+    if unroll is None:
+        unroll = jax.default_backend() == "cpu"
+
+    def update(carry, micro):
+        params, opt_state, step, rng = carry
+        x, y, valid = micro
+        trainable, frozen = optim.split_trainable(params, labels)
+
+        def loss_fn(trainable_params):
+            logits = model.apply(
+                {"params": optim.merge(trainable_params, frozen)},
+                x,
+                deterministic=False,
+                rngs={"dropout": jax.random.fold_in(rng, step)},
+            )
+            return masked_cross_entropy(logits, y, valid), logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        zeros = jax.tree.map(jnp.zeros_like, frozen)
+        updates, opt_state = optimizer.update(optim.merge(grads, zeros), opt_state, params)
+        new_trainable, _ = optim.split_trainable(optax.apply_updates(params, updates), labels)
+        params = optim.merge(new_trainable, frozen)  # frozen leaves: bitwise the same arrays
+        use = valid & (y >= 0)
+        n = jnp.maximum(use.sum(), 1)
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.sum((logits.argmax(-1) == y) & use) / n,
+            "positive_fraction": jnp.sum((y > 0) & use) / n,
+            "learning_rate": schedule(step),
+            "grad_norm": optax.global_norm(grads),
+        }
+        return (params, opt_state, step + 1, rng), metrics
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        patches = crop_batch(batch, patch_size)
+        x = preprocessing.normalize(patches, model.dtype)
+        micro = (
+            _micro_batches(x, batch_size),
+            _micro_batches(batch["labels"], batch_size),
+            _micro_batches(batch["valid"], batch_size),
+        )
+        carry = (state.params, state.opt_state, state.step, state.rng)
+        if unroll:
+            outputs = []
+            for t in range(micro[0].shape[0]):
+                carry, out = update(carry, jax.tree.map(lambda a, t=t: a[t], micro))
+                outputs.append(out)
+            metrics = jax.tree.map(lambda *v: jnp.stack(v), *outputs)
+        else:
+            carry, metrics = jax.lax.scan(update, carry, micro)
+        params, opt_state, step, rng = carry
+        summary = {k: v.mean() for k, v in metrics.items()}
+        summary["learning_rate"] = metrics["learning_rate"][-1]
+        return TrainState(step, params, opt_state, rng), summary
+
+    return train_step
+
+
+def make_eval_step(
+    model: flax.linen.Module,
+    preprocessing: Preprocessing,
+    *,
+    patch_size: int,
+    batch_size: int,
+    exponent: float,
+) -> Callable[[Params, Batch], dict[str, jax.Array]]:
+    """(params, batch) -> {'power'|'mean'|'max': [G, C] image scores, 'image_index': [G]}.
+    Patches go through the network ``batch_size`` at a time (``lax.map``) to bound memory."""
+
+    def eval_step(params: Params, batch: Batch) -> dict[str, jax.Array]:
+        g, k = batch["labels"].shape
+        x = preprocessing.normalize(crop_batch(batch, patch_size), model.dtype)
+        chunks = x.reshape(-1, batch_size, *x.shape[2:])
+        logits = jax.lax.map(lambda c: model.apply({"params": params}, c), chunks)
+        scores = image_scores(logits.reshape(g, k, -1), batch["valid"], exponent)
+        return scores | {"image_index": batch["image_index"]}
+
+    return eval_step
