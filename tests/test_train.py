@@ -191,7 +191,13 @@ def test_bad_config_is_reported_before_work(tmp_path):
     result = run(train_cmd(tmp_path / "w", "--config.patches.per_image=10"))
     assert result.returncode == 2
     assert "must be a multiple of batch_size" in result.stderr
-    missing = run(train_cmd(tmp_path / "w2", "--config.data.root=/nonexistent/VOC2007"))
+    missing = run(
+        train_cmd(
+            tmp_path / "w2",
+            f"--config.data.root={tmp_path / 'absent'}",
+            "--config.data.synthetic.generate=False",
+        )
+    )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 

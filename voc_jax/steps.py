@@ -106,7 +106,7 @@ def make_train_step(
             "accuracy": jnp.sum((logits.argmax(-1) == y) & use) / n,
             "positive_fraction": jnp.sum((y > 0) & use) / n,
             "learning_rate": schedule(step),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
         }
         return (params, opt_state, step + 1, rng), metrics
 

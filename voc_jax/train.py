@@ -55,8 +55,33 @@ class Position:
         return {"epoch": self.epoch, "batch": self.batch, "iterator": self.iterator}
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+class StopRequested(Exception):
+    """Ctrl-C or SIGTERM arrived; the loop stops at the next call boundary."""
+
+
+class _StopFlag:
+    """Signal handlers only set a flag: an exception raised at an arbitrary point (inside
+    orbax's or grain's threads and event loops) would leave nothing safe to save. A second
+    signal interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        log.warning("signal %d: stopping after the current step (again to abort)", signum)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def restore_or_init(
@@ -133,39 +158,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     )
     writer = MetricWriter(workdir)
     sharding = experiment.batch_sharding(mesh)
-    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        for epoch in range(position.epoch, config.num_epochs):
-            state, position = run_epoch(
-                config,
-                epoch,
-                position,
-                state,
-                train_step,
-                train_set.records,
-                patch_cfg,
-                sharding,
-                checkpointer,
-                writer,
-                calls_per_epoch,
-            )
-            every = config.eval.every_epochs
-            if every and (epoch + 1) % every == 0 and epoch + 1 < config.num_epochs:
-                run_evaluation(config, setup, state, test_set, mesh, workdir)
-    except KeyboardInterrupt:
-        log.warning("interrupted: saving a checkpoint at step %d", int(state.step))
-        checkpointer.save(int(state.step), state, position.to_json())
-        checkpointer.close()
-        writer.close()
-        return 130
-    except NonFiniteLoss as e:
-        checkpointer.close()
-        writer.close()
-        last = checkpointer.latest_step()
-        log.error("%s; stopping. The last good checkpoint is step %s.", e, last)
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+    with _StopFlag() as stop:
+        try:
+            for epoch in range(position.epoch, config.num_epochs):
+                state, position = run_epoch(
+                    config,
+                    epoch,
+                    position,
+                    state,
+                    train_step,
+                    train_set.records,
+                    patch_cfg,
+                    sharding,
+                    checkpointer,
+                    writer,
+                    calls_per_epoch,
+                    stop,
+                )
+                every = config.eval.every_epochs
+                if every and (epoch + 1) % every == 0 and epoch + 1 < config.num_epochs:
+                    run_evaluation(config, setup, state, test_set, mesh, workdir)
+        except StopRequested as e:
+            state, position = e.args
+            log.warning("interrupted: saving a checkpoint at step %d", int(state.step))
+            checkpointer.save(int(state.step), state, position.to_json())
+            checkpointer.close()
+            writer.close()
+            return 130
+        except NonFiniteLoss as e:
+            checkpointer.close()
+            writer.close()
+            last = checkpointer.latest_step()
+            log.error("%s; stopping. The last good checkpoint is step %s.", e, last)
+            return 1
     checkpointer.close()
     writer.close()
     run_evaluation(config, setup, state, test_set, mesh, workdir)
@@ -184,6 +209,7 @@ def run_epoch(
     checkpointer,
     writer,
     calls_per_epoch,
+    stop,
 ):
     dataset = epoch_dataset(
         records,
@@ -235,6 +261,11 @@ def run_epoch(
             last_log = step
         if every and step // every > step_before // every and batch_index + 1 < calls_per_epoch:
             checkpointer.save(step, state, position.to_json())
+        if stop.requested:
+            bar.close()
+            if batch_index + 1 == calls_per_epoch:
+                position = Position(epoch + 1, 0, None)
+            raise StopRequested(state, position)
     bar.close()
     position = Position(epoch + 1, 0, None)
     checkpointer.save(int(state.step), state, position.to_json())
