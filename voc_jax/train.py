@@ -182,17 +182,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             state, position = e.args
             log.warning("interrupted: saving a checkpoint at step %d", int(state.step))
             checkpointer.save(int(state.step), state, position.to_json())
-            checkpointer.close()
-            writer.close()
             return 130
         except NonFiniteLoss as e:
-            checkpointer.close()
-            writer.close()
+            checkpointer.wait()
             last = checkpointer.latest_step()
             log.error("%s; stopping. The last good checkpoint is step %s.", e, last)
             return 1
-    checkpointer.close()
-    writer.close()
+        finally:
+            checkpointer.close()
+            writer.close()
     run_evaluation(config, setup, state, test_set, mesh, workdir)
     return 0
 
@@ -283,6 +281,23 @@ def run_evaluation(config, setup, state, dataset, mesh, workdir: Path) -> dict[s
     return summary
 
 
+def restore_state(
+    config: ml_collections.ConfigDict,
+    setup: experiment.ModelSetup,
+    workdir: Path,
+    step: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Any:
+    """The train state of a checkpoint of ``workdir`` (initial weights when there is none)."""
+    mesh = mesh or experiment.make_mesh()
+    checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep)
+    if not checkpointer.steps():
+        log.warning("no checkpoint in %s: using the initial weights", workdir)
+    state, *_ = restore_or_init(config, setup, checkpointer, 1, mesh, step)
+    checkpointer.close()
+    return state
+
+
 def evaluate_workdir(
     config: ml_collections.ConfigDict,
     workdir: Path,
@@ -297,11 +312,7 @@ def evaluate_workdir(
     split = split or config.data.test_split
     dataset = experiment.load_split(config, root, split, config.data.max_test_images)
     setup = experiment.build_model(config)
-    checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep)
-    if not checkpointer.steps():
-        log.warning("no checkpoint in %s: evaluating the initial weights", workdir)
-    state, *_ = restore_or_init(config, setup, checkpointer, 1, mesh, step)
-    checkpointer.close()
+    state = restore_state(config, setup, workdir, step, mesh)
     run_evaluation(config, setup, state, dataset, mesh, workdir)
     return 0
 

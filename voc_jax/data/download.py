@@ -53,11 +53,8 @@ class ChecksumError(DownloadError):
 
 
 def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def fetch(url: str, dest: Path, md5: str, *, timeout: float = 30.0, progress: bool = True) -> Path:
