@@ -1,0 +1,68 @@
+"""voc_jax/evaluate.py: the AP table, devkit result files, comparability with the paper."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from voc_jax import evaluate
+from voc_jax.classes import VOC_CLASSES
+
+
+def random_results(seed=0):
+    rng = np.random.default_rng(seed)
+    targets = rng.choice([-1, -1, -1, 0, 1], (60, 20))
+    targets[:2] = 1
+    scores = rng.random((60, 20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return scores, targets, evaluate.ap_results(scores, targets, ("voc07", "area", "reference"))
+
+
+def test_table_has_every_class_in_order_and_the_mean():
+    _, _, results = random_results()
+    table = evaluate.format_table(results, with_reference=False)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0] == "| class | AP voc07 | AP area | AP reference |"
+    assert [r.split(" | ")[0][2:] for r in rows[1:21]] == list(VOC_CLASSES)
+    mean_row = rows[21].split(" | ")
+    assert mean_row[0] == "| **mAP**"
+    for col, protocol in enumerate(("voc07", "area", "reference"), start=1):
+        assert float(mean_row[col].strip(" |")) == round(100 * np.mean(results[protocol]["ap"]), 2)
+    for protocol in ("voc07", "area", "reference"):
+        assert f"AP {protocol}: {evaluate.PROTOCOL_NAMES[protocol]}" in table
+
+
+def test_reference_column_only_when_comparable():
+    _, _, results = random_results()
+    table = evaluate.format_table(results, with_reference=True)
+    assert "published (reference protocol)" in table
+    assert "| aeroplane |" in table and "81.17" in table and "74.67" in table
+    ours = 100 * results["reference"]["ap"][0]
+    assert f"{ours - 81.17:+.2f}" in table.splitlines()[2]
+
+
+def test_result_files_parse_back(tmp_path):
+    scores, _, _ = random_results()
+    ids = [f"{i:06d}" for i in range(len(scores))]
+    evaluate.write_result_files(tmp_path, "test", ids, scores)
+    assert (tmp_path / "results" / "comp1_cls_test_tvmonitor.txt").read_text().startswith("000000 ")
+    back_ids, back = evaluate.read_result_files(tmp_path / "results", "test")
+    assert back_ids == ids
+    np.testing.assert_allclose(back, scores, rtol=1e-7)
+
+
+def test_only_the_full_real_test_split_is_compared(tmp_path):
+    assert evaluate.is_voc2007_test(tmp_path, "test", 4952)
+    assert not evaluate.is_voc2007_test(tmp_path, "test", 417)
+    assert not evaluate.is_voc2007_test(tmp_path, "trainval", 4952)
+    (tmp_path / "synthetic.json").write_text("{}")
+    assert not evaluate.is_voc2007_test(tmp_path, "test", 4952)
+
+
+def test_plots_are_written(tmp_path):
+    scores, targets, results = random_results()
+    evaluate.write_plots(tmp_path, scores, targets, results, with_reference=True)
+    for name in ("pr_curves.png", "ap_bars.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
