@@ -32,19 +32,7 @@ def records(tmp_path_factory):
 def setup_step(config, unroll=None):
     setup = experiment.build_model(config)
     state, optimizer, labels, schedule = experiment.make_train_state(config, setup, 10)
-    step = jax.jit(
-        steps.make_train_step(
-            setup.model,
-            optimizer,
-            labels,
-            schedule,
-            setup.preprocessing,
-            patch_size=config.patches.size,
-            batch_size=config.batch_size,
-            unroll=unroll,
-        ),
-        donate_argnums=(0,),
-    )
+    step = experiment.jit_train_step(config, setup, optimizer, labels, schedule, unroll)
     return setup, state, step, schedule
 
 

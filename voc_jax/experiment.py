@@ -210,3 +210,29 @@ def make_train_state(
     )
     state = steps.create_state(setup.params, optimizer, config.seed)
     return state, optimizer, labels, schedule
+
+
+def jit_train_step(
+    config: ml_collections.ConfigDict,
+    setup: ModelSetup,
+    optimizer: Any,
+    labels: Any,
+    schedule: Any,
+    unroll: bool | None = None,
+) -> Any:
+    """The jitted train step for this config, with the state donated."""
+    from voc_jax import steps
+
+    return jax.jit(
+        steps.make_train_step(
+            setup.model,
+            optimizer,
+            labels,
+            schedule,
+            setup.preprocessing,
+            patch_size=config.patches.size,
+            batch_size=config.batch_size,
+            unroll=unroll,
+        ),
+        donate_argnums=(0,),
+    )

@@ -28,7 +28,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from voc_jax import evaluate as evaluate_lib
-from voc_jax import experiment, steps
+from voc_jax import experiment
 from voc_jax.checkpoint import Checkpointer, abstract_like
 from voc_jax.data.pipeline import ImageError, epoch_dataset, iterate
 from voc_jax.data.voc import VocError
@@ -144,18 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     state, optimizer, labels, schedule, position = restore_or_init(
         config, setup, checkpointer, steps_per_epoch, mesh
     )
-    train_step = jax.jit(
-        steps.make_train_step(
-            setup.model,
-            optimizer,
-            labels,
-            schedule,
-            setup.preprocessing,
-            patch_size=config.patches.size,
-            batch_size=bs,
-        ),
-        donate_argnums=(0,),
-    )
+    train_step = experiment.jit_train_step(config, setup, optimizer, labels, schedule)
     writer = MetricWriter(workdir)
     sharding = experiment.batch_sharding(mesh)
     with _StopFlag() as stop:
