@@ -1,7 +1,9 @@
 """Convert pretrained AlexNet weights into a voc-jax (Flax) parameter directory.
 
-Sources: torchvision's IMAGENET1K_V1 weights (downloaded through torchvision's weights API), or
-a local torchvision-layout state dict (.pth). The output directory holds ``params.msgpack`` and
+Sources: torchvision's IMAGENET1K_V1 weights (downloaded through torchvision's weights API),
+a local torchvision-layout state dict (.pth), or a neon model file (.p/.prm, read with a
+restricted unpickler: an ImageNet AlexNet, or the reference's trained VOC transfer model with
+its head; neon's momentum buffers, the 'states', are ignored). The output directory holds ``params.msgpack`` and
 ``metadata.json`` (source, sha256, architecture, the preprocessing the weights expect); it is
 written atomically. ``--verify`` runs torch and Flax on one random batch and compares logits.
 
@@ -27,7 +29,7 @@ if (_REPO / "voc_jax").is_dir() and str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 from voc_jax import weights as weights_lib  # noqa: E402
-from voc_jax.preprocessing import TORCHVISION, Preprocessing  # noqa: E402
+from voc_jax.preprocessing import NEON, TORCHVISION, Preprocessing  # noqa: E402
 
 # torchvision AlexNet state-dict prefixes of our layer names.
 TORCH_LAYER_NAMES = {
@@ -143,28 +145,97 @@ def torch_to_flax(state: Mapping[str, np.ndarray], source: str) -> tuple[dict[st
             + "\n  ".join(problems)
         )
 
-    params: dict[str, Any] = {}
-    for layer, prefix in TORCH_LAYER_NAMES.items():
-        w, b = state[f"{prefix}.weight"], state[f"{prefix}.bias"]
-        if w.ndim == 4:  # OIHW -> HWIO
-            kernel = w.transpose(2, 3, 1, 0)
-        elif layer == "fc6":  # rows in torch's (C, H, W) flatten order -> our (H, W, C)
-            out_features = w.shape[0]
-            kernel = (
-                w.reshape(out_features, -1, POOLED, POOLED)
-                .transpose(2, 3, 1, 0)
-                .reshape(-1, out_features)
-            )
-        else:
-            kernel = w.T
-        params[layer] = {
-            "kernel": np.ascontiguousarray(kernel, np.float32),
-            "bias": np.asarray(b, np.float32),
-        }
+    params = {
+        layer: layer_to_flax(layer, state[f"{prefix}.weight"], state[f"{prefix}.bias"])
+        for layer, prefix in TORCH_LAYER_NAMES.items()
+    }
     return params, num_classes
 
 
+def layer_to_flax(layer: str, w: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """One torch-layout layer as Flax kernel/bias."""
+    if w.ndim == 4:  # OIHW -> HWIO
+        kernel = w.transpose(2, 3, 1, 0)
+    elif layer == "fc6":  # rows in torch's (C, H, W) flatten order -> our (H, W, C)
+        out_features = w.shape[0]
+        kernel = (
+            w.reshape(out_features, -1, POOLED, POOLED)
+            .transpose(2, 3, 1, 0)
+            .reshape(-1, out_features)
+        )
+    else:
+        kernel = w.T
+    return {"kernel": np.ascontiguousarray(kernel, np.float32), "bias": np.asarray(b, np.float32)}
+
+
+def transfer_to_flax(state: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """A torch-layout transfer model (backbone + ``head.fc_a``/``head.fc_b``) as our params."""
+    params: dict[str, Any] = {
+        layer: layer_to_flax(layer, state[f"{prefix}.weight"], state[f"{prefix}.bias"])
+        for layer, prefix in TORCH_LAYER_NAMES.items()
+        if layer != "fc8"
+    }
+    params["head"] = {
+        name: layer_to_flax(name, state[f"head.{name}.weight"], state[f"head.{name}.bias"])
+        for name in ("fc_a", "fc_b")
+    }
+    return params
+
+
 # ----------------------------------------------------------------------------- verification
+
+
+def torch_model_for(metadata: Mapping[str, Any], state: Mapping[str, np.ndarray]):
+    """The torch module the state dict belongs to: torchvision's AlexNet, or for a transfer
+    model its backbone followed by the head (eval mode: dropout is the identity)."""
+    import torch
+    import torchvision
+
+    arch = metadata["architecture"]
+    pad = int(arch["conv1_padding"])
+    tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
+    if arch["name"] == "alexnet":
+        model = torchvision.models.alexnet(weights=None, num_classes=int(arch["num_classes"]))
+        model.features[0].padding = (pad, pad)
+        model.load_state_dict(tensors)
+        return model.eval()
+    hidden, classes = int(arch["head_hidden"]), int(arch["num_classes"])
+    backbone = torchvision.models.alexnet(weights=None)
+    backbone.features[0].padding = (pad, pad)
+    nn = torch.nn
+    model = nn.Sequential(
+        backbone.features,
+        backbone.avgpool,
+        nn.Flatten(),
+        nn.Linear(256 * POOLED * POOLED, 4096),
+        nn.ReLU(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Linear(4096, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, classes),
+    )
+    order = [f"{TORCH_LAYER_NAMES[n]}" for n in ("fc6", "fc7")] + ["head.fc_a", "head.fc_b"]
+    renamed = {k: v for k, v in tensors.items() if k.startswith("features.")}
+    for index, prefix in zip((3, 5, 7, 9), order, strict=True):
+        renamed[f"{index}.weight"] = tensors[f"{prefix}.weight"]
+        renamed[f"{index}.bias"] = tensors[f"{prefix}.bias"]
+    renamed = {k if not k.startswith("features.") else "0." + k[9:]: v for k, v in renamed.items()}
+    model.load_state_dict(renamed)
+    return model.eval()
+
+
+def flax_model_for(metadata: Mapping[str, Any]):
+    from voc_jax.model import TransferNet
+
+    arch = metadata["architecture"]
+    if arch["name"] == "alexnet":
+        return weights_lib.classifier_from_metadata(metadata)
+    return TransferNet(
+        num_classes=int(arch["num_classes"]),
+        conv1_padding=int(arch["conv1_padding"]),
+        head_hidden=int(arch["head_hidden"]),
+    )
 
 
 def verify_against_torch(
@@ -176,22 +247,16 @@ def verify_against_torch(
     batch: int = 2,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Logits of torchvision's AlexNet and of the converted Flax model on one random batch."""
+    """Logits of the torch model and of the converted Flax model on one random batch."""
     import jax
     import torch
-    import torchvision
 
-    arch = metadata["architecture"]
-    torch_model = torchvision.models.alexnet(weights=None, num_classes=int(arch["num_classes"]))
-    pad = int(arch["conv1_padding"])
-    torch_model.features[0].padding = (pad, pad)
-    torch_model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
-    torch_model.eval()
+    torch_model = torch_model_for(metadata, state)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, input_size, input_size, generator=generator)
     with torch.no_grad():
         expected = torch_model(x).numpy()
-    model = weights_lib.classifier_from_metadata(metadata)
+    model = flax_model_for(metadata)
     with jax.default_matmul_precision("highest"):
         got = np.asarray(model.apply({"params": params}, x.numpy().transpose(0, 2, 3, 1)))
     diff = np.abs(got - expected)
@@ -225,6 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="a local torchvision-layout AlexNet state dict (torch.save(model.state_dict()))",
+    )
+    src.add_argument(
+        "--neon",
+        type=Path,
+        metavar="FILE",
+        help="a neon model file (.p/.prm, optionally gzip-compressed): the pretrained neon "
+        "AlexNet or a trained transfer model, head included. Read with a restricted unpickler "
+        "(only NumPy arrays and plain containers; anything else is refused, nothing executed). "
+        "Neon's momentum buffers ('states') are ignored; weights fed by a neon Dropout are "
+        "scaled by its keep probability (neon's dropout is not inverted). Preprocessing: BGR, "
+        "0-255, minus (102.98, 115.95, 122.77); conv1 padding from the file (3)",
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
     parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
@@ -261,6 +337,8 @@ def convert(
     """Read the source and build (params, metadata, torch state) without writing anything."""
     import torch
 
+    if args.neon:
+        return convert_neon(args)
     if args.torchvision:
         state, path, info = fetch_torchvision()
         base = Preprocessing(mean=info["mean"], std=info["std"])
@@ -296,6 +374,50 @@ def convert(
     return params, metadata, state
 
 
+def convert_neon(
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
+    """A neon file: restricted unpickling, layer mapping, then the torchvision path's layouts."""
+    import torch
+
+    from convert import neon
+
+    path = args.neon
+    try:
+        state, facts = neon.neon_to_torch_state(neon.load_pickle(path), path)
+    except neon.NeonError as e:
+        raise ConversionError(str(e)) from e
+    architecture: dict[str, Any] = {
+        "name": facts["kind"],
+        "conv1_padding": facts["conv1_padding"],
+        "input_size": 224,
+        "num_classes": facts["num_classes"],
+    }
+    if facts["kind"] == "transfer":
+        architecture["head_hidden"] = facts["head_hidden"]
+        params = transfer_to_flax(state)
+    else:
+        params, _ = torch_to_flax(state, str(path))
+    metadata: dict[str, Any] = {
+        "source": {
+            "kind": "neon",
+            "name": path.name,
+            "file": str(path),
+            "sha256": sha256_of(path),
+            "neon_version": facts["neon_version"],
+            "epoch_index": facts["epoch_index"],
+            "backend": facts["backend"],
+            "dropout_scaled_layers": facts["dropout_scaled"],
+        },
+        "architecture": architecture,
+        "preprocessing": _preprocessing(args, NEON).to_dict(),
+        "converter": {"torch": torch.__version__, "script": "convert/alexnet_to_flax.py"},
+    }
+    if facts["kind"] == "alexnet":
+        metadata["imagenet_classes"] = facts["num_classes"]
+    return params, metadata, state
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out.exists() and not args.force:
@@ -306,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    n_params = sum(int(np.prod(leaf.shape)) for layer in params.values() for leaf in layer.values())
+    n_params = sum(int(np.prod(np.shape(leaf))) for leaf in weights_lib.flatten(params).values())
     print(
         f"converted {metadata['source']['file']} ({metadata['source']['kind']}, sha256 "
         f"{metadata['source']['sha256'][:12]}...): {len(params)} layers, {n_params:,} parameters, "
