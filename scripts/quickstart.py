@@ -1,108 +1,122 @@
-"""The main job, until training lands: convert an AlexNet and run it on a real JPEG.
+"""The main job: pretrain, convert, train, evaluate and predict, end to end, offline.
 
-Steps, each printed: (1) save a seeded, randomly initialised torchvision AlexNet as a .pth
-(real ImageNet weights cannot be downloaded offline; pass --pth to use your own file),
-(2) convert it with convert/alexnet_to_flax.py --verify, (3) load the converted directory,
-(4) run the ImageNet classifier and the VOC transfer model on one JPEG and print the outputs.
+The path a user takes with real ImageNet weights and VOC 2007, in miniature on generated data
+(real weights and images cannot be downloaded here):
+
+1. pretrain a torchvision AlexNet on the synthetic single-object source task
+   (scripts/pretrain_synthetic.py; reused when the .pth exists; --pth FILE uses yours);
+2. convert it with convert/alexnet_to_flax.py --verify;
+3. train the smoke config on the synthetic VOC dataset (python -m voc_jax.train, frozen
+   backbone, new head) and evaluate the test split (per-class AP table);
+4. compare its mAP with chance (random scores on the same split): exit 1 unless it is above
+   the 99th percentile of 200 random draws;
+5. predict two test images with score maps (python -m voc_jax.predict).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def find_jpeg(explicit: Path | None, workdir: Path) -> Path:
-    """The given image, else a real VOC JPEG from ../shared/data, else a generated one."""
-    if explicit is not None:
-        return explicit
-    shared = REPO.parent / "shared" / "data" / "voc2007-subset" / "VOCdevkit" / "VOC2007"
-    jpegs = sorted((shared / "JPEGImages").glob("*.jpg")) if shared.is_dir() else []
-    if jpegs:
-        return jpegs[0]
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
-    path = workdir / "generated.jpg"
-    Image.fromarray(pixels).save(path, quality=90)
-    return path
+def step(index: int, text: str) -> None:
+    print(f"\n[{index}/5] {text}", flush=True)
 
 
-def center_crop_224(path: Path) -> np.ndarray:
-    """torchvision's eval transform: shorter side to 256, centre crop 224 (RGB uint8)."""
-    image = Image.open(path).convert("RGB")
-    w, h = image.size
-    s = 256 / min(w, h)
-    image = image.resize((round(w * s), round(h * s)), Image.BILINEAR)
-    w, h = image.size
-    left, top = (w - 224) // 2, (h - 224) // 2
-    return np.asarray(image.crop((left, top, left + 224, top + 224)))
+def run(cmd: list[str]) -> None:
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "quickstart")
-    parser.add_argument("--pth", type=Path, help="your own torchvision AlexNet state dict")
-    parser.add_argument("--image", type=Path, help="a JPEG to classify")
+    parser.add_argument("--pth", type=Path, help="your own torchvision-layout AlexNet .pth")
+    parser.add_argument(
+        "--pretrain-arg",
+        action="append",
+        default=[],
+        help="extra argument for scripts/pretrain_synthetic.py (repeatable)",
+    )
+    parser.add_argument(
+        "--train-arg",
+        action="append",
+        default=[],
+        help="extra override for the smoke training (repeatable), e.g. --train-arg=--config.seed=1",
+    )
     args = parser.parse_args()
-    args.workdir.mkdir(parents=True, exist_ok=True)
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
     t0 = time.time()
 
-    pth = args.pth
-    if pth is None:
-        import torch
-        import torchvision
-
-        torch.manual_seed(0)
-        pth = args.workdir / "alexnet_random_init.pth"
-        torch.save(torchvision.models.alexnet(weights=None).state_dict(), pth)
-        print(f"[1/4] saved a randomly initialised torchvision AlexNet (seed 0) to {pth}")
+    pth = args.pth.resolve() if args.pth else work / "source_alexnet.pth"
+    if args.pth:
+        step(1, f"using your weights {pth}")
+    elif pth.exists():
+        step(1, f"reusing the pretrained source network {pth} (delete it to pretrain again)")
     else:
-        print(f"[1/4] using {pth}")
+        step(1, "pretraining AlexNet on the synthetic single-object source task (PyTorch)")
+        run([py, "scripts/pretrain_synthetic.py", "--out", str(pth), *args.pretrain_arg])
+    source = pth.with_suffix(".json")
+    if source.exists():
+        info = json.loads(source.read_text())
+        print(
+            f"source-task accuracy {info['val_accuracy']:.3f} (chance {info['chance_accuracy']:.3f})"
+        )
 
-    out = args.workdir / "alexnet_flax"
-    cmd = [sys.executable, str(REPO / "convert" / "alexnet_to_flax.py"), "--pth", str(pth)]
-    cmd += ["--out", str(out), "--force", "--verify"]
-    print(f"[2/4] {' '.join(cmd)}")
-    subprocess.run(cmd, check=True)
+    converted = work / "source_alexnet"
+    step(2, "converting it to Flax, checked against torch")
+    run(
+        [py, "convert/alexnet_to_flax.py", "--pth", str(pth), "--out", str(converted)]
+        + ["--force", "--verify", "--verify-size", "64"]
+    )
 
-    import jax
-    import jax.numpy as jnp
+    smoke = work / "smoke"
+    shutil.rmtree(smoke, ignore_errors=True)  # a fresh run each time
+    step(3, "training the smoke config (frozen backbone, new head) and evaluating")
+    started = time.time()
+    run(
+        [py, "-m", "voc_jax.train", "--config", "voc_jax/configs/smoke.py"]
+        + [f"--workdir={smoke}", f"--config.init.weights={converted}", *args.train_arg]
+    )
+    train_seconds = time.time() - started
 
-    from voc_jax import weights
-    from voc_jax.classes import MODEL_CLASSES
-    from voc_jax.model import TransferNet
+    import numpy as np
 
-    params, metadata = weights.load_converted(out)
-    prep = weights.preprocessing_of(metadata)
-    print(f"[3/4] loaded {out}: preprocessing {prep.to_dict()}")
+    from voc_jax import metrics
 
-    image_path = find_jpeg(args.image, args.workdir)
-    x = prep.normalize(jnp.asarray(center_crop_224(image_path))[None])
-    classifier = weights.classifier_from_metadata(metadata)
-    logits = classifier.apply({"params": params}, x)
-    top5 = np.argsort(-np.asarray(logits[0]))[:5]
-    names = metadata.get("categories") or [f"imagenet class {i}" for i in range(1000)]
-    print(f"[4/4] {image_path} ({Image.open(image_path).size[0]}x{Image.open(image_path).size[1]})")
-    print("  ImageNet top-5 (meaningless for random weights):")
-    for i in top5:
-        print(f"    {names[i]:<24} logit {float(logits[0, i]):+.4f}")
-    transfer = TransferNet(conv1_padding=metadata["architecture"]["conv1_padding"])
-    tparams = weights.transfer_params(params, metadata, seed=0)
-    probs = jax.nn.softmax(transfer.apply({"params": tparams}, x)[0])
-    best = np.argsort(-np.asarray(probs))[:3]
-    print("  VOC transfer model (head untrained) top-3 softmax:")
-    for i in best:
-        print(f"    {MODEL_CLASSES[i]:<24} p={float(probs[i]):.4f}")
-    print(f"done in {time.time() - t0:.1f} s on {jax.devices()[0].platform}")
+    evals = sorted(
+        (d for d in (smoke / "eval").iterdir() if d.name.isdigit()), key=lambda d: int(d.name)
+    )
+    summary = json.loads((evals[-1] / "ap_table.json").read_text())
+    ours = summary["results"]["voc07"]["map"]
+    chance = metrics.chance_map(np.load(evals[-1] / "scores.npz")["targets"], "voc07")
+    step(4, "compared with chance")
+    print(
+        f"smoke: generate + train + evaluate {train_seconds:.0f} s; VOC07 mAP {100 * ours:.1f} "
+        f"on {summary['images']} synthetic test images; random scores {100 * chance['mean']:.1f} "
+        f"+- {100 * chance['std']:.1f} (99th percentile {100 * chance['p99']:.1f})"
+    )
+    if not ours > chance["p99"]:
+        print("error: the smoke run did not beat chance", file=sys.stderr)
+        return 1
+
+    step(5, "predicting two test images with score maps")
+    test_ids = (smoke / "data" / "VOC2007" / "ImageSets" / "Main" / "test.txt").read_text().split()
+    images = [str(smoke / "data" / "VOC2007" / "JPEGImages" / f"{i}.jpg") for i in test_ids[:2]]
+    run([py, "-m", "voc_jax.predict", f"--workdir={smoke}", "--top=2", *images])
+    print(f"\ndone in {time.time() - t0:.0f} s; outputs in {work}")
     return 0
 
 

@@ -139,3 +139,19 @@ def test_perfect_and_worst_rankings():
     assert metrics.average_precision(np.array([1, 2, 3, 4.0]), targets, "area") == pytest.approx(
         0.5
     )
+
+
+def test_chance_map_matches_a_plain_loop():
+    rng = np.random.default_rng(5)
+    targets = np.where(rng.random((40, 20)) < 0.15, 1, -1)
+    targets[0] = 1  # every class has a positive
+    got = metrics.chance_map(targets, "voc07", draws=30, seed=2)
+    draw = np.random.default_rng(2)
+    maps = [
+        metrics.mean_average_precision(draw.random(targets.shape), targets, "voc07")["map"]
+        for _ in range(30)
+    ]
+    assert got["mean"] == pytest.approx(np.mean(maps))
+    assert got["p99"] == pytest.approx(np.percentile(maps, 99))
+    # Random scores sit well above the positive rate here (few positives per class).
+    assert got["mean"] > (targets == 1).mean()

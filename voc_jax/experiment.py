@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,27 @@ def patch_config(config: ml_collections.ConfigDict) -> PatchConfig:
         shuffle_patches=p.shuffle,
         test_sampling=p.test_sampling,
         canvas=tuple(p.canvas),
-        max_rows=p.max_rows,
+        max_rows=p.max_rows or grid_rows(p.scales),
     )
+
+
+def grid_rows(scales) -> int:
+    """Distinct row intervals the patch grid can need: ceil(s) * 2 positions per scale
+    (voc_jax.data.crops.share_intervals), the cost-determining size of the shared crop pass."""
+    return int(sum(2 * math.ceil(float(s)) for s in scales))
 
 
 def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     """Catch inconsistent settings before data is read or anything compiles."""
     problems = []
+    weights_dir = config.init.weights
+    if weights_dir and not (Path(weights_dir) / weights_lib.METADATA_FILE).is_file():
+        problems.append(
+            f"init.weights={weights_dir}: no converted weights there (metadata.json missing). "
+            "Create them with convert/alexnet_to_flax.py (for the smoke config, "
+            "scripts/quickstart.sh pretrains and converts the synthetic source network), or "
+            "pass --config.init.weights='' to train from scratch"
+        )
     if config.patches.per_image % config.batch_size:
         problems.append(
             f"patches.per_image={config.patches.per_image} must be a multiple of "

@@ -142,15 +142,25 @@ def make_eval_step(
     patch_size: int,
     batch_size: int,
     exponent: float,
+    unroll: bool | None = None,
 ) -> Callable[[Params, Batch], dict[str, jax.Array]]:
     """(params, batch) -> {'power'|'mean'|'max': [G, C] image scores, 'image_index': [G]}.
-    Patches go through the network ``batch_size`` at a time (``lax.map``) to bound memory."""
+    Patches go through the network ``batch_size`` at a time (``lax.map``) to bound memory;
+    ``unroll`` (default: on CPU, as for the train step) traces the chunks as straight-line
+    code instead, since XLA's CPU loops run an AlexNet body several times slower."""
+    if unroll is None:
+        unroll = jax.default_backend() == "cpu"
+
+    def forward(params: Params, chunks: jax.Array) -> jax.Array:
+        if unroll:
+            return jnp.stack([model.apply({"params": params}, c) for c in chunks])
+        return jax.lax.map(lambda c: model.apply({"params": params}, c), chunks)
 
     def eval_step(params: Params, batch: Batch) -> dict[str, jax.Array]:
         g, k = batch["labels"].shape
         x = preprocessing.normalize(crop_batch(batch, patch_size), model.dtype)
         chunks = x.reshape(-1, batch_size, *x.shape[2:])
-        logits = jax.lax.map(lambda c: model.apply({"params": params}, c), chunks)
+        logits = forward(params, chunks)
         scores = image_scores(logits.reshape(g, k, -1), batch["valid"], exponent)
         return scores | {"image_index": batch["image_index"]}
 

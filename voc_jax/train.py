@@ -221,6 +221,8 @@ def run_epoch(
     every = config.checkpoint.every_steps
     last_log = int(state.step)
     tick = time.perf_counter()
+    sums = {"loss": 0.0, "accuracy": 0.0}  # epoch means over the calls run in this process
+    calls = 0
     for batch_index in range(start_batch, calls_per_epoch):
         batch = next(iterator)
         step_before = int(state.step)
@@ -232,6 +234,9 @@ def run_epoch(
                 f"non-finite loss {metrics['loss']} at step {step} "
                 f"(epoch {epoch + 1}, batch {batch_index})"
             )
+        calls += 1
+        for k in sums:
+            sums[k] += metrics[k]
         elapsed = time.perf_counter() - tick
         tick = time.perf_counter()
         rates = {
@@ -255,6 +260,10 @@ def run_epoch(
             raise StopRequested(state, position)
     bar.close()
     position = Position(epoch + 1, 0, None)
+    if calls:
+        writer.write(
+            int(state.step), {f"epoch_{k}": v / calls for k, v in sums.items()}, epoch=epoch + 1
+        )
     checkpointer.save(int(state.step), state, position.to_json())
     writer.flush()
     return state, position

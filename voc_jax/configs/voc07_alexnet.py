@@ -47,7 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.patches.shuffle = True  # mix positives over the 7 micro-batches
     c.patches.test_sampling = "random"  # random (reference) | spread (deterministic)
     c.patches.canvas = (500, 500)  # device image buffer; larger images are scaled down
-    c.patches.max_rows = 96  # distinct row intervals per image for the shared crop pass
+    c.patches.max_rows = 0  # row intervals per image for the shared crop pass; 0 = what the
+    # scales can need, 2 * sum(ceil(scale)) (86 for the reference's 13 scales)
 
     c.model = ml_collections.ConfigDict()
     c.model.num_classes = 21  # background + 20

@@ -1,0 +1,60 @@
+"""scripts/transfer_demo.py --quick: pretrain -> convert -> three trainings -> figure and table.
+
+The plumbing only (tiny sizes; nothing is expected to learn): the .pth converts with --verify,
+all three runs train and evaluate after every epoch, the outputs are written and consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from voc_jax.classes import VOC_CLASSES
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_every_stage(tmp_path):
+    work = tmp_path / "demo"
+    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts/transfer_demo.py"), "--quick", "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (work / "source_alexnet.pth").is_file()
+    meta = json.loads((work / "source_alexnet" / "metadata.json").read_text())
+    assert meta["architecture"]["num_classes"] == 10 and meta["source"]["kind"] == "pth"
+    assert "verify at 64x64" in (work / "logs" / "convert.log").read_text()
+    summary = json.loads((work / "transfer_demo.json").read_text())
+    assert set(summary["runs"]) == {"scratch", "finetune", "frozen"}
+    for name, run in summary["runs"].items():
+        assert len(run["map"]) == 2, name  # evaluated after each of the 2 epochs
+        assert len(run["loss"]) == 2, name
+        assert len(run["ap"][-1]) == len(VOC_CLASSES)
+    # The frozen run trained only the head; the fine-tuned one moved the backbone.
+    frozen_cfg = json.loads((work / "frozen" / "config.json").read_text())
+    assert frozen_cfg["optim"]["trainable"] == ["head/.*"]
+    png = (work / "transfer_demo.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (work / "transfer_demo.md").read_text()
+    assert "| **mAP** |" in table and "pretrained, backbone frozen" in table
+    # A second invocation reuses every stage (nothing retrained) and redraws the outputs.
+    again = subprocess.run(
+        [sys.executable, str(REPO / "scripts/transfer_demo.py"), "--quick", "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "$ " not in again.stdout  # no stage command was run
