@@ -9,6 +9,9 @@ def get_config() -> ml_collections.ConfigDict:
     c = smoke.get_config()
     c.num_epochs = 2
     c.batch_size = 4
+    c.images_per_step = 1
+    c.init.weights = ""  # random init: the tests need no pretrained files
+    c.optim.trainable = (".*",)
     c.log_every_steps = 1
     c.data.synthetic.num_trainval = 6
     c.data.synthetic.num_test = 4
