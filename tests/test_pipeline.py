@@ -155,3 +155,29 @@ def test_portrait_images_are_flagged(records, tmp_path: Path):
     ex = make_example(portrait[0], 0, np.random.default_rng(0), SMALL, train=True)
     assert bool(ex["transposed"])
     np.testing.assert_array_equal(ex["col_intervals"], ex["boxes"][:, [1, 3]])
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_process_shards_tile_the_global_batches(records, train):
+    """Process p's batch b is slice p of global batch b: two processes of 2 images read
+    exactly what one process of 4 reads, patches included (so params match across hosts)."""
+    one = epoch_dataset(records, SMALL, images_per_batch=4, train=train, seed=3, epoch=1)
+    shards = [
+        epoch_dataset(
+            records,
+            SMALL,
+            images_per_batch=2,
+            train=train,
+            seed=3,
+            epoch=1,
+            shard_index=p,
+            shard_count=2,
+        )
+        for p in range(2)
+    ]
+    assert len(one) == len(shards[0]) == len(shards[1]) == (2 if train else 3)
+    for b in range(len(one)):
+        joined = {k: np.concatenate([shards[0][b][k], shards[1][b][k]]) for k in one[b]}
+        assert_batches_equal([joined], [one[b]])
+    # A resumed epoch (dataset[b:]) yields the same batches as reading through.
+    assert_batches_equal([one[1:][0]], [one[1]])

@@ -24,7 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from voc_jax import experiment, metrics, steps
+from voc_jax import distributed, experiment, metrics, steps
 from voc_jax.classes import VOC_CLASSES
 from voc_jax.data.pipeline import epoch_dataset, iterate
 from voc_jax.data.voc import VocRecord
@@ -62,9 +62,11 @@ def compute_scores(
     dataset = epoch_dataset(
         records,
         patch_cfg,
-        images_per_batch=config.eval.images_per_step,
+        images_per_batch=experiment.local_images(config.eval.images_per_step),
         train=False,
         seed=config.seed + 1_000_003,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
     )
     step = jax.jit(
         steps.make_eval_step(
@@ -80,7 +82,8 @@ def compute_scores(
     out = {k: np.full((len(records), len(VOC_CLASSES)), np.nan) for k in ("power", "mean", "max")}
     iterator = iterate(dataset, workers=config.data.workers)
     for _ in tqdm(range(len(dataset)), desc="evaluating", unit="batch", disable=not progress):
-        result = jax.device_get(step(params, experiment.put_batch(next(iterator), sharding)))
+        # Every process's images, gathered on every process (padding has image_index -1).
+        result = distributed.to_host(step(params, experiment.put_batch(next(iterator), sharding)))
         keep = result["image_index"] >= 0
         for pooling in out:
             out[pooling][result["image_index"][keep]] = result[pooling][keep]
@@ -272,6 +275,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     workdir = Path(FLAGS.workdir)
     config = FLAGS.config or experiment.load_config(workdir)
+    distributed.initialize(config)
     return train.evaluate_workdir(config, workdir, step=FLAGS.checkpoint, split=FLAGS.split)
 
 

@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as Spec
 from tqdm import tqdm
 
+from voc_jax import distributed
 from voc_jax import weights as weights_lib
 from voc_jax.data.pipeline import PatchConfig
 from voc_jax.data.synthetic import SyntheticConfig, generate
@@ -75,6 +76,11 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     for name in ("images_per_step",):
         if config[name] % device_count:
             problems.append(f"{name}={config[name]} must be a multiple of {device_count} devices")
+    if config.images_per_step % jax.process_count():
+        problems.append(
+            f"images_per_step={config.images_per_step} must be a multiple of the "
+            f"{jax.process_count()} processes"
+        )
     if config.eval.images_per_step % device_count:
         problems.append(
             f"eval.images_per_step={config.eval.images_per_step} must be a multiple of "
@@ -97,6 +103,9 @@ def resolve_data_root(config: ml_collections.ConfigDict, workdir: Path) -> Path:
             "(python -m voc_jax.data.download --out data/ fetches it)"
         )
     s = config.data.synthetic
+    if not distributed.is_main():  # process 0 generates; the others wait for it
+        distributed.barrier("synthetic data")
+        return root
     log.info("generating the synthetic VOC dataset into %s", root)
     generate(
         root,
@@ -109,6 +118,7 @@ def resolve_data_root(config: ml_collections.ConfigDict, workdir: Path) -> Path:
         ),
         progress=lambda r: tqdm(r, desc="generating synthetic VOC", unit="img"),
     )
+    distributed.barrier("synthetic data")
     return root
 
 
@@ -195,10 +205,18 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 
 def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    return {k: jax.device_put(v, sharding) for k, v in batch.items()}
+    """This process's images -> global arrays sharded along the data axis."""
+    return distributed.global_batch(batch, sharding)
+
+
+def local_images(global_images: int) -> int:
+    """Images this process reads per call (the global count split over processes)."""
+    return global_images // jax.process_count()
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    if not distributed.is_main():
+        return
     path = workdir / CONFIG_FILE
     text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
     if path.exists() and path.read_text() != text:
@@ -220,8 +238,11 @@ def make_train_state(
     """(state, optimizer, labels, schedule) for these params and the optim config."""
     from voc_jax import optim, steps
 
+    optim_config = config.optim
+    if config.optim.get("scale_lr", False) and config.images_per_step > 1:
+        optim_config = optim.scaled_rates(config.optim, config.images_per_step)
     optimizer, labels, schedule = optim.make_optimizer(
-        config.optim, setup.params, max(1, steps_per_epoch), config.num_epochs
+        optim_config, setup.params, max(1, steps_per_epoch), config.num_epochs
     )
     state = steps.create_state(setup.params, optimizer, config.seed)
     return state, optimizer, labels, schedule

@@ -93,6 +93,14 @@ def learning_rate_schedule(config: Any, steps_per_epoch: int, num_epochs: int) -
     return optax.join_schedules([ramp, after], [warmup])
 
 
+def scaled_rates(config: Any, factor: float) -> Any:
+    """A copy of the optim block with every learning rate multiplied by ``factor``."""
+    scaled = config.copy_and_resolve_references()
+    scaled.learning_rate = config.learning_rate * factor
+    scaled.lr_changes = tuple((epoch, rate * factor) for epoch, rate in config.lr_changes)
+    return scaled
+
+
 def make_optimizer(
     config: Any, params: Params, steps_per_epoch: int, num_epochs: int
 ) -> tuple[optax.GradientTransformation, Params, optax.Schedule]:

@@ -27,8 +27,8 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from voc_jax import distributed, experiment
 from voc_jax import evaluate as evaluate_lib
-from voc_jax import experiment
 from voc_jax.checkpoint import Checkpointer, abstract_like
 from voc_jax.data.pipeline import ImageError, epoch_dataset, iterate
 from voc_jax.data.voc import VocError
@@ -45,14 +45,15 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclasses.dataclass
 class Position:
-    """Where the data pipeline stands: the next batch to train on."""
+    """Where the data pipeline stands: the next (global) batch to train on. The batches of an
+    epoch are a function of (seed, epoch, index), so this is all a resume needs, on any number
+    of processes."""
 
     epoch: int = 0
     batch: int = 0
-    iterator: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch, "iterator": self.iterator}
+        return {"epoch": self.epoch, "batch": self.batch}
 
 
 class StopRequested(Exception):
@@ -93,11 +94,12 @@ def restore_or_init(
     step: int | None = None,
 ):
     state, optimizer, labels, schedule = experiment.make_train_state(config, setup, steps_per_epoch)
-    state = jax.device_put(state, experiment.replicated(mesh))
+    # From host values (identical on every process): device_put then builds global arrays.
+    state = jax.device_put(jax.device_get(state), experiment.replicated(mesh))
     position = Position()
     if checkpointer.steps():
         restored_step, state, data = checkpointer.restore(abstract_like(state), step)
-        position = Position(data["epoch"], data["batch"], data.get("iterator"))
+        position = Position(data["epoch"], data["batch"])
         log.info(
             "resuming from checkpoint step %d (epoch %d, batch %d) in %s",
             restored_step,
@@ -145,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         config, setup, checkpointer, steps_per_epoch, mesh
     )
     train_step = experiment.jit_train_step(config, setup, optimizer, labels, schedule)
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, enabled=distributed.is_main())
     sharding = experiment.batch_sharding(mesh)
     with _StopFlag() as stop:
         try:
@@ -201,22 +203,26 @@ def run_epoch(
     dataset = epoch_dataset(
         records,
         patch_cfg,
-        images_per_batch=config.images_per_step,
+        images_per_batch=experiment.local_images(config.images_per_step),
         train=True,
         seed=config.seed,
         epoch=epoch,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
     )
-    iterator = iterate(dataset, workers=config.data.workers)
     start_batch = 0
     if position.epoch == epoch and position.batch > 0:
-        iterator.set_state(position.iterator)
+        # Batch b depends only on (seed, epoch, b): resume by skipping, on any process count.
         start_batch = position.batch
+        dataset = dataset[start_batch:]
+    iterator = iterate(dataset, workers=config.data.workers)
     patches_per_call = config.images_per_step * config.patches.per_image
     bar = tqdm(
         total=calls_per_epoch,
         initial=start_batch,
         desc=f"epoch {epoch + 1}/{config.num_epochs}",
         unit="call",
+        disable=not distributed.is_main(),
     )
     every = config.checkpoint.every_steps
     last_log = int(state.step)
@@ -247,7 +253,7 @@ def run_epoch(
         bar.set_postfix(
             step=step, loss=f"{metrics['loss']:.3f}", patches_s=f"{rates['patches_per_s']:.0f}"
         )
-        position = Position(epoch, batch_index + 1, iterator.get_state())
+        position = Position(epoch, batch_index + 1)
         if step - last_log >= config.log_every_steps or batch_index + 1 == calls_per_epoch:
             writer.write(step, metrics | rates, epoch=epoch + 1)
             last_log = step
@@ -256,10 +262,10 @@ def run_epoch(
         if stop.requested:
             bar.close()
             if batch_index + 1 == calls_per_epoch:
-                position = Position(epoch + 1, 0, None)
+                position = Position(epoch + 1, 0)
             raise StopRequested(state, position)
     bar.close()
-    position = Position(epoch + 1, 0, None)
+    position = Position(epoch + 1, 0)
     if calls:
         writer.write(
             int(state.step), {f"epoch_{k}": v / calls for k, v in sums.items()}, epoch=epoch + 1
@@ -272,10 +278,14 @@ def run_epoch(
 def run_evaluation(config, setup, state, dataset, mesh, workdir: Path) -> dict[str, Any]:
     step = int(state.step)
     out_dir = workdir / "eval" / str(step)
-    summary = evaluate_lib.evaluate(state.params, setup, dataset, config, mesh, out_dir)
-    print(f"\nAP on {summary['split']} ({summary['images']} images), step {step}:")
-    print(summary["table"])
-    print(f"written to {out_dir}")
+    main = distributed.is_main()
+    summary = evaluate_lib.evaluate(
+        state.params, setup, dataset, config, mesh, out_dir, progress=main, write=main
+    )
+    if main:
+        print(f"\nAP on {summary['split']} ({summary['images']} images), step {step}:")
+        print(summary["table"])
+        print(f"written to {out_dir}")
     return summary
 
 
@@ -331,6 +341,9 @@ def main(argv: Sequence[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
+        distributed.initialize(FLAGS.config)  # before anything touches a device
+        if not distributed.is_main():
+            logging.getLogger().setLevel(logging.WARNING)
         code = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (ConfigError, VocError, WeightsError, ImageError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -77,6 +77,18 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.nesterov = False
     c.optim.weight_decay = 5e-4  # sgd: coupled L2, as neon; adamw: decoupled
     c.optim.no_decay = ()  # regexes of params without decay; the reference decays biases too
+    # An update averages images_per_step x batch_size patches (the reference: 1 x 64). True
+    # multiplies every rate by images_per_step (the linear scaling rule) when that grows.
+    c.optim.scale_lr = False
+
+    c.distributed = False  # True: jax.distributed.initialize(); also done automatically when a
+    # cluster is detected (SLURM with > 1 task, Open MPI, JAX_COORDINATOR_ADDRESS set)
+    c.cluster = ml_collections.ConfigDict()
+    c.cluster.coordinator = ""  # host:port of process 0; empty = from the cluster environment
+    c.cluster.num_processes = 0  # 0 = from the cluster environment
+    c.cluster.process_id = -1  # -1 = from the cluster environment
+    c.cluster.local_device_ids = ()  # this process's devices; empty = all local ones
+    c.cluster.cpu_collectives = ""  # "gloo" for multi-process runs on CPUs; "" = JAX's default
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 1000  # SGD updates between checkpoints (and every epoch end)

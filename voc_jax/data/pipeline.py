@@ -164,14 +164,37 @@ def padding_example(config: PatchConfig) -> Batch:
     }
 
 
-class _Example(grain.transforms.RandomMap):
-    def __init__(self, records: Sequence[VocRecord], config: PatchConfig, train: bool):
-        self.records, self.config, self.train = records, config, train
+class _Example(grain.transforms.MapTransform):
+    """(global position, record index) -> one example. Its random generator comes from the
+    epoch's seed and the image's position in the *global* order, so an image gets the same
+    patches whichever process reads it and however many processes there are."""
 
-    def random_map(self, index: int, rng: np.random.Generator) -> Batch:
+    def __init__(self, records: Sequence[VocRecord], config: PatchConfig, train: bool, seed: int):
+        self.records, self.config, self.train, self.seed = records, config, train, seed
+
+    def map(self, element: tuple[int, int]) -> Batch:
+        position, index = element
         if index < 0:
             return padding_example(self.config)
+        rng = np.random.default_rng([self.seed, position])
         return make_example(self.records[index], index, rng, self.config, self.train)
+
+
+def global_order(
+    num_records: int, global_batch: int, *, train: bool, seed: int, epoch: int
+) -> np.ndarray:
+    """[batches, global_batch] record indices of one epoch, the same on every process.
+
+    Training: a fresh permutation every epoch, the last incomplete batch dropped. Evaluation:
+    every record once, in order, padded with -1 to whole batches."""
+    if train:
+        order = np.random.default_rng(_mix(seed, epoch, 0)).permutation(num_records)
+        order = order[: len(order) - len(order) % global_batch]
+    else:
+        order = np.arange(num_records)
+        pad = -len(order) % global_batch
+        order = np.concatenate([order, np.full(pad, -1, order.dtype)])
+    return order.reshape(-1, global_batch)
 
 
 def epoch_dataset(
@@ -185,21 +208,26 @@ def epoch_dataset(
     shard_index: int = 0,
     shard_count: int = 1,
 ) -> grain.MapDataset:
-    """One epoch as a grain MapDataset of batches.
+    """One epoch as a grain MapDataset of this process's batches of ``images_per_batch``.
 
-    Training: a fresh shuffle of the images every epoch, the last incomplete batch dropped.
-    Evaluation: every image exactly once, in order, the last batch padded with elements whose
-    image_index is -1. ``shard_index``/``shard_count`` give each JAX process its own images.
+    The epoch's global batches hold ``images_per_batch * shard_count`` images
+    (:func:`global_order`); process ``shard_index`` reads the contiguous slice
+    ``[shard_index * images_per_batch, (shard_index + 1) * images_per_batch)`` of each, which
+    is what ``jax.make_array_from_process_local_data`` expects along a 1-D data mesh. The
+    batches are therefore identical for any number of processes with the same global batch,
+    and batch ``b`` of an epoch can be recomputed from its index alone (``dataset[b:]``
+    resumes an epoch).
     """
-    indices = np.arange(len(records))[shard_index::shard_count]
-    ds = grain.MapDataset.source(indices.tolist())
-    if train:
-        ds = ds.shuffle(seed=_mix(seed, epoch, 0))
-    elif len(indices) % images_per_batch:
-        pad = images_per_batch - len(indices) % images_per_batch
-        ds = grain.MapDataset.source(indices.tolist() + [-1] * pad)
-    ds = ds.random_map(_Example(records, config, train), seed=_mix(seed, epoch, 1))
-    return ds.batch(images_per_batch, drop_remainder=train)
+    per = images_per_batch
+    order = global_order(len(records), per * shard_count, train=train, seed=seed, epoch=epoch)
+    positions = np.arange(order.size).reshape(order.shape)
+    local = slice(shard_index * per, (shard_index + 1) * per)
+    elements = list(
+        zip(positions[:, local].ravel().tolist(), order[:, local].ravel().tolist(), strict=True)
+    )
+    ds = grain.MapDataset.source(elements)
+    ds = ds.map(_Example(records, config, train, _mix(seed, epoch, 1)))
+    return ds.batch(per, drop_remainder=False)
 
 
 def _mix(seed: int, epoch: int, stream: int) -> int:

@@ -1,0 +1,165 @@
+"""Multi-process training (jax.distributed) on CPU: two processes x two devices equal one
+process x four devices; every test image is scored once; a 2-process checkpoint resumes in
+one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_train import REPO, checkpoint_steps, final_params, train_cmd
+from voc_jax import distributed
+from voc_jax.data.synthetic import SyntheticConfig, generate
+
+COMMON = (
+    "--config.num_epochs=1",
+    "--config.images_per_step=4",
+    "--config.eval.images_per_step=4",
+    "--config.checkpoint.every_steps=1000",
+    "--config.data.check_images=none",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def env_with_devices(n: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+    }
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "VOC2007"
+    # 9 trainval images: 2 global batches of 4, one dropped; 5 test images: a padded batch.
+    return generate(root, SyntheticConfig(num_trainval=9, num_test=5, min_side=100, max_side=150))
+
+
+def run_two_processes(
+    workdir: Path, data_root: Path, *extra: str
+) -> list[subprocess.CompletedProcess]:
+    port = free_port()
+    procs = []
+    for pid in range(2):
+        cmd = train_cmd(
+            workdir,
+            *COMMON,
+            f"--config.data.root={data_root}",
+            "--config.distributed=True",
+            f"--config.cluster.coordinator=localhost:{port}",
+            "--config.cluster.num_processes=2",
+            f"--config.cluster.process_id={pid}",
+            "--config.cluster.cpu_collectives=gloo",
+            *extra,
+        )
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                env=env_with_devices(2),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=900)
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return results
+
+
+def run_one_process(workdir: Path, data_root: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        train_cmd(workdir, *COMMON, f"--config.data.root={data_root}", *extra),
+        cwd=REPO,
+        env=env_with_devices(4),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_four_devices(tmp_path, data_root):
+    two, one = tmp_path / "two", tmp_path / "one"
+    results = run_two_processes(two, data_root)
+    for r in results:
+        assert r.returncode == 0, r.stderr[-4000:]
+    single = run_one_process(one, data_root)
+    assert single.returncode == 0, single.stderr[-4000:]
+
+    # 2 calls of 4 images, each 2 updates (8 patches per image, 4 per micro-batch)
+    assert checkpoint_steps(two) == checkpoint_steps(one) == [4]
+    overrides = {"images_per_step": 4, "eval.images_per_step": 4, "num_epochs": 1}
+    _, params_two, data_two = final_params(two, overrides)
+    _, params_one, data_one = final_params(one, overrides)
+    assert data_two == data_one
+    flat_two = {k: v for k, v in _flatten(params_two)}
+    for key, value in _flatten(params_one):
+        np.testing.assert_allclose(flat_two[key], value, rtol=2e-5, atol=2e-6, err_msg=key)
+
+    # Evaluation: every test image scored exactly once (5 images over a global batch of 4),
+    # the same scores as the single process, files written once (by process 0).
+    scores_two = np.load(two / "eval" / "4" / "scores.npz")
+    scores_one = np.load(one / "eval" / "4" / "scores.npz")
+    assert list(scores_two["image_ids"]) == [f"{i:06d}" for i in range(9, 14)]
+    np.testing.assert_allclose(scores_two["power"], scores_one["power"], rtol=1e-4, atol=1e-7)
+    # Only process 0 logs the table.
+    assert ("AP on test" in results[0].stdout) and ("AP on test" not in results[1].stdout)
+
+    # A checkpoint written by 2 processes resumes in 1 process (4 devices): one more epoch.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two, resumed)
+    more = run_one_process(resumed, data_root, "--config.num_epochs=2")
+    assert more.returncode == 0, more.stderr[-4000:]
+    assert "resuming from checkpoint step 4" in more.stderr
+    assert checkpoint_steps(resumed)[-1] == 8
+    config = json.loads((resumed / "config.json").read_text())
+    assert config["images_per_step"] == 4
+
+
+def _flatten(tree, prefix=""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}/")
+        else:
+            yield f"{prefix}{k}", np.asarray(v)
+
+
+def test_cluster_detection():
+    assert not distributed.cluster_detected({})
+    assert not distributed.cluster_detected({"SLURM_NTASKS": "1"})
+    assert distributed.cluster_detected({"SLURM_NTASKS": "8"})
+    assert distributed.cluster_detected({"OMPI_COMM_WORLD_SIZE": "2"})
+    assert distributed.cluster_detected({"JAX_COORDINATOR_ADDRESS": "host:1234"})
+
+
+def test_single_process_helpers_are_the_plain_path():
+    import jax
+
+    assert distributed.is_main()
+    mesh = jax.make_mesh((1,), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    batch = {"x": np.arange(6.0).reshape(2, 3)}
+    out = distributed.global_batch(batch, sharding)
+    np.testing.assert_array_equal(distributed.to_host(out)["x"], batch["x"])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
