@@ -124,3 +124,15 @@ def test_split_and_merge_roundtrip():
     merged = optim.merge(trainable, frozen)
     for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(params), strict=True):
         assert a is b
+
+
+def test_linear_scaling_multiplies_every_rate():
+    from voc_jax.configs import voc07_alexnet
+
+    base = voc07_alexnet.get_config().optim
+    scaled = optim.scaled_rates(base, 8)
+    assert scaled.learning_rate == pytest.approx(8e-4)
+    assert scaled.lr_changes == ((15, pytest.approx(8e-5)), (20, pytest.approx(8e-6)))
+    assert base.learning_rate == 1e-4  # the original is untouched
+    sched = optim.learning_rate_schedule(scaled, 10, 25)
+    assert float(sched(0)) == pytest.approx(8e-4) and float(sched(150)) == pytest.approx(8e-5)

@@ -164,7 +164,7 @@ def padding_example(config: PatchConfig) -> Batch:
     }
 
 
-class _Example(grain.transforms.MapTransform):
+class _Example(grain.transforms.Map):
     """(global position, record index) -> one example. Its random generator comes from the
     epoch's seed and the image's position in the *global* order, so an image gets the same
     patches whichever process reads it and however many processes there are."""
