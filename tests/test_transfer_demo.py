@@ -19,17 +19,20 @@ from voc_jax.classes import VOC_CLASSES
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow
-def test_quick_demo_runs_every_stage(tmp_path):
-    work = tmp_path / "demo"
-    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
-    result = subprocess.run(
+def run_quick_demo(work: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, str(REPO / "scripts/transfer_demo.py"), "--quick", "--workdir", str(work)],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"},
         timeout=900,
     )
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_every_stage(tmp_path):
+    work = tmp_path / "demo"
+    result = run_quick_demo(work)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (work / "source_alexnet.pth").is_file()
     meta = json.loads((work / "source_alexnet" / "metadata.json").read_text())
@@ -49,12 +52,6 @@ def test_quick_demo_runs_every_stage(tmp_path):
     table = (work / "transfer_demo.md").read_text()
     assert "| **mAP** |" in table and "pretrained, backbone frozen" in table
     # A second invocation reuses every stage (nothing retrained) and redraws the outputs.
-    again = subprocess.run(
-        [sys.executable, str(REPO / "scripts/transfer_demo.py"), "--quick", "--workdir", str(work)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    again = run_quick_demo(work)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "$ " not in again.stdout  # no stage command was run
