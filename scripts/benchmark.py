@@ -77,8 +77,10 @@ def dataset_records(args: argparse.Namespace) -> tuple[list[VocRecord], str]:
 
 def bench_pipeline(records, config, args) -> list[dict]:
     """Steady state: worker start-up and the first batches are excluded."""
-    n = min(len(records), 12 if args.quick else args.images)
     warm = 4
+    n = min(len(records) - warm, 12 if args.quick else args.images)
+    if n < 1:
+        raise SystemExit(f"the pipeline section needs more than {warm} images, got {len(records)}")
     rows = []
     for workers in sorted({0, args.workers}):
         ds = epoch_dataset(records[: n + warm], config, images_per_batch=1, train=True, seed=0)
