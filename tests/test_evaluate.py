@@ -66,3 +66,16 @@ def test_plots_are_written(tmp_path):
     evaluate.write_plots(tmp_path, scores, targets, results, with_reference=True)
     for name in ("pr_curves.png", "ap_bars.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reference_column_counts_classes_below_the_floor_as_zero():
+    scores, targets, _ = random_results()
+    scores[:, 3] = 1e-8  # boat: every image below the reference's 1e-6 floor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = evaluate.ap_results(scores, targets, ("voc07", "reference"))
+    table = evaluate.format_table(results, with_reference=True)
+    boat = next(line for line in table.splitlines() if line.startswith("| boat |"))
+    assert boat.split(" | ")[2] == "0.00" and "-74.84" in boat
+    assert "every image scores below 1e-6 for boat" in table
+    assert results["reference"]["map"] == np.mean(results["reference"]["ap"])

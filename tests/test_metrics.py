@@ -101,8 +101,10 @@ def test_protocols_differ_exactly_where_they_should():
     # voc07 ranking: + - + +(last, 1e-9): recalls 1/3 (p1), 1/3 (p .5), 2/3 (p 2/3), 1 (p 3/4)
     assert voc07 == pytest.approx((4 * 1.0 + 3 * 0.75 + 4 * 0.75) / 11)
     assert area == pytest.approx(devkit_area(scores, targets))
-    # reference ranking over 4 images: + + - + : recall .33 p1, .67 p1, .67 p .67, 1 p .75
-    assert ref == pytest.approx(2 / 3 * 1.0 + 1 / 3 * 0.75)
+    # reference: 4 positives (the difficult image and the one below 1e-6 included); ranked over
+    # the 4 images above the floor: + + - + : recall .25 p1, .5 p1, .5 p 2/3, .75 p .75; the
+    # positive below the floor is never reached, so recall stops at .75.
+    assert ref == pytest.approx(0.5 * 1.0 + 0.25 * 0.75)
     assert len({round(voc07, 6), round(area, 6), round(ref, 6)}) == 3
 
 
@@ -155,3 +157,61 @@ def test_chance_map_matches_a_plain_loop():
     assert got["p99"] == pytest.approx(np.percentile(maps, 99))
     # Random scores sit well above the positive rate here (few positives per class).
     assert got["mean"] > (targets == 1).mean()
+
+
+def reference_loop(scores, targets):
+    """seed.md's "Metric" rule, transcribed as plainly as possible: rank by score; an image
+    below 1e-6 is neither TP nor FP; recall over every positive image (difficult included);
+    all-points AP; 0 when nothing is above the floor."""
+    floor = 1e-6
+    n_positive = sum(1 for t in targets if t >= 0)
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])  # Python's sort is stable
+    tp = fp = 0
+    recalls, precisions = [], []
+    for i in order:
+        if scores[i] < floor:
+            continue
+        if targets[i] >= 0:
+            tp += 1
+        else:
+            fp += 1
+        recalls.append(tp / n_positive)
+        precisions.append(tp / (tp + fp))
+    if not recalls:
+        return 0.0
+    mrec = [0.0, *recalls, 1.0]
+    mpre = [0.0, *precisions, 0.0]
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    return sum(
+        (mrec[i] - mrec[i - 1]) * mpre[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1]
+    )
+
+
+def test_reference_minimal_case_keeps_floored_positives_in_recall():
+    # Issue 13's minimal case: the positive at index 2 scores below 1e-6 and is never found.
+    scores = np.array([0.9, 0.5, 1e-7, 1e-7])
+    targets = np.array([1, -1, 1, -1])
+    assert metrics.average_precision(scores, targets, "reference") == pytest.approx(0.5)
+
+
+def test_reference_class_entirely_below_the_floor_is_zero_and_counted():
+    scores = np.array([[0.9, 1e-8], [0.1, 1e-9], [0.5, 5e-7]])
+    targets = np.array([[1, 1], [-1, -1], [-1, 0]])
+    result = metrics.mean_average_precision(scores, targets, "reference")
+    assert result["ap"][1] == 0.0 and result["classes_below_floor"] == [1]
+    assert result["classes_without_positives"] == []
+    assert result["map"] == pytest.approx((1.0 + 0.0) / 2)  # the zero is in the mean
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_reference_equals_a_plain_loop(seed):
+    rng = np.random.default_rng(1000 + seed)
+    n = int(rng.integers(1, 120))
+    targets = rng.choice([-1, -1, 0, 1], n)
+    targets[rng.integers(n)] = 1
+    # Scores straddling the floor, with exact ties, to exercise every branch.
+    scores = rng.choice([0.0, 1e-7, 1e-6, 0.25, 0.5], n) * rng.choice([1.0, 1.0, 0.5], n)
+    scores = np.where(rng.random(n) < 0.5, rng.random(n) * 10.0 ** -rng.integers(0, 9, n), scores)
+    want = reference_loop(scores.tolist(), targets.tolist())
+    assert metrics.average_precision(scores, targets, "reference") == pytest.approx(want, abs=1e-12)

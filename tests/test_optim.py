@@ -136,3 +136,63 @@ def test_linear_scaling_multiplies_every_rate():
     assert base.learning_rate == 1e-4  # the original is untouched
     sched = optim.learning_rate_schedule(scaled, 10, 25)
     assert float(sched(0)) == pytest.approx(8e-4) and float(sched(150)) == pytest.approx(8e-5)
+
+
+def test_adamw_moves_parameters_as_optax_adamw_does():
+    params = tiny_params()
+    config = optim_config(
+        optimizer="adamw",
+        trainable=("fc7/.*", "head/.*"),
+        weight_decay=0.05,
+        no_decay=(".*/bias",),
+        b1=0.8,
+        b2=0.95,
+        eps=1e-6,
+        lr_changes=(),
+    )
+    optimizer, labels, _ = optim.make_optimizer(config, params, 10, 5)
+    state = optimizer.init(params)
+    # Adam state (two moments) for the trainable leaves only.
+    adam = [
+        s
+        for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+        if isinstance(s, optax.ScaleByAdamState)
+    ]
+    assert len(adam) == 1
+    assert sum(x.size for x in jax.tree.leaves(adam[0].mu)) == 8 * 8 + 8 + 8 * 5 + 5
+    trainable = {"fc7": params["fc7"], "head": params["head"]}
+    mask = jax.tree.map(lambda _: True, trainable)
+    mask["fc7"]["bias"] = False
+    mask["head"]["fc_a"]["bias"] = False
+    reference = optax.adamw(0.1, b1=0.8, b2=0.95, eps=1e-6, weight_decay=0.05, mask=mask)
+    ref_state = reference.init(trainable)
+    rng = np.random.default_rng(1)
+    ours, theirs = params, trainable
+    for _ in range(3):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), ours)
+        updates, state = optimizer.update(grads, state, ours)
+        ours = optax.apply_updates(ours, updates)
+        sub = {"fc7": grads["fc7"], "head": grads["head"]}
+        ref_updates, ref_state = reference.update(sub, ref_state, theirs)
+        theirs = optax.apply_updates(theirs, ref_updates)
+    for a, b in zip(
+        jax.tree.leaves({"fc7": ours["fc7"], "head": ours["head"]}),
+        jax.tree.leaves(theirs),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(ours["conv1"]["kernel"], params["conv1"]["kernel"])
+
+
+def test_sgd_and_adamw_differ_and_unknown_optimizers_are_refused():
+    params = tiny_params()
+    rng = np.random.default_rng(2)
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    moved = {}
+    for name in optim.OPTIMIZERS:
+        optimizer, _, _ = optim.make_optimizer(optim_config(optimizer=name), params, 10, 5)
+        updates, _ = optimizer.update(grads, optimizer.init(params), params)
+        moved[name] = np.asarray(updates["fc7"]["kernel"])
+    assert not np.allclose(moved["sgd"], moved["adamw"])
+    with pytest.raises(ValueError, match="optim.optimizer must be one of"):
+        optim.make_optimizer(optim_config(optimizer="no-such"), params, 10, 5)

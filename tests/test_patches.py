@@ -15,7 +15,8 @@ SCALES = P.REFERENCE_SCALES
 
 
 def reference_grid(width, height, scales=SCALES, min_patches=448, min_scales=11):
-    """seed.md, literally: scale by scale, x positions x y positions, stop rule after a scale."""
+    """seed.md, literally: scale by scale, x positions (outer loop) x y positions (inner loop),
+    stop rule after a scale."""
     boxes, scale_of = [], []
     for k, s in enumerate(scales):
         size = (min(width, height) - 1) / s
@@ -29,8 +30,8 @@ def reference_grid(width, height, scales=SCALES, min_patches=448, min_scales=11)
             else:
                 first, last = size / 2, (length - 1) - size / 2
                 centres.append([first + i * (last - first) / (n - 1) for i in range(n)])
-        for cy in centres[1]:
-            for cx in centres[0]:
+        for cx in centres[0]:
+            for cy in centres[1]:
                 boxes.append((cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2))
                 scale_of.append(k)
         if len(boxes) >= min_patches and k + 1 >= min_scales:
@@ -97,6 +98,25 @@ def test_later_scales_only_when_short_of_patches():
 def test_reference_values_always_use_eleven_scales(width, height):
     _, scale = P.patch_boxes(width, height)
     assert scale.max() == 10 and len(scale) >= 448
+
+
+def test_first_patches_of_a_non_square_image_go_column_by_column():
+    # 500x375, scale 1: size 374, 4 x positions, 1 y position -> left to right.
+    # Scale 1.3: size 374/1.3, 4 x 4 grid: the first four patches share the leftmost column
+    # (same x0) and go down it, then the next column starts at the top again.
+    boxes, scale = P.patch_boxes(500, 375)
+    size = 374 / 1.3
+    x_step = (499 - size) / 3
+    y_step = (374 - size) / 3
+    second = boxes[scale == 1]
+    want = [
+        (i * x_step, j * y_step, i * x_step + size, j * y_step + size)
+        for i in range(4)
+        for j in range(4)
+    ]
+    np.testing.assert_allclose(second, want, atol=1e-9)
+    np.testing.assert_allclose(boxes[:4, 1], 0.0, atol=1e-9)  # scale 1: one row
+    assert boxes[4, 0] == boxes[5, 0] < boxes[8, 0] and boxes[4, 1] < boxes[5, 1]
 
 
 def test_single_patch_is_centred():

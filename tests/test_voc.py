@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from voc_jax.classes import VOC_CLASSES
+from voc_jax.classes import CLASS_INDEX, VOC_CLASSES
 from voc_jax.data import check
 from voc_jax.data.voc import VocError, load_dataset, parse_annotation, read_class_targets
 
@@ -241,3 +241,22 @@ def test_patch_statistics_add_up(tmp_path, capsys):
     assert f"{total} candidates over 6 images, {positives / total:.2%} positive" in out
     dog = sum(int((x == VOC_CLASSES.index("dog") + 1).sum()) for x in labels)
     assert f"| dog          | {dog:>8} |" in out
+
+
+def test_person_box_is_bndbox_not_a_part_box_001362(shared_data):
+    """The reference's XML reader took the first xmin/ymin/xmax/ymax inside <object>; in
+    001362.xml the person's <part> boxes (head, hand) come before its own <bndbox>, so the
+    reference trained on the head box (72, 32, 202, 180) there. We read <bndbox>, like the
+    official devkit. 130 person objects of VOC 2007 are affected (docs/reference.md)."""
+    import xml.etree.ElementTree as ET
+
+    path = annotations_root(shared_data) / "Annotations" / "001362.xml"
+    record, problems = parse_annotation(path)
+    assert not [p for p in problems if p.severity == "error"]
+    person = record.labels == CLASS_INDEX["person"]
+    assert person.sum() == 1
+    np.testing.assert_array_equal(record.boxes[person][0], [32, 31, 332, 499])  # bndbox - 1
+    obj = ET.parse(path).getroot().find("object")
+    first = [float(obj.find(f".//{t}").text) - 1 for t in ("xmin", "ymin", "xmax", "ymax")]
+    assert first == [71, 31, 201, 179]  # what the reference read: the head
+    assert not np.array_equal(record.boxes[person][0], first)

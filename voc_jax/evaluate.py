@@ -44,7 +44,10 @@ REFERENCE_MAP = 74.67
 PROTOCOL_NAMES = {
     "voc07": "VOC07 official (11-point, difficult ignored)",
     "area": "all-points AP, difficult ignored",
-    "reference": "reference (all-points, difficult positive, scores < 1e-6 ignored)",
+    "reference": (
+        "the neon reference's own computation (all-points, difficult positive, images "
+        "scoring < 1e-6 never ranked but their positives kept in recall; mean over all 20)"
+    ),
 }
 
 
@@ -103,6 +106,7 @@ def ap_results(
             "ap": [float(a) for a in r["ap"]],
             "map": r["map"],
             "classes_without_positives": r["classes_without_positives"],
+            "classes_below_floor": r["classes_below_floor"],
         }
     return results
 
@@ -127,6 +131,11 @@ def format_table(results: dict[str, dict[str, Any]], with_reference: bool) -> st
         row(name, [results[p]["ap"][c] for p in protocols], REFERENCE_AP[name])
     row("**mAP**", [results[p]["map"] for p in protocols], REFERENCE_MAP)
     notes = [f"- AP {p}: {PROTOCOL_NAMES[p]}" for p in protocols]
+    for p in protocols:
+        below = results[p].get("classes_below_floor") or []
+        if below:
+            names = ", ".join(VOC_CLASSES[c] for c in below)
+            notes.append(f"- AP {p}: every image scores below 1e-6 for {names}: AP 0, in the mean")
     return "\n".join(lines + [""] + notes)
 
 

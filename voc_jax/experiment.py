@@ -47,6 +47,7 @@ def patch_config(config: ml_collections.ConfigDict) -> PatchConfig:
         shuffle_patches=p.shuffle,
         test_sampling=p.test_sampling,
         canvas=tuple(p.canvas),
+        crop_boxes=p.crop_boxes,
         max_rows=p.max_rows or grid_rows(p.scales),
     )
 

@@ -6,13 +6,19 @@ Targets follow the official per-class files: 1 positive, 0 difficult only, -1 ne
   interpolated AP (mean over t = 0, 0.1, ..., 1 of the best precision at recall >= t).
 - ``area``: official difficult handling, all-points AP (area under the monotone precision
   envelope, the VOC 2010+ devkit).
-- ``reference``: what the neon reference computed: target 0 counts as positive, all-points
-  AP, images scoring below 1e-6 ignored (removed from the ranking and from the positives
-  counted for recall; seed.md does not say more).
+- ``reference``: what the neon reference computed (seed.md, "Metric"): target 0 counts as
+  positive, all-points AP, and an image scoring below 1e-6 is neither a true nor a false
+  positive while the positives among such images STAY in the recall denominator (recall =
+  TP / all positive images). A class whose every image is below the floor gets AP 0, and the
+  mean is the plain mean over all classes, those zeros included.
 
 Ties: images are ranked by score with a stable sort, so tied images keep their dataset
-order, as the devkit's MATLAB ``sort`` does. A class without positive images has no AP: it is
-NaN, reported, and left out of the mean (never a silent 0). NaN or infinite scores are errors.
+order, as the devkit's MATLAB ``sort`` does. The reference ranked with ``np.argsort(-score)``
+(quicksort, not stable): its order among tied scores was unspecified, so ties are the one
+place where ``reference`` may differ from the reference's own numbers. A class without any
+positive image has no AP under any protocol: it is NaN, reported, and left out of the mean
+(never a silent 0; the reference would have divided by zero). NaN or infinite scores are
+errors.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class PrecisionRecall:
 
 
 def _select(scores: np.ndarray, targets: np.ndarray, protocol: str):
+    """(scores ranked, positive flags, the recall denominator) under ``protocol``."""
     scores = np.asarray(scores, np.float64).reshape(-1)
     targets = np.asarray(targets).reshape(-1)
     if scores.shape != targets.shape:
@@ -45,16 +52,19 @@ def _select(scores: np.ndarray, targets: np.ndarray, protocol: str):
     if protocol in ("voc07", "area"):
         keep = targets != 0
         positive = targets == 1
+        n_positive = int(positive[keep].sum())
     elif protocol == "reference":
-        keep = scores >= REFERENCE_SCORE_FLOOR
+        # Below the floor: no TP, no FP, but the image's positives still count for recall.
         positive = targets >= 0
+        n_positive = int(positive.sum())
+        keep = scores >= REFERENCE_SCORE_FLOOR
     else:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    return scores[keep], positive[keep], int(positive[keep].sum())
+    return scores[keep], positive[keep], n_positive
 
 
 def precision_recall(scores, targets, protocol: str = "voc07") -> PrecisionRecall:
-    """Precision and recall after each image in ranked order (the devkit's curve)."""
+    """Precision and recall after each ranked image that counts (the devkit's curve)."""
     s, positive, n_positive = _select(scores, targets, protocol)
     order = np.argsort(-s, kind="stable")
     tp = np.cumsum(positive[order])
@@ -81,10 +91,16 @@ def area_under_envelope(pr: PrecisionRecall) -> float:
 
 
 def average_precision(scores, targets, protocol: str = "voc07") -> float:
-    """AP of one class; NaN when the class has no positive image under ``protocol``."""
-    pr = precision_recall(scores, targets, protocol)
-    if not len(pr.recall) or np.isnan(pr.recall).all():
+    """AP of one class; NaN when the class has no positive image under ``protocol``.
+
+    ``reference``: 0 when no image reaches the 1e-6 floor (the curve is empty; recall 0).
+    """
+    _, _, n_positive = _select(scores, targets, protocol)
+    if n_positive == 0:
         return float("nan")
+    pr = precision_recall(scores, targets, protocol)
+    if not len(pr.recall):
+        return 0.0
     return eleven_point(pr) if protocol == "voc07" else area_under_envelope(pr)
 
 
@@ -100,18 +116,26 @@ def mean_average_precision(
     )
     missing = [int(c) for c in np.flatnonzero(np.isnan(ap))]
     if missing:
-        why = (
-            " left after ignoring scores below 1e-6 (the reference protocol)"
-            if protocol == "reference"
-            else ""
-        )
         warnings.warn(
-            f"{protocol}: {len(missing)} classes have no positive image{why} ({missing}); "
+            f"{protocol}: {len(missing)} classes have no positive image ({missing}); "
             "their AP is NaN and they are left out of the mean",
             stacklevel=2,
         )
     mean = float(np.nanmean(ap)) if len(missing) < len(ap) else float("nan")
-    return {"protocol": protocol, "ap": ap, "map": mean, "classes_without_positives": missing}
+    below = []
+    if protocol == "reference":  # AP 0 by the reference's rule, counted in the mean
+        below = [
+            int(c)
+            for c in range(scores.shape[1])
+            if c not in missing and not (scores[:, c] >= REFERENCE_SCORE_FLOOR).any()
+        ]
+    return {
+        "protocol": protocol,
+        "ap": ap,
+        "map": mean,
+        "classes_without_positives": missing,
+        "classes_below_floor": below,
+    }
 
 
 def chance_map(

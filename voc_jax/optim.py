@@ -101,26 +101,47 @@ def scaled_rates(config: Any, factor: float) -> Any:
     return scaled
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def trainable_transform(config: Any, params: Params, schedule: optax.Schedule):
+    """The update rule for trainable leaves, from ``config.optimizer``.
+
+    sgd: momentum SGD with coupled L2 weight decay (added to the gradient, as neon does).
+    adamw: optax's AdamW (``b1``, ``b2``, ``eps``) with decoupled weight decay, scaled by the
+    learning rate as in optax and PyTorch. Both decay only the leaves of ``decay_mask``.
+    """
+    name = config.get("optimizer", "sgd")
+    mask = decay_mask(params, config.get("no_decay", ()))
+    if name == "sgd":
+        return optax.chain(
+            optax.add_decayed_weights(config.weight_decay, mask=mask)
+            if config.weight_decay
+            else optax.identity(),
+            optax.sgd(
+                schedule, momentum=config.momentum or None, nesterov=config.get("nesterov", False)
+            ),
+        )
+    if name == "adamw":
+        return optax.adamw(
+            schedule,
+            b1=config.get("b1", 0.9),
+            b2=config.get("b2", 0.999),
+            eps=config.get("eps", 1e-8),
+            weight_decay=config.weight_decay,
+            mask=mask,
+        )
+    raise ValueError(f"optim.optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
 def make_optimizer(
     config: Any, params: Params, steps_per_epoch: int, num_epochs: int
 ) -> tuple[optax.GradientTransformation, Params, optax.Schedule]:
-    """(optimizer, labels, schedule) for the ``optim`` config block.
-
-    SGD with momentum on trainable leaves, coupled L2 weight decay (added to the gradient, as
-    neon does) on the leaves of ``decay_mask``; frozen leaves never change and hold no state.
-    """
+    """(optimizer, labels, schedule) for the ``optim`` config block: ``optimizer`` (sgd or
+    adamw) on the trainable leaves; frozen leaves never change and hold no state."""
     labels = trainable_labels(params, config.trainable)
     schedule = learning_rate_schedule(config, steps_per_epoch, num_epochs)
-    trainable = optax.chain(
-        optax.add_decayed_weights(
-            config.weight_decay, mask=decay_mask(params, config.get("no_decay", ()))
-        )
-        if config.weight_decay
-        else optax.identity(),
-        optax.sgd(
-            schedule, momentum=config.momentum or None, nesterov=config.get("nesterov", False)
-        ),
-    )
+    trainable = trainable_transform(config, params, schedule)
     optimizer = optax.partition({TRAINABLE: trainable, FROZEN: optax.set_to_zero()}, labels)
     return optimizer, labels, schedule
 

@@ -47,6 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.patches.shuffle = True  # mix positives over the 7 micro-batches
     c.patches.test_sampling = "random"  # random (reference) | spread (deterministic)
     c.patches.canvas = (500, 500)  # device image buffer; larger images are scaled down
+    # exact: resample the fractional patch box (default, better); reference: truncate each
+    # coordinate to a whole pixel first, as the reference's PIL crop did (its exact pixels)
+    c.patches.crop_boxes = "exact"
     c.patches.max_rows = 0  # row intervals per image for the shared crop pass; 0 = what the
     # scales can need, 2 * sum(ceil(scale)) (86 for the reference's 13 scales)
 
@@ -74,8 +77,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.lr_changes = ((15, 1e-5), (20, 1e-6))  # (epoch, new rate) for schedule=step
     c.optim.warmup_epochs = 0.0  # linear warm-up from 0
     c.optim.momentum = 0.9  # sgd only
-    c.optim.nesterov = False
-    c.optim.weight_decay = 5e-4  # sgd: coupled L2, as neon; adamw: decoupled
+    c.optim.nesterov = False  # sgd only
+    c.optim.b1 = 0.9  # adamw only: first-moment decay
+    c.optim.b2 = 0.999  # adamw only: second-moment decay
+    c.optim.eps = 1e-8  # adamw only
+    # sgd: coupled L2 added to the gradient, as neon; adamw: decoupled, multiplied by the rate
+    c.optim.weight_decay = 5e-4
     c.optim.no_decay = ()  # regexes of params without decay; the reference decays biases too
     # An update averages images_per_step x batch_size patches (the reference: 1 x 64). True
     # multiplies every rate by images_per_step (the linear scaling rule) when that grows.

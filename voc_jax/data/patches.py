@@ -23,6 +23,8 @@ MIN_BOX_COVERAGE = 0.6  # ... and >= 60% of the box area
 IGNORE = -1  # label of a patch training must skip (difficult="ignore")
 
 DifficultMode = Literal["object", "ignore", "exclude"]
+CropMode = Literal["exact", "reference"]
+CROP_MODES = ("exact", "reference")
 
 
 def axis_counts(length: int, sizes: np.ndarray) -> np.ndarray:
@@ -57,9 +59,9 @@ def patch_boxes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """All candidate patches of a ``width`` x ``height`` image, large scales first.
 
-    Returns float64 boxes [N, 4] and int32 scale indices [N]. Within a scale the grid is
-    row-major (y outer, x inner); seed.md does not say, and it only matters for which
-    positives are "the first 448" in the last scale.
+    Returns float64 boxes [N, 4] and int32 scale indices [N]. Within a scale the grid goes
+    column by column, as the reference's loops do (x position outer, y position inner, top to
+    bottom within a column); the order decides which positives are "the first 448".
     """
     if width < 2 or height < 2:
         raise ValueError(f"image of {width}x{height} pixels is too small for patches")
@@ -71,7 +73,7 @@ def patch_boxes(
     scale = np.repeat(np.arange(used), counts)
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
     j = np.arange(counts.sum()) - first[scale]
-    ix, iy = j % nx[scale], j // nx[scale]
+    ix, iy = j // ny[scale], j % ny[scale]  # x outer, y inner (the reference's loops)
     size = sizes[scale]
     cx = _centres(width, size, ix, nx[scale])
     cy = _centres(height, size, iy, ny[scale])
@@ -84,6 +86,21 @@ def _centres(length: int, size: np.ndarray, index: np.ndarray, n: np.ndarray) ->
     """Evenly spaced from size/2 to (L-1)-size/2; a single patch centred at (L-1)/2."""
     step = ((length - 1) - size) / np.maximum(n - 1, 1)
     return np.where(n > 1, size / 2 + index * step, (length - 1) / 2)
+
+
+def crop_rectangles(boxes: np.ndarray, mode: CropMode = "exact") -> np.ndarray:
+    """The rectangles the crops resample, for patch ``boxes`` [N, 4].
+
+    "exact": the fractional boxes themselves (resampled exactly; the default). "reference":
+    each coordinate truncated to a whole pixel, ``int(v)``, as the reference passed them to
+    ``PIL.Image.crop``; its crops are up to one pixel off the exact box. Labels are always
+    computed from the exact boxes, as in the reference.
+    """
+    if mode == "exact":
+        return boxes
+    if mode == "reference":
+        return np.trunc(boxes)
+    raise ValueError(f"crop mode must be one of {CROP_MODES}, got {mode!r}")
 
 
 def box_area(boxes: np.ndarray) -> np.ndarray:

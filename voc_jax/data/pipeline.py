@@ -51,6 +51,7 @@ class PatchConfig:
     shuffle_patches: bool = True  # mix positives over the micro-batches (seed.md is silent)
     test_sampling: Literal["random", "spread"] = "random"  # the reference draws at random
     canvas: tuple[int, int] = (500, 500)  # (Hc, Wc); larger images are scaled down once
+    crop_boxes: P.CropMode = "exact"  # exact fractional boxes | reference: int()-truncated
     max_rows: int = 96  # R; the reference grid needs at most 85 (see share_rows)
 
 
@@ -128,7 +129,7 @@ def make_example(
         valid = chosen >= 0
         chosen = np.maximum(chosen, 0)  # padding repeats patch 0, masked by valid and label
     sampled_labels = np.where(valid, labels[chosen], P.IGNORE)
-    sampled = boxes[chosen].astype(np.float32)
+    sampled = P.crop_rectangles(boxes[chosen], config.crop_boxes).astype(np.float32)
     transposed = h > w and config.canvas[0] == config.canvas[1]
     row_axis, col_axis = ([0, 2], [1, 3]) if transposed else ([1, 3], [0, 2])
     row_intervals, row_index = share_intervals(sampled[:, row_axis], config.max_rows)
