@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import urllib.error
 from collections.abc import Mapping, Sequence
@@ -23,29 +24,18 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-# Running as `python convert/alexnet_to_flax.py` puts convert/ (not the repo) on sys.path.
-_REPO = Path(__file__).resolve().parent.parent
-if (_REPO / "voc_jax").is_dir() and str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
+from voc_jax import cli
+from voc_jax import weights as weights_lib
+from voc_jax.errors import UserError
+from voc_jax.model import ALEXNET_LAYERS, POOLED_SIZE
+from voc_jax.preprocessing import NEON, TORCHVISION, Preprocessing
 
-from voc_jax import weights as weights_lib  # noqa: E402
-from voc_jax.preprocessing import NEON, TORCHVISION, Preprocessing  # noqa: E402
-
-# torchvision AlexNet state-dict prefixes of our layer names.
-TORCH_LAYER_NAMES = {
-    "conv1": "features.0",
-    "conv2": "features.3",
-    "conv3": "features.6",
-    "conv4": "features.8",
-    "conv5": "features.10",
-    "fc6": "classifier.1",
-    "fc7": "classifier.4",
-    "fc8": "classifier.6",
-}
-POOLED = 6  # fc6 reads a 256 x 6 x 6 map
+# torchvision AlexNet state-dict prefixes of our layer names (voc_jax.model's layer table).
+TORCH_LAYER_NAMES = {layer.name: layer.torch_name for layer in ALEXNET_LAYERS}
+POOLED = POOLED_SIZE  # fc6 reads a 256 x 6 x 6 map
 
 
-class ConversionError(Exception):
+class ConversionError(UserError):
     """Bad input: the message names the file and every problem found."""
 
 
@@ -187,42 +177,21 @@ def transfer_to_flax(state: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 def torch_model_for(metadata: Mapping[str, Any], state: Mapping[str, np.ndarray]):
     """The torch module the state dict belongs to: torchvision's AlexNet, or for a transfer
-    model its backbone followed by the head (eval mode: dropout is the identity)."""
-    import torch
-    import torchvision
+    model the backbone followed by the head (eval mode: dropout is the identity)."""
+    from convert import torch_models
 
     arch = metadata["architecture"]
     pad = int(arch["conv1_padding"])
-    tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
     if arch["name"] == "alexnet":
-        model = torchvision.models.alexnet(weights=None, num_classes=int(arch["num_classes"]))
-        model.features[0].padding = (pad, pad)
-        model.load_state_dict(tensors)
-        return model.eval()
-    hidden, classes = int(arch["head_hidden"]), int(arch["num_classes"])
-    backbone = torchvision.models.alexnet(weights=None)
-    backbone.features[0].padding = (pad, pad)
-    nn = torch.nn
-    model = nn.Sequential(
-        backbone.features,
-        backbone.avgpool,
-        nn.Flatten(),
-        nn.Linear(256 * POOLED * POOLED, 4096),
-        nn.ReLU(),
-        nn.Linear(4096, 4096),
-        nn.ReLU(),
-        nn.Linear(4096, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, classes),
+        return torch_models.alexnet_from_state(
+            state, num_classes=int(arch["num_classes"]), conv1_padding=pad
+        )
+    return torch_models.transfer_net_from_state(
+        state,
+        num_classes=int(arch["num_classes"]),
+        hidden=int(arch["head_hidden"]),
+        conv1_padding=pad,
     )
-    order = [f"{TORCH_LAYER_NAMES[n]}" for n in ("fc6", "fc7")] + ["head.fc_a", "head.fc_b"]
-    renamed = {k: v for k, v in tensors.items() if k.startswith("features.")}
-    for index, prefix in zip((3, 5, 7, 9), order, strict=True):
-        renamed[f"{index}.weight"] = tensors[f"{prefix}.weight"]
-        renamed[f"{index}.bias"] = tensors[f"{prefix}.bias"]
-    renamed = {k if not k.startswith("features.") else "0." + k[9:]: v for k, v in renamed.items()}
-    model.load_state_dict(renamed)
-    return model.eval()
 
 
 def flax_model_for(metadata: Mapping[str, Any]):
@@ -323,12 +292,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _preprocessing(args: argparse.Namespace, base: Preprocessing) -> Preprocessing:
-    return Preprocessing(
-        channel_order=args.channel_order or base.channel_order,
-        scale=base.scale if args.scale is None else args.scale,
-        mean=tuple(args.mean) if args.mean else base.mean,
-        std=tuple(args.std) if args.std else base.std,
-    )
+    try:
+        prep = Preprocessing(
+            channel_order=args.channel_order or base.channel_order,
+            scale=base.scale if args.scale is None else args.scale,
+            mean=tuple(args.mean) if args.mean else base.mean,
+            std=tuple(args.std) if args.std else base.std,
+        )
+    except ValueError as e:
+        raise ConversionError(f"--channel-order/--scale/--mean/--std: {e}") from e
+    if not 0 < prep.scale <= 1:
+        raise ConversionError(f"--scale {prep.scale}: must be in (0, 1] (a multiplier on 0-255)")
+    return prep
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Refuse an output we could not write before any (slow) conversion work."""
+    if out.exists() and not force:
+        raise ConversionError(f"{out}: already exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise ConversionError(f"{out}: exists and is not a directory")
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConversionError(f"{out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConversionError(f"{out}: cannot write into {parent} (permission denied)")
 
 
 def convert(
@@ -383,10 +373,7 @@ def convert_neon(
     from convert import neon
 
     path = args.neon
-    try:
-        state, facts = neon.neon_to_torch_state(neon.load_pickle(path), path)
-    except neon.NeonError as e:
-        raise ConversionError(str(e)) from e
+    state, facts = neon.neon_to_torch_state(neon.load_pickle(path), path)
     architecture: dict[str, Any] = {
         "name": facts["kind"],
         "conv1_padding": facts["conv1_padding"],
@@ -420,14 +407,14 @@ def convert_neon(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.out.exists() and not args.force:
-        print(f"error: {args.out}: already exists; pass --force to replace it", file=sys.stderr)
-        return 2
-    try:
-        params, metadata, state = convert(args)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run_guarded(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    check_output(args.out, args.force)
+    if args.neon is None and args.torchvision is False:
+        _preprocessing(args, TORCHVISION)  # bad overrides fail before reading anything
+    params, metadata, state = convert(args)
     n_params = sum(int(np.prod(np.shape(leaf))) for leaf in weights_lib.flatten(params).values())
     print(
         f"converted {metadata['source']['file']} ({metadata['source']['kind']}, sha256 "

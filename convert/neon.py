@@ -16,31 +16,50 @@ multiplied by the dropout's keep probability.
 
 from __future__ import annotations
 
-import gzip
 import io
 import pickle
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-# Conv geometry the torchvision AlexNet has (kernel side, stride, padding); conv1's padding is
-# whatever the file says (3 in neon's AlexNet) and is recorded in the metadata.
-ALEXNET_CONVS = ((11, 4, None), (5, 1, 2), (3, 1, 1), (3, 1, 1), (3, 1, 1))
-CONV_CHANNELS = (64, 192, 384, 256, 256)
-TORCH_CONV = ("features.0", "features.3", "features.6", "features.8", "features.10")
-TORCH_LINEAR = ("classifier.1", "classifier.4", "classifier.6")
+from voc_jax.errors import UserError, first_line
+from voc_jax.model import CONV_LAYERS, DENSE_LAYERS
+
+# AlexNet's layer table (voc_jax.model): conv geometry and torchvision names. conv1's padding
+# is whatever the file says (3 in neon's AlexNet) and is recorded in the metadata.
+TORCH_CONV = tuple(layer.torch_name for layer in CONV_LAYERS)
+TORCH_LINEAR = tuple(layer.torch_name for layer in DENSE_LAYERS)
 HEAD_LINEAR = ("head.fc_a", "head.fc_b")
+# The real pretrained neon AlexNet file is ~490 MB (weights and momentum): anything past this,
+# compressed or not, is not a neon AlexNet and would only exhaust memory.
+MAX_BYTES = 2 << 30
+MAX_DEPTH = 64  # nesting of dicts/lists in the pickle (neon models nest a few levels)
 
 
-class NeonError(Exception):
+class NeonError(UserError):
     """A neon file that cannot be imported; the message names the file and the problem."""
+
+
+class _Limits:
+    """Bounds checked while unpickling, before anything is allocated."""
+
+    data_bytes = 0
 
 
 def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     if subtype is not np.ndarray:
         raise pickle.UnpicklingError(f"refusing to reconstruct a {subtype!r} (only numpy.ndarray)")
+    dims = shape if isinstance(shape, (tuple, list)) else (shape,)
+    if not all(isinstance(d, int) and d >= 0 for d in dims):
+        raise pickle.UnpicklingError(f"refusing an array of shape {shape!r}")
+    size = int(np.prod(dims, dtype=np.float64)) * np.dtype(dtype).itemsize
+    if size > _Limits.data_bytes:  # its data must be in the file: never allocate more
+        raise pickle.UnpicklingError(
+            f"refusing an array of shape {tuple(dims)}: {size} bytes, more than the whole file"
+        )
     return np.ndarray.__new__(np.ndarray, shape, dtype)
 
 
@@ -79,28 +98,71 @@ class RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, gunzipped when gzip (by magic bytes), never more than MAX_BYTES."""
+    if path.stat().st_size > MAX_BYTES:
+        raise NeonError(f"{path}: {path.stat().st_size} bytes, larger than any neon AlexNet file")
+    data = path.read_bytes()
+    if data[:2] != b"\x1f\x8b":
+        return data
+    out = bytearray()
+    stream = zlib.decompressobj(wbits=31)  # gzip container
+    pending, chunk = data, 64 << 20
+    try:
+        while pending and len(out) <= MAX_BYTES:  # 64 MB at a time: memory stays bounded
+            out += stream.decompress(pending, min(chunk, MAX_BYTES + 1 - len(out)))
+            pending = stream.unconsumed_tail
+    except zlib.error as e:
+        raise NeonError(f"{path}: a damaged gzip file ({e})") from e
+    if len(out) > MAX_BYTES:
+        raise NeonError(
+            f"{path}: decompresses to more than {MAX_BYTES >> 30} GiB; a neon AlexNet is ~490 MB"
+        )
+    if not stream.eof:
+        raise NeonError(f"{path}: a damaged gzip file (truncated)")
+    return bytes(out)
+
+
 def load_pickle(path: Path) -> Any:
-    """The file's object, read with the restricted unpickler (gzip handled)."""
+    """The file's object, read with the restricted unpickler (gzip handled, sizes bounded)."""
     if not path.is_file():
         raise NeonError(f"{path}: no such file")
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise NeonError(f"{path}: a damaged gzip file ({e})") from e
+    data = _read_bounded(path)
+    _Limits.data_bytes = len(data)
     try:
         obj = RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     except pickle.UnpicklingError as e:
         raise NeonError(f"{path}: {e}") from e
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+    except Exception as e:  # a malformed pickle raises any type (even Memory/RecursionError)
         raise NeonError(
-            f"{path}: not a readable neon pickle ({type(e).__name__}: {e}); truncated?"
+            f"{path}: not a readable neon pickle ({first_line(e)}); truncated or not neon?"
         ) from e
+    depth = _depth(obj)
+    if depth > MAX_DEPTH:
+        raise NeonError(f"{path}: nested {depth} levels deep; a neon model nests a few")
     for array in _arrays(obj):
         if array.dtype.hasobject:
             raise NeonError(f"{path}: holds an object array; neon weights are numeric")
     return obj
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of dicts/lists/tuples, without recursion (a hostile pickle can nest
+    deeper than Python's stack)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, Mapping):
+            children = list(item.values())
+        elif isinstance(item, (list, tuple)):
+            children = list(item)
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _arrays(obj: Any) -> Iterator[np.ndarray]:
@@ -165,7 +227,18 @@ def neon_to_torch_state(obj: Any, path: Path) -> tuple[dict[str, np.ndarray], di
 
     facts: conv1_padding, kind ('alexnet' | 'transfer'), num_classes, head_hidden,
     neon_version, epoch_index, dropout_scaled (layer names whose weights were scaled by keep).
+    A structure that is not neon's (a list where a dict belongs, a string for a stride...)
+    is a NeonError naming the file, never a stray exception.
     """
+    try:
+        return _neon_to_torch_state(obj, path)
+    except NeonError:
+        raise
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as e:
+        raise NeonError(f"{path}: not a neon model structure ({first_line(e)})") from e
+
+
+def _neon_to_torch_state(obj: Any, path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if not isinstance(obj, Mapping) or "model" not in obj:
         raise NeonError(f"{path}: no 'model' key at the top level; not a neon model file")
     layers = flat_layers(obj["model"], path)
@@ -218,9 +291,9 @@ def neon_to_torch_state(obj: Any, path: Path) -> tuple[dict[str, np.ndarray], di
     state: dict[str, np.ndarray] = {}
     conv1_padding = 3
     in_channels = 3
-    for k, (entry, (side, stride, pad), out_ch, prefix) in enumerate(
-        zip(convs, ALEXNET_CONVS, CONV_CHANNELS, TORCH_CONV, strict=True)
-    ):
+    for k, (entry, layer) in enumerate(zip(convs, CONV_LAYERS, strict=True)):
+        side, stride, pad, out_ch = layer.kernel, layer.stride, layer.padding, layer.features
+        prefix = layer.torch_name
         w, b, cfg = entry["W"], entry["b"], entry["config"]
         expected = (in_channels * side * side, out_ch)
         if w.shape != expected:

@@ -37,21 +37,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import numpy as np
+from PIL import Image
+
+from voc_jax.data.crops import crop_batch
+from voc_jax.data.pipeline import PatchConfig, epoch_dataset, iterate
+from voc_jax.data.synthetic import SyntheticConfig, generate
+from voc_jax.data.voc import VocRecord, load_dataset
+from voc_jax.preprocessing import TORCHVISION
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import jax  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from voc_jax.data.crops import crop_batch  # noqa: E402
-from voc_jax.data.pipeline import PatchConfig, epoch_dataset, iterate  # noqa: E402
-from voc_jax.data.synthetic import SyntheticConfig, generate  # noqa: E402
-from voc_jax.data.voc import VocRecord, load_dataset  # noqa: E402
-from voc_jax.preprocessing import TORCHVISION  # noqa: E402
-
-SHARED_SUBSET = REPO.parent / "shared" / "data" / "voc2007-subset" / "VOCdevkit" / "VOC2007"
+SHARED_DATA = Path(os.environ.get("VOC_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_SUBSET = SHARED_DATA / "voc2007-subset" / "VOCdevkit" / "VOC2007"
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -197,38 +195,16 @@ def time_train_steps(state, step, batches, repeats: int) -> tuple[float, object]
     return statistics.median(times), state
 
 
-def torch_transfer_model(num_classes: int = 21, hidden: int = 4096):
-    """torchvision's AlexNet with the reference's head, as TransferNet (dropout after ReLUs)."""
-    import torch
-    import torchvision
-
-    base = torchvision.models.alexnet(weights=None)
-    nn = torch.nn
-    return nn.Sequential(
-        base.features,
-        base.avgpool,
-        nn.Flatten(),
-        nn.Linear(9216, 4096),
-        nn.ReLU(inplace=True),
-        nn.Dropout(0.5),
-        nn.Linear(4096, 4096),
-        nn.ReLU(inplace=True),
-        nn.Dropout(0.5),
-        nn.Linear(4096, hidden),
-        nn.ReLU(inplace=True),
-        nn.Dropout(0.5),
-        nn.Linear(hidden, num_classes),
-    )
-
-
 def torch_train_time(args, frozen: bool) -> float:
     import torch
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
-    model = torch_transfer_model().train()
+    from convert import torch_models
+
+    model = torch_models.TransferNet().train()
     if frozen:  # the backbone: everything before the head's first Linear
-        for module in list(model)[:9]:
+        for module in model.backbone_modules():
             for p in module.parameters():
                 p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -330,7 +306,9 @@ def bench_eval(records, config, args) -> list[dict]:
             }
         )
     torch.manual_seed(0)
-    model = torch_transfer_model().eval()
+    from convert import torch_models
+
+    model = torch_models.TransferNet().eval()
     x = torch.randn(args.batch, 3, args.patch_size, args.patch_size)
 
     def forward():
@@ -472,4 +450,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from voc_jax.cli import run_guarded
+
+    sys.exit(run_guarded(main))

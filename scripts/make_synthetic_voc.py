@@ -12,9 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from voc_jax.data.synthetic import SyntheticConfig, generate  # noqa: E402
+from voc_jax.data.synthetic import SyntheticConfig, generate
 
 
 def main() -> int:
@@ -54,4 +52,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from voc_jax.cli import run_guarded
+
+    sys.exit(run_guarded(main))

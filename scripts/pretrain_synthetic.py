@@ -27,9 +27,7 @@ import torch
 import torchvision
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from voc_jax.data.synthetic_source import SourceConfig, make_split  # noqa: E402
+from voc_jax.data.synthetic_source import SourceConfig, make_split
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -181,4 +179,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from voc_jax.cli import run_guarded
+
+    sys.exit(run_guarded(main))

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 
 def step(index: int, text: str) -> None:
@@ -33,7 +32,11 @@ def step(index: int, text: str) -> None:
 
 def run(cmd: list[str]) -> None:
     print("$ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO)
+    code = subprocess.run(cmd, cwd=REPO).returncode
+    if code:
+        from voc_jax.errors import UserError
+
+        raise UserError(f"the step above failed (exit status {code}): {' '.join(cmd)}")
 
 
 def main() -> int:
@@ -121,4 +124,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from voc_jax.cli import run_guarded
+
+    sys.exit(run_guarded(main))

@@ -33,11 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from voc_jax.classes import VOC_CLASSES
+from voc_jax.metric_writer import read_metrics
 
-from voc_jax.classes import VOC_CLASSES  # noqa: E402
-from voc_jax.metric_writer import read_metrics  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 RUNS = {
     "scratch": "from scratch",
@@ -285,4 +284,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from voc_jax.cli import run_guarded
+
+    sys.exit(run_guarded(main))

@@ -1,4 +1,5 @@
-"""Shared test set-up: CPU JAX, fixed seeds, and the paths of shared real data."""
+"""Shared test set-up: CPU JAX, fixed seeds, the shared real data, and one small generated
+dataset plus one briefly trained workdir that many tests read (copy before changing)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,36 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real VOC test data not found at {SHARED_DATA} (set VOC_JAX_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory) -> Path:
+    """The synthetic dataset of tests/configs/tiny.py (6 trainval, 4 test images)."""
+    from tests.configs import tiny
+    from voc_jax.data.synthetic import SyntheticConfig, generate
+
+    s = tiny.get_config().data.synthetic
+    root = tmp_path_factory.mktemp("tiny_data") / "VOC2007"
+    return generate(
+        root,
+        SyntheticConfig(
+            num_trainval=s.num_trainval,
+            num_test=s.num_test,
+            seed=s.seed,
+            min_side=s.min_side,
+            max_side=s.max_side,
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory, tiny_data_root) -> Path:
+    """A workdir trained in-process with the tiny config (2 epochs, 24 steps, checkpoints
+    every 4 steps) and evaluated. Read-only for the tests: copy it to change it."""
+    from tests.helpers import train_args
+    from voc_jax import train
+
+    work = tmp_path_factory.mktemp("trained") / "work"
+    code = train.main(train_args(work, f"--config.data.root={tiny_data_root}"))
+    assert code == 0
+    return work

@@ -217,3 +217,24 @@ def write_neon(
     data = py2_pickle(neon_file(layers, **kw))
     path.write_bytes(gzip.compress(data) if compress else data)
     return path
+
+
+def huge_array_pickle() -> bytes:
+    """A pickle whose array asks ``_reconstruct`` for a 10^12-element shape (a MemoryError,
+    or swap, if allocated before looking)."""
+    body = (
+        _global("numpy.core.multiarray", "_reconstruct")
+        + MARK
+        + _global("numpy", "ndarray")
+        + _emit((1_000_000, 1_000_000))
+        + _py2_str(b"b")
+        + TUPLE
+        + REDUCE
+    )
+    return PROTO + b"\x02" + EMPTY_DICT + MARK + _emit("model") + body + SETITEMS + STOP
+
+
+def deep_pickle(depth: int) -> bytes:
+    """Lists nested ``depth`` levels deep (deeper than Python's recursion limit allows a
+    recursive walk), built with MARK ... LIST opcodes so no pickler recursion is needed."""
+    return PROTO + b"\x02" + MARK * depth + EMPTY_LIST + b"l" * depth + STOP

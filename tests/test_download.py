@@ -114,11 +114,56 @@ def test_checksum_mismatch_removes_the_download(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_corrupt_cached_archive_is_fetched_again(tmp_path):
+def test_corrupt_cached_archive_is_moved_aside_never_deleted(tmp_path, capsys):
     (tmp_path / "test.tar").write_bytes(b"garbage")
     with Server({"test.tar": TEST}) as server:
         path = D.ensure_archive(archive("test.tar", TEST), tmp_path, [server.url])
     assert path.read_bytes() == TEST
+    assert (tmp_path / "test.tar.bad-md5").read_bytes() == b"garbage"
+    err = capsys.readouterr().err
+    assert "test.tar.bad-md5" in err and hashlib.md5(b"garbage").hexdigest() in err
+
+
+def test_user_placed_archive_failing_md5_offline_is_kept_and_explained(tmp_path, capsys):
+    cache = tmp_path / "downloads"
+    cache.mkdir()
+    placed = cache / "VOCtrainval_06-Nov-2007.tar"
+    placed.write_bytes(b"a partial copy")
+    code = D.main(["--out", str(tmp_path), "--mirror", DEAD])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    line = next(x for x in err.splitlines() if x.startswith("error:"))
+    assert hashlib.md5(b"a partial copy").hexdigest() in line and D.VOC2007[0].md5 in line
+    assert "moved it to" in line and "bad-md5" in line
+    assert (cache / "VOCtrainval_06-Nov-2007.tar.bad-md5").read_bytes() == b"a partial copy"
+
+
+def test_existing_devkit_contents_are_kept(tmp_path):
+    """A VOCdevkit/ holding the user's VOC2012/ and other files: only VOC2007/ is added."""
+    devkit = tmp_path / "VOCdevkit"
+    (devkit / "VOC2012" / "JPEGImages").mkdir(parents=True)
+    (devkit / "VOC2012" / "JPEGImages" / "x.jpg").write_bytes(b"mine")
+    (devkit / "notes.txt").write_text("mine too")
+    archives = [archive("trainval.tar", TRAINVAL), archive("test.tar", TEST)]
+    with Server({"trainval.tar": TRAINVAL, "test.tar": TEST}) as server:
+        root = D.download_voc2007(tmp_path, mirrors=[server.url], archives=archives)
+    assert (root / "Annotations/000005.xml").exists()
+    assert (devkit / "VOC2012" / "JPEGImages" / "x.jpg").read_bytes() == b"mine"
+    assert (devkit / "notes.txt").read_text() == "mine too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOCdevkit", "downloads"]
+
+
+def test_a_voc2007_that_is_not_ours_is_refused_not_replaced(tmp_path, capsys):
+    results = tmp_path / "VOCdevkit" / "VOC2007" / "results"
+    results.mkdir(parents=True)
+    (results / "comp1_cls_test_car.txt").write_text("000001 0.5\n")
+    cache = tmp_path / "downloads"
+    cache.mkdir()
+    (cache / "trainval.tar").write_bytes(TRAINVAL)
+    with pytest.raises(D.DownloadError, match="was not made by this downloader"):
+        D.download_voc2007(tmp_path, mirrors=[DEAD], archives=[archive("trainval.tar", TRAINVAL)])
+    assert (results / "comp1_cls_test_car.txt").read_text() == "000001 0.5\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOCdevkit", "downloads"]
 
 
 def test_offline_fails_at_once_saying_where_to_put_files(tmp_path, capsys):
@@ -150,7 +195,7 @@ def test_failed_extraction_leaves_nothing(tmp_path):
     with pytest.raises(D.DownloadError, match="truncated.tar: cannot extract"):
         D.extract([good, truncated], tmp_path / "out")
     assert not (tmp_path / "out" / "VOCdevkit").exists()
-    assert [p.name for p in (tmp_path / "out").iterdir()] == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # no temporary left either
 
 
 @pytest.mark.parametrize(

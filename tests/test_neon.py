@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from convert import alexnet_to_flax as converter
-from convert import neon
+from convert import neon, torch_models
 from tests import neon_fixtures as nf
 from tests.test_alexnet_to_flax import run_cli, seeded_alexnet
 from voc_jax import weights
@@ -25,27 +25,14 @@ def neon_alexnet(seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def transfer_torch(seed: int = 1, hidden: int = 512) -> torch.nn.Sequential:
+def transfer_torch(seed: int = 1, hidden: int = 512) -> torch.nn.Module:
     """A VOC transfer model as torch modules: backbone, fc6, fc7, head (4096 -> hidden -> 21)."""
-    base = neon_alexnet(seed)
+    model = torch_models.TransferNet(21, hidden, conv1_padding=3, backbone=neon_alexnet(seed))
     torch.manual_seed(seed)
-    fc_a, fc_b = torch.nn.Linear(4096, hidden), torch.nn.Linear(hidden, 21)
-    for m in (fc_a, fc_b):
+    for m in model.head.values():
         torch.nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
         torch.nn.init.normal_(m.bias, 0.0, 0.1)
-    relu = torch.nn.ReLU()
-    return torch.nn.Sequential(
-        base.features,
-        base.avgpool,
-        torch.nn.Flatten(),
-        base.classifier[1],
-        relu,
-        base.classifier[4],
-        relu,
-        fc_a,
-        relu,
-        fc_b,
-    ).eval()
+    return model.eval()
 
 
 def convert_in_process(capsys, *args: str) -> tuple[int, str, str]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import jax
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.configs import tiny
+from tests.helpers import first_batch, setup_step
 from voc_jax import experiment, steps
 from voc_jax.data.pipeline import epoch_dataset
 from voc_jax.data.synthetic import SyntheticConfig, generate
@@ -27,24 +28,6 @@ def records(tmp_path_factory):
         SyntheticConfig(num_trainval=4, num_test=0, min_side=100, max_side=150),
     )
     return load_dataset(root, "trainval").records
-
-
-def setup_step(config, unroll=None):
-    setup = experiment.build_model(config)
-    state, optimizer, labels, schedule = experiment.make_train_state(config, setup, 10)
-    step = experiment.jit_train_step(config, setup, optimizer, labels, schedule, unroll)
-    return setup, state, step, schedule
-
-
-def first_batch(config, records, train=True):
-    ds = epoch_dataset(
-        records,
-        experiment.patch_config(config),
-        images_per_batch=config.images_per_step,
-        train=train,
-        seed=0,
-    )
-    return ds[0]
 
 
 def copy(tree):
@@ -138,48 +121,18 @@ def test_eval_step_scores_every_image(records):
     assert np.isfinite(np.asarray(out["power"])).all()
 
 
-MULTI_DEVICE = textwrap.dedent(
-    """
-    import os, sys, json
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    sys.path.insert(0, {repo!r})
-    import jax, numpy as np
-    from tests.configs import tiny
-    from tests.test_steps import setup_step, first_batch
-    from voc_jax import experiment
-    from voc_jax.data.voc import load_dataset
-    records = load_dataset({root!r}, "trainval").records
-    config = tiny.get_config()
-    config.images_per_step = 2
-    batch = first_batch(config, records)
-    out = {{}}
-    for n in (1, 2):
-        mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                             devices=jax.devices()[:n])
-        _, state, step, _ = setup_step(config)
-        state = jax.device_put(state, experiment.replicated(mesh))
-        b = experiment.put_batch(batch, experiment.batch_sharding(mesh))
-        for _ in range(2):
-            state, metrics = step(state, b)
-        out[n] = jax.tree.map(np.asarray, state.params)
-        assert len(b["image"].sharding.device_set) == n
-    diffs = [float(np.abs(a - b).max()) for a, b in
-             zip(jax.tree.leaves(out[1]), jax.tree.leaves(out[2]))]
-    print(json.dumps({{"devices": jax.device_count(), "max_diff": max(diffs)}}))
-    """
-)
-
-
+@pytest.mark.slow
 def test_two_devices_match_one(records):
+    """tests/multi_device_program.py in a subprocess (the device count is fixed at start)."""
     root = str(records[0].image_path.parent.parent)
-    script = MULTI_DEVICE.format(repo=str(REPO), root=root)
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=REPO
+        [sys.executable, "-m", "tests.multi_device_program", root],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    line = result.stdout.strip().splitlines()[-1]
-    import json
-
-    report = json.loads(line)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["devices"] == 2
     assert report["max_diff"] < 1e-4

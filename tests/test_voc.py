@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -221,7 +222,9 @@ def test_check_cli_exit_codes(tmp_path, capsys):
     assert check.main([str(root)]) == 0  # a warning only
     assert check.main([str(root), "--strict"]) == 1
     assert check.main([str(tmp_path / "nowhere")]) == 2
-    assert "split list not found" in capsys.readouterr().err
+    assert "nowhere: no such directory" in capsys.readouterr().err
+    assert check.main([str(root), "--split", "val"]) == 2
+    assert "val.txt: split list not found" in capsys.readouterr().err
 
 
 def test_patch_statistics_add_up(tmp_path, capsys):
@@ -260,3 +263,24 @@ def test_person_box_is_bndbox_not_a_part_box_001362(shared_data):
     first = [float(obj.find(f".//{t}").text) - 1 for t in ("xmin", "ymin", "xmax", "ymax")]
     assert first == [71, 31, 201, 179]  # what the reference read: the head
     assert not np.array_equal(record.boxes[person][0], first)
+
+
+def test_decoded_images_are_remembered_by_size_and_mtime(tmp_path, monkeypatch):
+    from voc_jax.data import voc
+    from voc_jax.data.synthetic import SyntheticConfig, generate
+
+    root = generate(tmp_path / "VOC2007", SyntheticConfig(num_trainval=3, num_test=1))
+    decoded = []
+    real = voc.decode_check
+    monkeypatch.setattr(voc, "decode_check", lambda p: decoded.append(p) or real(p))
+    cache = voc.DecodedCache(tmp_path / "work")
+    load_dataset(root, "trainval", images="decode", decoded=cache)
+    cache.save()
+    assert len(decoded) == 3
+    again = voc.DecodedCache(tmp_path / "work")
+    load_dataset(root, "trainval", images="decode", decoded=again)
+    assert len(decoded) == 3  # nothing decoded twice
+    image = sorted((root / "JPEGImages").glob("*.jpg"))[0]
+    os.utime(image, ns=(0, 0))  # changed file: decoded again
+    load_dataset(root, "trainval", images="decode", decoded=again)
+    assert len(decoded) == 4

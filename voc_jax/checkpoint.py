@@ -1,28 +1,67 @@
 """Checkpoints: the only module that talks to orbax.
 
-A checkpoint holds the train state (params, optimizer state, step, rng) and, as JSON, where
-the data pipeline stands (epoch, batch, grain iterator state) so a resumed run sees exactly
-the batches it would have seen. Orbax writes each step to a temporary directory and renames
-it when complete, so a run killed mid-write leaves the previous checkpoints intact; restore
-always goes against an abstract target (shapes, dtypes, shardings) and falls back to the
-previous good step, with a warning, when the latest cannot be read.
+A checkpoint holds the parameters, the rest of the train state (optimizer state, step, rng)
+and, as JSON, where the data pipeline stands (epoch, batch, the global batch size, the epoch's
+running sums) so a resumed run sees exactly the batches it would have seen. Parameters are a
+separate item so evaluation and prediction restore them alone (``restore_params``), without
+building an optimizer.
+
+Integrity: orbax writes each step to a temporary directory and renames it when complete, so a
+kill mid-write leaves the previous checkpoints intact. Orbax stores no checksum, so a SHA-256
+digest of every saved array (computed on the host from the state being saved) goes into the
+step's JSON and is checked at restore: a step whose data does not match, or cannot be read,
+is skipped with a one-line warning, and training moves it aside (``checkpoints.damaged/``) so
+that the step is written afresh when the run reaches it again. Restores always go against an
+abstract target (shapes, dtypes, shardings).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+from voc_jax.errors import CheckpointError, first_line
+
 log = logging.getLogger(__name__)
+ITEMS = ("params", "train", "data")
+DAMAGED_DIR = "checkpoints.damaged"
+
+
+def digest(tree: Any) -> str:
+    """SHA-256 over every leaf's path, dtype, shape and bytes (host copies)."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        array = np.ascontiguousarray(_host(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def _host(leaf: Any) -> np.ndarray:
+    """A leaf on the host; a replicated global array from its first local copy."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        return np.asarray(leaf.addressable_data(0))
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return np.asarray(jax.random.key_data(leaf))
+    return np.asarray(leaf)
+
+
+class DamagedCheckpoint(Exception):
+    """A step that cannot be read or whose data does not match its digest."""
 
 
 class Checkpointer:
     def __init__(self, directory: str | Path, *, max_to_keep: int = 3, asynchronous: bool = True):
         self.directory = Path(directory).absolute()
+        self.damaged: list[int] = []  # steps found unreadable or mismatched by restore
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -31,7 +70,7 @@ class Checkpointer:
                 enable_async_checkpointing=asynchronous,
                 cleanup_tmp_directories=True,
             ),
-            item_names=("state", "data"),
+            item_names=ITEMS,
         )
 
     def steps(self) -> list[int]:
@@ -41,14 +80,17 @@ class Checkpointer:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def save(self, step: int, state: Any, data: dict[str, Any]) -> None:
+    def save(self, step: int, params: Any, train: Any, data: dict[str, Any]) -> None:
         """Asynchronous; ``wait()`` before exiting. Saving a step twice is a no-op."""
         if step in self.manager.all_steps():
             return
+        data = dict(data) | {"digest": {"params": digest(params), "train": digest(train)}}
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)
+                params=ocp.args.StandardSave(params),
+                train=ocp.args.StandardSave(train),
+                data=ocp.args.JsonSave(data),
             ),
             force=True,
         )
@@ -56,33 +98,66 @@ class Checkpointer:
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict]:
-        """(step, state, data) from ``step`` or the newest readable checkpoint."""
+    def _restore_step(self, step: int, abstract: dict[str, Any]) -> dict[str, Any]:
+        args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract.items()}
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(data=ocp.args.JsonRestore(), **args)
+            )
+        except Exception as e:  # orbax/tensorstore raise many types for damaged files
+            raise DamagedCheckpoint(f"cannot be read ({first_line(e)})") from e
+        data = dict(restored["data"] or {})
+        expected = data.get("digest") or {}
+        for name in abstract:
+            if name not in expected:
+                raise DamagedCheckpoint(f"no digest for its {name}; not written by this voc-jax")
+            if digest(restored[name]) != expected[name]:
+                raise DamagedCheckpoint(f"its {name} do not match the digest saved with them")
+        return {name: restored[name] for name in abstract} | {"data": data}
+
+    def restore(
+        self, abstract: dict[str, Any], step: int | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """(step, {item: tree, 'data': dict}) for the items of ``abstract`` (a subset of
+        'params' and 'train', abstract trees), from ``step`` or the newest good checkpoint.
+        A step that cannot be read or fails its digest is skipped with a warning (and
+        recorded in ``self.damaged``); an explicit ``step`` that fails is an error."""
+        if step is not None and step not in self.steps():
+            raise CheckpointError(
+                f"{self.directory}: no checkpoint at step {step}; "
+                f"available: {self.steps() or 'none'}"
+            )
         candidates = [step] if step is not None else self.steps()[::-1]
         if not candidates:
-            raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
+            raise CheckpointError(f"{self.directory}: no checkpoint to restore")
         errors = []
         for s in candidates:
             try:
-                restored = self.manager.restore(
-                    s,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state),
-                        data=ocp.args.JsonRestore(),
-                    ),
-                )
-            except Exception as e:  # orbax/tensorstore raise many types for damaged files
-                errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+                return s, self._restore_step(s, abstract)
+            except DamagedCheckpoint as e:
+                errors.append(f"step {s}: {e}")
+                self.damaged.append(s)
                 if step is None:
-                    log.warning(
-                        "checkpoint %s/%d cannot be read (%s); falling back to the previous one",
-                        self.directory,
-                        s,
-                        errors[-1],
-                    )
+                    log.warning("checkpoint %s/%d skipped: %s", self.directory, s, e)
+        raise CheckpointError(f"{self.directory}: no readable checkpoint ({'; '.join(errors)})")
+
+    def move_damaged_aside(self) -> list[Path]:
+        """Move the steps restore found damaged to ``checkpoints.damaged/`` (never deleted)
+        so that training writes those steps afresh when it reaches them again."""
+        moved = []
+        for s in self.damaged:
+            source = self.directory / str(s)
+            if not source.exists():
                 continue
-            return s, restored["state"], dict(restored["data"])
-        raise RuntimeError(f"{self.directory}: no readable checkpoint:\n  " + "\n  ".join(errors))
+            target = self.directory.parent / DAMAGED_DIR / f"{s}-{time.strftime('%Y%m%d-%H%M%S')}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(source), str(target))
+            log.warning("moved damaged checkpoint step %d to %s; it will be rewritten", s, target)
+            moved.append(target)
+        if moved:
+            self.manager.reload()
+        self.damaged = []
+        return moved
 
     def close(self) -> None:
         self.manager.wait_until_finished()
@@ -92,3 +167,19 @@ class Checkpointer:
 def abstract_like(tree: Any) -> Any:
     """Shapes, dtypes and shardings of a tree, for restoring against."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def restore_params(
+    workdir: str | Path, abstract_params: Any, step: int | None = None
+) -> tuple[int, Any]:
+    """(step, params) of a training workdir's checkpoint, without the optimizer state: what
+    evaluation and prediction need. The newest good step unless ``step`` is given."""
+    directory = Path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        raise CheckpointError(f"{workdir}: no checkpoints/ directory; train there first")
+    checkpointer = Checkpointer(directory, asynchronous=False)
+    try:
+        found, restored = checkpointer.restore({"params": abstract_params}, step)
+    finally:
+        checkpointer.close()
+    return found, restored["params"]

@@ -8,8 +8,11 @@ coordinator address); it must run before anything touches a JAX device.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -17,6 +20,9 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
+
+from voc_jax.errors import WorkdirBusy
+from voc_jax.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +97,25 @@ def to_host(tree: Any) -> Any:
 def barrier(name: str) -> None:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | Path, purpose: str) -> Iterator[WorkdirLock]:
+    """The workdir's lock for one job: process 0 takes it and every process learns whether it
+    could, so that all of them stop together when another run holds it."""
+    lock = WorkdirLock(workdir, purpose, enabled=is_main())
+    error: WorkdirBusy | None = None
+    try:
+        lock.acquire()
+    except WorkdirBusy as e:
+        error = e
+    if jax.process_count() > 1:
+        ok = bool(multihost_utils.broadcast_one_to_all(np.array(error is None)))
+        if not ok and error is None:
+            error = WorkdirBusy(f"{workdir} is in use by another run (process 0 could not lock it)")
+    if error is not None:
+        raise error
+    try:
+        yield lock
+    finally:
+        lock.release()

@@ -20,14 +20,15 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from voc_jax import distributed, experiment, metrics, steps
+from voc_jax import checkpoint, cli, distributed, experiment, metrics, steps, validation
 from voc_jax.classes import VOC_CLASSES
 from voc_jax.data.pipeline import epoch_dataset, iterate
 from voc_jax.data.voc import VocRecord
+from voc_jax.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +72,7 @@ def compute_scores(
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
     )
-    step = jax.jit(
-        steps.make_eval_step(
-            setup.model,
-            setup.preprocessing,
-            patch_size=config.patches.size,
-            batch_size=config.batch_size,
-            exponent=config.eval.exponent,
-        )
-    )
+    step = steps.jit_eval_step(setup, config)
     sharding = experiment.batch_sharding(mesh)
     params = jax.device_put(params, experiment.replicated(mesh))
     out = {k: np.full((len(records), len(VOC_CLASSES)), np.nan) for k in ("power", "mean", "max")}
@@ -261,33 +254,104 @@ def evaluate(
     return summary
 
 
+def evaluate_and_report(
+    params: Any,
+    setup: experiment.ModelSetup,
+    dataset,
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    workdir: Path,
+    step: int,
+) -> dict[str, Any]:
+    """Evaluate into ``WORKDIR/eval/<step>/`` and print the table (process 0)."""
+    out_dir = workdir / "eval" / str(step)
+    main = distributed.is_main()
+    summary = evaluate(params, setup, dataset, config, mesh, out_dir, progress=main, write=main)
+    if main:
+        print(f"\nAP on {summary['split']} ({summary['images']} images), step {step}:")
+        print(summary["table"])
+        print(f"written to {out_dir}")
+    return summary
+
+
+def restore_for_evaluation(
+    config: ml_collections.ConfigDict,
+    setup: experiment.ModelSetup,
+    workdir: Path,
+    step: int | None,
+) -> tuple[int, Any]:
+    """(step, params) of a checkpoint of ``workdir``; with no checkpoint at all (and no step
+    asked for), the initial weights (step 0): the converted model itself."""
+    directory = workdir / "checkpoints"
+    has_steps = directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+    if step is None and not has_steps:
+        log.warning("no checkpoint in %s: evaluating the initial weights", workdir)
+        return 0, setup.params
+    abstract = checkpoint.abstract_like(setup.params)
+    return checkpoint.restore_params(workdir, abstract, step)
+
+
+def evaluate_workdir(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    *,
+    step: int | None = None,
+    split: str | None = None,
+) -> int:
+    """Evaluate a checkpoint of ``workdir`` on ``split`` (default: the config's test split)."""
+    validation.validate(config, jax.device_count(), jax.process_count())
+    if split is not None:
+        config = config.copy_and_resolve_references()
+        config.data.test_split = split
+    mesh = experiment.make_mesh()
+    with distributed.workdir_lock(workdir, "evaluate"):
+        setup = experiment.build_model(config)
+        found, params = restore_for_evaluation(config, setup, workdir, step)
+        splits = experiment.load_splits(config, workdir, train=False)
+        params = jax.device_put(params, experiment.replicated(mesh))
+        evaluate_and_report(params, setup, splits.test, config, mesh, workdir, found)
+    return 0
+
+
 # ----------------------------------------------------------------------------- CLI
 
-FLAGS = flags.FLAGS
+
+def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_string(
+        "workdir", None, "training workdir (its config.json and checkpoints)", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "checkpoint", None, "checkpoint step (default: the latest)", lower_bound=0, flag_values=fv
+    )
+    flags.DEFINE_string(
+        "split", None, "split to score (default: config.data.test_split)", flag_values=fv
+    )
+    config_flags.DEFINE_config_file(
+        "config", None, "config file (default: WORKDIR/config.json)", flag_values=fv, sys_argv=argv
+    )
 
 
-def define_flags() -> None:
-    """Only when run as a program, so importing this module defines no flags."""
-    flags.DEFINE_string("workdir", None, "training workdir (its config.json and checkpoints)")
-    flags.DEFINE_integer("checkpoint", None, "checkpoint step (default: the latest)")
-    flags.DEFINE_string("split", None, "split to score (default: config.data.test_split)")
-    config_flags.DEFINE_config_file("config", None, "config file (default: WORKDIR/config.json)")
+def load_workdir_config(workdir: Path, config: ml_collections.ConfigDict | None):
+    if not workdir.is_dir():
+        raise DataError(f"--workdir {workdir}: no such directory; train there first")
+    return config if config is not None else experiment.load_config(workdir)
 
 
-def main(argv: Sequence[str]) -> int:
-    del argv
-    from voc_jax import train  # the restore logic lives with training
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    cli.setup_logging()
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if FLAGS.workdir is None:
-        print("error: --workdir is required", file=sys.stderr)
-        return 2
-    workdir = Path(FLAGS.workdir)
-    config = FLAGS.config or experiment.load_config(workdir)
-    distributed.initialize(config)
-    return train.evaluate_workdir(config, workdir, step=FLAGS.checkpoint, split=FLAGS.split)
+    def body() -> int:
+        fv, _ = cli.parse(argv, define_flags, program="voc_jax.evaluate")
+        if fv.workdir is None:
+            raise ConfigError("--workdir is required")
+        workdir = Path(fv.workdir)
+        config = load_workdir_config(workdir, fv.config)
+        distributed.initialize(config)
+        return evaluate_workdir(config, workdir, step=fv.checkpoint, split=fv.split)
+
+    return cli.run_guarded(body)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    sys.exit(main())

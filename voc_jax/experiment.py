@@ -22,16 +22,13 @@ from voc_jax import distributed
 from voc_jax import weights as weights_lib
 from voc_jax.data.pipeline import PatchConfig
 from voc_jax.data.synthetic import SyntheticConfig, generate
-from voc_jax.data.voc import VocDataset, load_dataset
+from voc_jax.data.voc import DecodedCache, VocDataset, load_dataset
+from voc_jax.errors import ConfigError, DataError
 from voc_jax.model import TransferNet
 from voc_jax.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def patch_config(config: ml_collections.ConfigDict) -> PatchConfig:
@@ -58,50 +55,28 @@ def grid_rows(scales) -> int:
     return int(sum(2 * math.ceil(float(s)) for s in scales))
 
 
-def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
-    """Catch inconsistent settings before data is read or anything compiles."""
-    problems = []
-    weights_dir = config.init.weights
-    if weights_dir and not (Path(weights_dir) / weights_lib.METADATA_FILE).is_file():
-        problems.append(
-            f"init.weights={weights_dir}: no converted weights there (metadata.json missing). "
-            "Create them with convert/alexnet_to_flax.py (for the smoke config, "
-            "scripts/quickstart.sh pretrains and converts the synthetic source network), or "
-            "pass --config.init.weights='' to train from scratch"
-        )
-    if config.patches.per_image % config.batch_size:
-        problems.append(
-            f"patches.per_image={config.patches.per_image} must be a multiple of "
-            f"batch_size={config.batch_size} (one image's patches form whole micro-batches)"
-        )
-    for name in ("images_per_step",):
-        if config[name] % device_count:
-            problems.append(f"{name}={config[name]} must be a multiple of {device_count} devices")
-    if config.images_per_step % jax.process_count():
-        problems.append(
-            f"images_per_step={config.images_per_step} must be a multiple of the "
-            f"{jax.process_count()} processes"
-        )
-    if config.eval.images_per_step % device_count:
-        problems.append(
-            f"eval.images_per_step={config.eval.images_per_step} must be a multiple of "
-            f"{device_count} devices"
-        )
-    if config.model.dtype not in ("float32", "bfloat16"):
-        problems.append(f"model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
-    if problems:
-        raise ConfigError("bad config:\n  " + "\n  ".join(problems))
-
-
 def resolve_data_root(config: ml_collections.ConfigDict, workdir: Path) -> Path:
-    """config.data.root, or WORKDIR/data/VOC2007 generated when data.synthetic.generate."""
-    root = Path(config.data.root) if config.data.root else workdir / "data" / "VOC2007"
+    """Where the dataset is, generating the synthetic one only where that was asked for.
+
+    ``data.root`` empty: ``WORKDIR/data/VOC2007``, generated when absent if
+    ``data.synthetic.generate`` (the smoke configs). An explicit ``data.root`` that does not
+    exist is an error naming it (a typo must not quietly train on generated data), unless
+    ``data.generate=True`` asks for the synthetic set to be generated there.
+    """
+    explicit = bool(config.data.root)
+    root = Path(config.data.root) if explicit else workdir / "data" / "VOC2007"
     if root.is_dir():
         return root
-    if not config.data.synthetic.generate:
-        raise ConfigError(
+    wanted = config.data.generate if explicit else config.data.synthetic.generate
+    if not wanted:
+        hint = (
+            "; to generate the synthetic dataset there instead, add --config.data.generate=True"
+            if explicit
+            else ""
+        )
+        raise DataError(
             f"data.root {root} does not exist; point --config.data.root at a VOC2007 directory "
-            "(python -m voc_jax.data.download --out data/ fetches it)"
+            f"(python -m voc_jax.data.download --out data/ fetches it){hint}"
         )
     s = config.data.synthetic
     if not distributed.is_main():  # process 0 generates; the others wait for it
@@ -123,12 +98,23 @@ def resolve_data_root(config: ml_collections.ConfigDict, workdir: Path) -> Path:
     return root
 
 
-def load_split(config: ml_collections.ConfigDict, root: Path, split: str, limit: int) -> VocDataset:
+def load_split(
+    config: ml_collections.ConfigDict,
+    root: Path,
+    split: str,
+    limit: int,
+    *,
+    decoded: DecodedCache | None = None,
+    need_boxes: bool = False,
+) -> VocDataset:
+    """A validated split; ``need_boxes``: refuse a split in which no image has an object
+    (training on it would only ever see background)."""
     dataset = load_dataset(
         root,
         split,
         strict=config.data.strict,
         images=config.data.check_images,
+        decoded=decoded,
         progress=lambda ids: tqdm(ids, desc=f"checking {split}", unit="img", leave=False),
     )
     for problem in dataset.warnings:
@@ -136,8 +122,53 @@ def load_split(config: ml_collections.ConfigDict, root: Path, split: str, limit:
     if limit:
         dataset.records = dataset.records[:limit]
     if not dataset.records:
-        raise ConfigError(f"{root}: split {split} has no images")
+        raise DataError(f"{root}: split {split} has no images")
+    if need_boxes and not any(r.num_objects for r in dataset.records):
+        raise DataError(
+            f"{root}: no image of split {split} has an object; every patch would be background"
+        )
     return dataset
+
+
+@dataclasses.dataclass
+class Splits:
+    """The validated training and test splits of a run, and its patch settings."""
+
+    root: Path
+    train: VocDataset
+    test: VocDataset
+    patch_config: PatchConfig
+
+
+def load_splits(config: ml_collections.ConfigDict, workdir: Path, *, train: bool = True) -> Splits:
+    """Resolve (or generate) the data root and load the splits a run needs, validated."""
+    root = resolve_data_root(config, workdir)
+    # Images decoded once are remembered in the workdir, saved only when every check passed
+    # (a failed check leaves the workdir as it was).
+    decoded = DecodedCache(workdir if distributed.is_main() else None)
+    test = load_split(
+        config, root, config.data.test_split, config.data.max_test_images, decoded=decoded
+    )
+    train_set = test
+    if train and config.num_epochs > 0:
+        train_set = load_split(
+            config,
+            root,
+            config.data.train_split,
+            config.data.max_train_images,
+            decoded=decoded,
+            need_boxes=True,
+        )
+    decoded.save()
+    log.info(
+        "data %s: %d %s images, %d %s images",
+        root,
+        len(train_set),
+        config.data.train_split if train_set is not test else "(no training)",
+        len(test),
+        config.data.test_split,
+    )
+    return Splits(root, train_set, test, patch_config(config))
 
 
 @dataclasses.dataclass
@@ -153,6 +184,10 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
     m = config.model
     dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
     if config.init.weights:
+        if m.width != 1.0:
+            raise ConfigError(
+                f"model.width={m.width}: converted weights are the real AlexNet (width 1.0)"
+            )
         converted, metadata = weights_lib.load_converted(config.init.weights)
         has_head = metadata["architecture"]["name"] == "transfer"
         params = weights_lib.transfer_params(
@@ -182,6 +217,7 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
         dropout_rate=m.dropout_rate,
         head_hidden=m.head_hidden,
         dtype=dtype,
+        width=m.width,
     )
     if params is None:
         size = config.patches.size

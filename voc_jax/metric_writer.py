@@ -4,8 +4,11 @@ the only module that imports tensorboardX."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
+
+TIMING_FIELDS = ("images_per_s", "patches_per_s")  # the only fields a rerun may change
 
 
 class MetricWriter:
@@ -26,6 +29,28 @@ class MetricWriter:
             f.write(json.dumps(record) + "\n")
         for name, value in scalars.items():
             self._tb.add_scalar(name, float(value), int(step))
+
+    def truncate_after(self, step: int) -> int:
+        """Drop the rows past ``step`` (written by a run that then died before its next
+        checkpoint), atomically; returns how many were dropped. A resumed run writes them
+        again, so the file ends as an uninterrupted run's would."""
+        if not self.enabled or not self.path.exists():
+            return 0
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        keep = []
+        for line in lines:
+            try:
+                row_step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a kill
+            if row_step <= step:
+                keep.append(line)
+        if len(keep) == len(lines):
+            return 0
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
+        return len(lines) - len(keep)
 
     def flush(self) -> None:
         if self._tb is not None:

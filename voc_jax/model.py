@@ -13,6 +13,7 @@ before fc6 and fc7 instead; in eval mode (``deterministic=True``) both are the s
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -22,18 +23,44 @@ from flax import linen as nn
 
 Dtype = Any
 
-# (name, features, kernel, stride, padding) of the five convolutions; conv1 padding is a field.
-CONV_LAYERS: tuple[tuple[str, int, int, int, int | None], ...] = (
-    ("conv1", 64, 11, 4, None),
-    ("conv2", 192, 5, 1, 2),
-    ("conv3", 384, 3, 1, 1),
-    ("conv4", 256, 3, 1, 1),
-    ("conv5", 256, 3, 1, 1),
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One AlexNet layer: our parameter name, torchvision's state-dict prefix, its width and,
+    for convolutions, kernel side, stride and padding (None: conv1's, a model field)."""
+
+    name: str
+    torch_name: str
+    features: int
+    kernel: int = 0  # 0 for dense layers
+    stride: int = 1
+    padding: int | None = 0
+
+
+# The one definition of AlexNet's layers (model, converter, neon import and tests use it).
+CONV_LAYERS: tuple[Layer, ...] = (
+    Layer("conv1", "features.0", 64, 11, 4, None),
+    Layer("conv2", "features.3", 192, 5, 1, 2),
+    Layer("conv3", "features.6", 384, 3, 1, 1),
+    Layer("conv4", "features.8", 256, 3, 1, 1),
+    Layer("conv5", "features.10", 256, 3, 1, 1),
 )
+FC_WIDTH = 4096
+DENSE_LAYERS: tuple[Layer, ...] = (
+    Layer("fc6", "classifier.1", FC_WIDTH),
+    Layer("fc7", "classifier.4", FC_WIDTH),
+    Layer("fc8", "classifier.6", 1000),  # the ImageNet classifier (its width: num_classes)
+)
+ALEXNET_LAYERS = CONV_LAYERS + DENSE_LAYERS
 POOL_AFTER = frozenset({"conv1", "conv2", "conv5"})
 POOLED_SIZE = 6  # torchvision's AdaptiveAvgPool2d((6, 6))
-FC_WIDTH = 4096
-BACKBONE_LAYERS = tuple(name for name, *_ in CONV_LAYERS) + ("fc6", "fc7")
+BACKBONE_LAYERS = tuple(layer.name for layer in CONV_LAYERS) + ("fc6", "fc7")
+
+
+def scaled(features: int, width: float) -> int:
+    """A layer's width under the ``width`` multiplier (1.0: the real AlexNet)."""
+    return max(1, round(features * width))
+
 
 # He initialisation for training from scratch; pretrained runs overwrite it.
 _backbone_kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -59,6 +86,49 @@ def adaptive_avg_pool(x: jax.Array, out_size: int = POOLED_SIZE) -> jax.Array:
     return jnp.einsum("oh,nhwc,pw->nopc", rows, x, cols)
 
 
+def _to_fc6(x: jax.Array, *, conv1_padding: int, dtype: Dtype, width: float) -> jax.Array:
+    """conv1..fc6 (after its ReLU, before its dropout): what a frozen backbone always computes
+    the same way, and what the feature cache stores."""
+    x = x.astype(dtype)
+    for layer in CONV_LAYERS:
+        pad = conv1_padding if layer.padding is None else layer.padding
+        x = nn.Conv(
+            scaled(layer.features, width),
+            (layer.kernel, layer.kernel),
+            strides=(layer.stride, layer.stride),
+            padding=((pad, pad), (pad, pad)),
+            dtype=dtype,
+            kernel_init=_backbone_kernel_init,
+            name=layer.name,
+        )(x)
+        x = nn.relu(x)
+        if layer.name in POOL_AFTER:
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+    x = adaptive_avg_pool(x)
+    x = x.reshape(x.shape[0], -1)
+    return _dense_relu(x, DENSE_LAYERS[0], dtype=dtype, width=width)
+
+
+def _dense_relu(x: jax.Array, layer: Layer, *, dtype: Dtype, width: float) -> jax.Array:
+    x = nn.Dense(
+        scaled(layer.features, width),
+        dtype=dtype,
+        kernel_init=_backbone_kernel_init,
+        name=layer.name,
+    )(x.astype(dtype))
+    return nn.relu(x)
+
+
+def _fc6_to_fc7(
+    x: jax.Array, *, dropout_rate: float, dtype: Dtype, deterministic: bool, width: float
+) -> jax.Array:
+    """fc6's dropout, fc7 + ReLU, fc7's dropout (named, so that their random masks are the
+    same whether the network starts from pixels or from cached fc6 activations)."""
+    x = nn.Dropout(dropout_rate, deterministic=deterministic, name="fc6_dropout")(x)
+    x = _dense_relu(x, DENSE_LAYERS[1], dtype=dtype, width=width)
+    return nn.Dropout(dropout_rate, deterministic=deterministic, name="fc7_dropout")(x)
+
+
 def _backbone(
     x: jax.Array,
     *,
@@ -66,30 +136,14 @@ def _backbone(
     dropout_rate: float,
     dtype: Dtype,
     deterministic: bool,
+    width: float = 1.0,
 ) -> jax.Array:
-    """conv1..fc7; called inside a compact method so the layers belong to the caller."""
-    x = x.astype(dtype)
-    for name, features, kernel, stride, padding in CONV_LAYERS:
-        pad = conv1_padding if padding is None else padding
-        x = nn.Conv(
-            features,
-            (kernel, kernel),
-            strides=(stride, stride),
-            padding=((pad, pad), (pad, pad)),
-            dtype=dtype,
-            kernel_init=_backbone_kernel_init,
-            name=name,
-        )(x)
-        x = nn.relu(x)
-        if name in POOL_AFTER:
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-    x = adaptive_avg_pool(x)
-    x = x.reshape(x.shape[0], -1)
-    for name in ("fc6", "fc7"):
-        x = nn.Dense(FC_WIDTH, dtype=dtype, kernel_init=_backbone_kernel_init, name=name)(x)
-        x = nn.relu(x)
-        x = nn.Dropout(dropout_rate, deterministic=deterministic)(x)
-    return x
+    """conv1..fc7; called inside a compact method so the layers belong to the caller.
+    ``width`` multiplies every channel and hidden width (tests use a narrow network)."""
+    x = _to_fc6(x, conv1_padding=conv1_padding, dtype=dtype, width=width)
+    return _fc6_to_fc7(
+        x, dropout_rate=dropout_rate, dtype=dtype, deterministic=deterministic, width=width
+    )
 
 
 class AlexNet(nn.Module):
@@ -154,15 +208,32 @@ class TransferNet(nn.Module):
     dropout_rate: float = 0.5
     head_hidden: int = FC_WIDTH
     dtype: Dtype = jnp.float32
+    width: float = 1.0  # channel/hidden width multiplier of the backbone; 1.0 = AlexNet
 
     @nn.compact
-    def __call__(self, images: jax.Array, *, deterministic: bool = True) -> jax.Array:
-        x = _backbone(
-            images,
-            conv1_padding=self.conv1_padding,
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        deterministic: bool = True,
+        start: str = "image",
+        stop: str = "logits",
+    ) -> jax.Array:
+        """Logits of images. ``stop="fc6"`` returns the fc6 activations (after ReLU, before
+        dropout) instead; ``start="fc6"`` takes such activations as input and runs the rest
+        (dropout, fc7, head): the two halves compose to the whole network."""
+        if start not in ("image", "fc6") or stop not in ("fc6", "logits"):
+            raise ValueError(f"start must be image or fc6, stop fc6 or logits: {start}, {stop}")
+        if start == "image":
+            x = _to_fc6(x, conv1_padding=self.conv1_padding, dtype=self.dtype, width=self.width)
+            if stop == "fc6":
+                return x
+        x = _fc6_to_fc7(
+            x,
             dropout_rate=self.dropout_rate,
             dtype=self.dtype,
             deterministic=deterministic,
+            width=self.width,
         )
         x = TransferHead(
             self.num_classes, self.head_hidden, self.dropout_rate, self.dtype, name="head"

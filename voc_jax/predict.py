@@ -15,15 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from voc_jax import experiment
+from voc_jax import cli, evaluate, experiment, steps
 from voc_jax.classes import VOC_CLASSES
 from voc_jax.data import patches as P
-from voc_jax.data.crops import crop_patches
-from voc_jax.data.pipeline import decode_image, fit_canvas, pad_to_canvas
+from voc_jax.data.pipeline import ImageError, decode_image, example_from_boxes, fit_canvas
+from voc_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -51,42 +50,33 @@ def score_map(
 
 
 class Predictor:
+    """One image -> every candidate patch's class probabilities and the image scores, through
+    the evaluation step (crops on the device, the same chunked forward and pooling)."""
+
     def __init__(self, config, params, setup: experiment.ModelSetup):
-        self.config, self.params, self.setup = config, params, setup
+        self.config, self.params = config, params
         self.patch_cfg = experiment.patch_config(config)
-        size, chunk = config.patches.size, config.batch_size
-
-        def probabilities(params, image, image_size, boxes):
-            patches = crop_patches(image[None], image_size[None], boxes[None], size)[0]
-            x = setup.preprocessing.normalize(patches, setup.model.dtype)
-            logits = jax.lax.map(
-                lambda c: setup.model.apply({"params": params}, c),
-                x.reshape(-1, chunk, *x.shape[1:]),
-            )
-            return jax.nn.softmax(logits.reshape(-1, logits.shape[-1]), axis=-1)
-
-        self._probabilities = jax.jit(probabilities)
+        self._step = steps.jit_eval_step(setup, config, probabilities=True)
 
     def __call__(self, path: str | Path) -> dict:
         c = self.patch_cfg
         rgb = decode_image(str(path))
         rgb, _ = fit_canvas(rgb, np.zeros((0, 4), np.float32), c.canvas)
         h, w = rgb.shape[:2]
+        if min(h, w) < 2:
+            raise ImageError(f"{path}: is {w}x{h} pixels, too small for patches")
         boxes, _ = P.patch_boxes(w, h, c.scales, c.min_patches, c.min_scales)
-        n = len(boxes)
-        padded = -(-n // self.config.batch_size) * self.config.batch_size
+        n, chunk = len(boxes), self.config.batch_size
         # Pad to a multiple of the batch size and to a few fixed lengths (fewer compiles).
+        padded = -(-n // chunk) * chunk
         padded = max(padded, 1 << int(np.ceil(np.log2(max(padded, 1)))))
-        boxes_in = np.concatenate([boxes, np.repeat(boxes[:1], padded - n, 0)]).astype(np.float32)
-        probs = np.asarray(
-            self._probabilities(
-                self.params,
-                jnp.asarray(pad_to_canvas(rgb, c.canvas)),
-                jnp.asarray([h, w], jnp.int32),
-                jnp.asarray(boxes_in),
-            )
-        )[:n]
-        scores = (probs[:, 1:] ** self.config.eval.exponent).sum(0)
+        padded = -(-padded // chunk) * chunk
+        all_boxes = np.concatenate([boxes, np.repeat(boxes[:1], padded - n, 0)])
+        valid = np.arange(padded) < n
+        example = example_from_boxes(rgb, all_boxes, np.full(padded, -1), valid, 0, c)
+        out = self._step(self.params, {k: np.asarray(v)[None] for k, v in example.items()})
+        probs = np.asarray(out["probs"][0, :n])
+        scores = np.asarray(out["power"][0])
         return {"image": rgb, "boxes": boxes, "probs": probs, "scores": scores}
 
 
@@ -116,43 +106,82 @@ def save_figure(result: dict, out: Path, top: int, title: str) -> None:
     plt.close(fig)
 
 
-FLAGS = flags.FLAGS
+def output_names(paths: Sequence[str]) -> list[str]:
+    """``<stem>.png`` per image, made unique (``a.png``, ``a-2.png``) when stems repeat, so
+    that two ``img.jpg`` from two folders never overwrite each other."""
+    seen: dict[str, int] = {}
+    names = []
+    for path in paths:
+        stem = Path(path).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.png")
+    return names
 
 
-def define_flags() -> None:
-    flags.DEFINE_string("workdir", None, "training workdir (config.json, checkpoints)")
-    flags.DEFINE_integer("checkpoint", None, "checkpoint step (default: the latest)")
-    flags.DEFINE_integer("top", 3, "classes to show score maps for")
-    flags.DEFINE_string("out", None, "where PNGs go (default WORKDIR/predict)")
+def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_string(
+        "workdir", None, "training workdir (config.json, checkpoints)", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "checkpoint", None, "checkpoint step (default: the latest)", lower_bound=0, flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "top",
+        3,
+        "classes to show score maps for (1..20)",
+        lower_bound=1,
+        upper_bound=20,
+        flag_values=fv,
+    )
+    flags.DEFINE_string("out", None, "where PNGs go (default WORKDIR/predict)", flag_values=fv)
 
 
-def main(argv: Sequence[str]) -> int:
-    from voc_jax import train
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    images = argv[1:]
-    if FLAGS.workdir is None or not images:
-        print("usage: python -m voc_jax.predict --workdir DIR IMAGE...", file=sys.stderr)
-        return 2
-    workdir = Path(FLAGS.workdir)
-    config = experiment.load_config(workdir)
+def predict_images(
+    workdir: Path, images: Sequence[str], *, step: int | None, top: int, out: str | None
+) -> int:
+    """Predict every image; a bad one is reported (one error line) and the rest go on;
+    exit status 2 at the end if any failed."""
+    config = evaluate.load_workdir_config(workdir, None)
     setup = experiment.build_model(config)
-    params = train.restore_state(config, setup, workdir, FLAGS.checkpoint).params
+    found, params = evaluate.restore_for_evaluation(config, setup, workdir, step)
+    params = jax.device_put(params)
     predictor = Predictor(config, params, setup)
-    out_dir = Path(FLAGS.out) if FLAGS.out else workdir / "predict"
+    out_dir = Path(out) if out else workdir / "predict"
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path in images:
-        result = predictor(path)
+    failed = 0
+    for path, name in zip(images, output_names(images), strict=True):
+        try:
+            result = predictor(path)
+        except ImageError as e:
+            cli.report(str(e))
+            failed += 1
+            continue
         ranked = np.argsort(-result["scores"])
-        print(f"{path}: {len(result['boxes'])} patches")
-        for c in ranked[: max(FLAGS.top, 5)]:
+        print(f"{path}: {len(result['boxes'])} patches (checkpoint step {found})")
+        for c in ranked[: max(top, 5)]:
             print(f"  {VOC_CLASSES[c]:<12} {result['scores'][c]:.4g}")
-        target = out_dir / f"{Path(path).stem}.png"
-        save_figure(result, target, FLAGS.top, Path(path).name)
+        target = out_dir / name
+        save_figure(result, target, top, Path(path).name)
         print(f"  wrote {target}")
+    if failed:
+        print(f"{failed} of {len(images)} images could not be predicted", file=sys.stderr)
+        return cli.EXIT_USER_ERROR
     return 0
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    cli.setup_logging()
+
+    def body() -> int:
+        fv, images = cli.parse(argv, define_flags, program="voc_jax.predict")
+        images = images[1:]
+        if fv.workdir is None or not images:
+            raise ConfigError("usage: python -m voc_jax.predict --workdir DIR IMAGE...")
+        return predict_images(Path(fv.workdir), images, step=fv.checkpoint, top=fv.top, out=fv.out)
+
+    return cli.run_guarded(body)
+
+
 if __name__ == "__main__":
-    define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    sys.exit(main())

@@ -135,6 +135,19 @@ def make_train_step(
     return train_step
 
 
+def patch_logits(
+    model: flax.linen.Module, params: Params, x: jax.Array, chunk: int, unroll: bool
+) -> jax.Array:
+    """[N, P, P, 3] normalised patches -> [N, C] logits, ``chunk`` patches at a time
+    (``lax.map``) to bound memory, or as straight-line code when ``unroll``."""
+    chunks = x.reshape(-1, chunk, *x.shape[1:])
+    if unroll:
+        logits = jnp.stack([model.apply({"params": params}, c) for c in chunks])
+    else:
+        logits = jax.lax.map(lambda c: model.apply({"params": params}, c), chunks)
+    return logits.reshape(x.shape[0], -1)
+
+
 def make_eval_step(
     model: flax.linen.Module,
     preprocessing: Preprocessing,
@@ -143,25 +156,38 @@ def make_eval_step(
     batch_size: int,
     exponent: float,
     unroll: bool | None = None,
+    probabilities: bool = False,
 ) -> Callable[[Params, Batch], dict[str, jax.Array]]:
-    """(params, batch) -> {'power'|'mean'|'max': [G, C] image scores, 'image_index': [G]}.
-    Patches go through the network ``batch_size`` at a time (``lax.map``) to bound memory;
-    ``unroll`` (default: on CPU, as for the train step) traces the chunks as straight-line
-    code instead, since XLA's CPU loops run an AlexNet body several times slower."""
+    """(params, batch) -> {'power'|'mean'|'max': [G, C] image scores, 'image_index': [G]}
+    and, with ``probabilities``, the patch softmax 'probs' [G, K, 1 + C] (predictions and
+    score maps use it: one code path scores patches). ``unroll`` (default: on CPU, as for the
+    train step) traces the chunks as straight-line code, since XLA's CPU loops run an
+    AlexNet body several times slower."""
     if unroll is None:
         unroll = jax.default_backend() == "cpu"
-
-    def forward(params: Params, chunks: jax.Array) -> jax.Array:
-        if unroll:
-            return jnp.stack([model.apply({"params": params}, c) for c in chunks])
-        return jax.lax.map(lambda c: model.apply({"params": params}, c), chunks)
 
     def eval_step(params: Params, batch: Batch) -> dict[str, jax.Array]:
         g, k = batch["labels"].shape
         x = preprocessing.normalize(crop_batch(batch, patch_size), model.dtype)
-        chunks = x.reshape(-1, batch_size, *x.shape[2:])
-        logits = forward(params, chunks)
-        scores = image_scores(logits.reshape(g, k, -1), batch["valid"], exponent)
-        return scores | {"image_index": batch["image_index"]}
+        logits = patch_logits(model, params, x.reshape(g * k, *x.shape[2:]), batch_size, unroll)
+        logits = logits.reshape(g, k, -1)
+        out = image_scores(logits, batch["valid"], exponent) | {"image_index": batch["image_index"]}
+        if probabilities:
+            out["probs"] = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        return out
 
     return eval_step
+
+
+def jit_eval_step(setup: Any, config: Any, *, probabilities: bool = False) -> Callable:
+    """The jitted evaluation step of a config (``setup``: experiment.ModelSetup)."""
+    return jax.jit(
+        make_eval_step(
+            setup.model,
+            setup.preprocessing,
+            patch_size=config.patches.size,
+            batch_size=config.batch_size,
+            exponent=config.eval.exponent,
+            probabilities=probabilities,
+        )
+    )

@@ -20,6 +20,7 @@ import numpy as np
 from flax import serialization, traverse_util
 
 from voc_jax.atomic import atomic_directory
+from voc_jax.errors import WeightsError
 from voc_jax.model import BACKBONE_LAYERS, AlexNet, TransferHead
 from voc_jax.preprocessing import Preprocessing
 
@@ -29,19 +30,12 @@ FORMAT_NAME = "voc-jax-converted-weights"
 FORMAT_VERSION = 1
 
 Params = dict[str, Any]
-
-
-class WeightsError(ValueError):
-    """A converted-weights directory or parameter tree that cannot be used as it is."""
+MAX_CONV1_PADDING = 5  # torchvision uses 2, neon 3; a kernel of 11 makes more meaningless
 
 
 def flatten(params: Mapping[str, Any]) -> dict[str, Any]:
     """Nested dict -> {'conv1/kernel': array, ...}."""
     return traverse_util.flatten_dict(dict(params), sep="/")
-
-
-def unflatten(flat: Mapping[str, Any]) -> Params:
-    return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
 def shape_problems(params: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]]) -> list[str]:
@@ -122,6 +116,44 @@ def save_converted(
     return out
 
 
+def read_metadata(meta_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A converter output's metadata.json, every field checked (format, version, blocks,
+    architecture, preprocessing) before any parameter is read."""
+    meta_path = Path(meta_path)
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{meta_path}: not valid JSON ({e})") from e
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        found = metadata.get("format") if isinstance(metadata, dict) else metadata
+        raise WeightsError(f"{meta_path}: not a voc-jax weights file (format={found!r})")
+    if int(metadata.get("format_version", -1)) > FORMAT_VERSION:
+        raise WeightsError(
+            f"{meta_path}: format_version {metadata['format_version']} is newer than this "
+            f"voc-jax understands ({FORMAT_VERSION}); upgrade voc-jax"
+        )
+    for key in ("architecture", "preprocessing", "source"):
+        if not isinstance(metadata.get(key), dict):
+            raise WeightsError(f"{meta_path}: missing the '{key}' block")
+    arch = metadata["architecture"]
+    padding = arch.get("conv1_padding")
+    if not isinstance(padding, int) or not 0 <= padding <= MAX_CONV1_PADDING:
+        raise WeightsError(
+            f"{meta_path}: architecture.conv1_padding={padding!r} is out of range "
+            f"(0..{MAX_CONV1_PADDING}; torchvision 2, neon 3)"
+        )
+    try:
+        prep = Preprocessing.from_dict(metadata["preprocessing"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{meta_path}: bad preprocessing block: {e}") from e
+    if not 0 < prep.scale <= 1:
+        raise WeightsError(
+            f"{meta_path}: preprocessing.scale={prep.scale!r} is out of range (0, 1]: it "
+            "multiplies 0-255 pixels (1/255 for torchvision weights, 1 for neon)"
+        )
+    return metadata
+
+
 def load_converted(path: str | os.PathLike[str]) -> tuple[Params, dict[str, Any]]:
     """Read a converter output directory: (params as nested NumPy dict, metadata)."""
     root = Path(path)
@@ -131,33 +163,18 @@ def load_converted(path: str | os.PathLike[str]) -> tuple[Params, dict[str, Any]
             raise WeightsError(
                 f"{p}: not found; point to a directory written by convert/alexnet_to_flax.py"
             )
-    try:
-        metadata = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{meta_path}: not valid JSON ({e})") from e
-    if metadata.get("format") != FORMAT_NAME:
-        raise WeightsError(
-            f"{meta_path}: not a voc-jax weights file (format={metadata.get('format')!r})"
-        )
-    if int(metadata.get("format_version", -1)) > FORMAT_VERSION:
-        raise WeightsError(
-            f"{meta_path}: format_version {metadata['format_version']} is newer than this "
-            f"voc-jax understands ({FORMAT_VERSION}); upgrade voc-jax"
-        )
-    for key in ("architecture", "preprocessing", "source"):
-        if key not in metadata:
-            raise WeightsError(f"{meta_path}: missing the '{key}' block")
-    try:
-        Preprocessing.from_dict(metadata["preprocessing"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise WeightsError(f"{meta_path}: bad preprocessing block: {e}") from e
+    metadata = read_metadata(meta_path)
     try:
         params = serialization.msgpack_restore(params_path.read_bytes())
     except Exception as e:  # msgpack raises several unrelated types on corrupt input
         raise WeightsError(f"{params_path}: cannot be decoded ({type(e).__name__}: {e})") from e
     if not isinstance(params, dict):
         raise WeightsError(f"{params_path}: expected a parameter tree, got {type(params).__name__}")
-    problems = shape_problems(params, expected_shapes(metadata["architecture"]))
+    try:
+        expected = expected_shapes(metadata["architecture"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{meta_path}: bad architecture block ({e})") from e
+    problems = shape_problems(params, expected)
     if problems:
         raise WeightsError(
             f"{params_path}: does not match its metadata:\n  " + "\n  ".join(problems)

@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.patches.min_patches = 8
     c.patches.min_scales = 2
     c.model.head_hidden = 64
+    c.model.width = 1 / 16  # a 242k-parameter AlexNet: the same code, seconds not minutes
     c.optim.learning_rate = 0.001
     c.optim.lr_changes = ((1, 0.0005),)
     c.checkpoint.every_steps = 4

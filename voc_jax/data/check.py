@@ -115,22 +115,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="how far to check the JPEGs: auto = sizes if JPEGImages/ exists, else none",
     )
     args = parser.parse_args(argv)
+    from voc_jax import cli
+
+    return cli.run_guarded(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     images = args.images
     if images == "auto":
         images = "sizes" if (args.root / "JPEGImages").is_dir() else "none"
     start = time.perf_counter()
-    try:
-        dataset = load_dataset(
-            args.root,
-            args.split,
-            strict=args.strict,
-            images=images,
-            raise_on_error=False,
-            progress=lambda ids: tqdm(ids, desc=f"parsing {args.split}", unit="xml", leave=False),
-        )
-    except VocError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if not args.root.is_dir():
+        raise VocError(f"{args.root}: no such directory (the VOC2007 directory, with Annotations/)")
+    dataset = load_dataset(
+        args.root,
+        args.split,
+        strict=args.strict,
+        images=images,
+        raise_on_error=False,
+        progress=lambda ids: tqdm(ids, desc=f"parsing {args.split}", unit="xml", leave=False),
+    )
     elapsed = time.perf_counter() - start
     print(f"{args.root} split {args.split}: {len(dataset)} images indexed in {elapsed:.2f} s")
     print(f"image check: {images}" + (" (no JPEGImages/ found)" if images == "none" else ""))

@@ -2,11 +2,14 @@
 safe extraction: ``python -m voc_jax.data.download --out data/``.
 
 Downloads go to ``<cache>/<name>.part`` and resume with HTTP Range requests after an
-interruption; a file becomes ``<cache>/<name>`` only once its MD5 matches. Extraction unpacks
-every archive into a temporary sibling directory (tar's "data" filter: no absolute paths, no
-links out, no devices) which is renamed to ``<out>/VOCdevkit`` only when all are complete, so
-an interrupted run never leaves a half-extracted dataset. Offline, it fails at once and says
-where to put the archives by hand.
+interruption; a file becomes ``<cache>/<name>`` only once its MD5 matches. An archive already
+in the cache that fails its MD5 (one a user put there by hand, say) is never deleted: it is
+moved aside to ``<name>.bad-md5`` and the message gives both checksums. Extraction unpacks
+every archive into a fresh temporary directory (tar's "data" filter: no absolute paths, no
+links out, no devices) and, only when all are complete, moves its ``VOC2007/`` into
+``<out>/VOCdevkit/``: whatever else the user keeps in ``VOCdevkit/`` (``VOC2012/``, results)
+is never touched, and an existing ``VOC2007/`` that this downloader did not make is refused,
+not replaced. Offline, it fails at once and says where to put the archives by hand.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 import tarfile
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -24,7 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from voc_jax.atomic import atomic_directory
+from voc_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +49,7 @@ MIRRORS = (
 COMPLETE_MARKER = ".voc-jax-complete"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError):
     """Nothing usable could be fetched; the message says what to do by hand."""
 
 
@@ -100,10 +105,18 @@ def ensure_archive(
     """The verified archive in ``cache``: reused if already there, else from the first mirror
     that works."""
     dest = cache / archive.name
+    set_aside = ""
     if dest.exists():
-        if md5_of(dest) == archive.md5:
+        actual = md5_of(dest)
+        if actual == archive.md5:
             return dest
-        dest.unlink()  # a corrupt leftover: fetch again
+        aside = _free_name(dest.with_name(dest.name + ".bad-md5"))
+        dest.replace(aside)
+        set_aside = (
+            f"{dest} has MD5 {actual}, not the expected {archive.md5}: moved it to {aside} "
+            "(nothing deleted)"
+        )
+        print(f"warning: {set_aside}; downloading it again", file=sys.stderr)
     failures = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + archive.name
@@ -114,17 +127,36 @@ def ensure_archive(
         except (urllib.error.URLError, OSError, TimeoutError) as e:
             failures.append(f"{url}: {getattr(e, 'reason', e)}")
     raise DownloadError(
-        f"could not download {archive.name} (offline?). Tried:\n  "
-        + "\n  ".join(failures)
-        + f"\nDownload it on a machine with internet (MD5 {archive.md5}), put it at {dest} "
-        "and run this again: it will be verified and extracted without downloading."
+        f"could not download {archive.name} (offline?). "
+        + (f"{set_aside}. " if set_aside else "")
+        + f"Download it on a machine with internet (MD5 {archive.md5}), put it at {dest} "
+        "and run this again: it will be verified and extracted without downloading. Tried: "
+        + "; ".join(failures)
     )
 
 
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path.1``, ``path.2`` ... whichever does not exist yet."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
+
+
 def extract(archives: Sequence[Path], out: Path) -> Path:
-    """Unpack all archives into ``out/VOCdevkit`` atomically (all or nothing)."""
-    final = out / "VOCdevkit"
-    with atomic_directory(final, overwrite=True) as tmp:
+    """Unpack all archives and move the complete ``VOC2007/`` into ``out/VOCdevkit/`` (all or
+    nothing; nothing else in ``out/VOCdevkit`` is touched). Returns ``out/VOCdevkit``."""
+    devkit = out / "VOCdevkit"
+    target = devkit / "VOC2007"
+    if target.exists() and not _is_ours(target):
+        raise DownloadError(
+            f"{target} exists and was not made by this downloader (no {COMPLETE_MARKER}); "
+            "move it away or choose another --out: it is never replaced"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".VOCdevkit.tmp-", dir=out))
+    try:
         for path in archives:
             try:
                 with tarfile.open(path) as tar:
@@ -133,8 +165,25 @@ def extract(archives: Sequence[Path], out: Path) -> Path:
                         tar.extract(member, tmp, filter=_strip_voc_root)
             except (tarfile.TarError, OSError) as e:
                 raise DownloadError(f"{path}: cannot extract ({e}); delete it and run again") from e
-        (tmp / COMPLETE_MARKER).write_text(json.dumps([p.name for p in archives]) + "\n")
-    return final
+        extracted = tmp / "VOC2007"
+        if not extracted.is_dir():
+            raise DownloadError(f"{', '.join(p.name for p in archives)}: hold no VOC2007/")
+        (extracted / COMPLETE_MARKER).write_text(json.dumps([p.name for p in archives]) + "\n")
+        devkit.mkdir(exist_ok=True)
+        if target.exists():  # ours, from an earlier run: replaced only now, complete
+            old = Path(tempfile.mkdtemp(prefix=".VOC2007.old-", dir=devkit))
+            target.replace(old / "VOC2007")
+            extracted.replace(target)
+            shutil.rmtree(old)
+        else:
+            extracted.replace(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return devkit
+
+
+def _is_ours(voc2007: Path) -> bool:
+    return (voc2007 / COMPLETE_MARKER).exists() or (voc2007.parent / COMPLETE_MARKER).exists()
 
 
 def _strip_voc_root(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo | None:
@@ -158,7 +207,7 @@ def download_voc2007(
 ) -> Path:
     """Everything: ``out/VOCdevkit/VOC2007`` ready for ``voc_jax.data.check``."""
     final = out / "VOCdevkit"
-    if (final / COMPLETE_MARKER).exists():
+    if _is_ours(final / "VOC2007") and (final / "VOC2007").is_dir():
         return final / "VOC2007"
     cache = cache or out / "downloads"
     paths = [ensure_archive(a, cache, mirrors, timeout=timeout) for a in archives]
@@ -166,19 +215,25 @@ def download_voc2007(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from voc_jax import cli
+
     parser = argparse.ArgumentParser(prog="python -m voc_jax.data.download", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="where VOCdevkit/ is created")
     parser.add_argument("--cache", type=Path, help="where archives go (default OUT/downloads)")
-    parser.add_argument("--mirror", action="append", help="a base URL to try (repeatable)")
+    parser.add_argument(
+        "--mirror",
+        action="append",
+        help="a base URL to try instead of the built-in mirrors (repeatable; replaces them)",
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per connection")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         root = download_voc2007(args.out, args.cache, args.mirror or MIRRORS, timeout=args.timeout)
-    except DownloadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"VOC 2007 ready at {root}; check it with: python -m voc_jax.data.check {root}")
-    return 0
+        print(f"VOC 2007 ready at {root}; check it with: python -m voc_jax.data.check {root}")
+        return 0
+
+    return cli.run_guarded(body)
 
 
 if __name__ == "__main__":

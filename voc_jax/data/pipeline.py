@@ -33,6 +33,7 @@ from PIL import Image
 from voc_jax.data import patches as P
 from voc_jax.data.crops import share_intervals
 from voc_jax.data.voc import VocRecord
+from voc_jax.errors import DataError
 
 Batch = dict[str, np.ndarray]
 
@@ -55,7 +56,7 @@ class PatchConfig:
     max_rows: int = 96  # R; the reference grid needs at most 85 (see share_rows)
 
 
-class ImageError(ValueError):
+class ImageError(DataError):
     """An image file that cannot be used; the message names it."""
 
 
@@ -129,7 +130,21 @@ def make_example(
         valid = chosen >= 0
         chosen = np.maximum(chosen, 0)  # padding repeats patch 0, masked by valid and label
     sampled_labels = np.where(valid, labels[chosen], P.IGNORE)
-    sampled = P.crop_rectangles(boxes[chosen], config.crop_boxes).astype(np.float32)
+    return example_from_boxes(image, boxes[chosen], sampled_labels, valid, index, config)
+
+
+def example_from_boxes(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    valid: np.ndarray,
+    index: int,
+    config: PatchConfig,
+) -> Batch:
+    """One element from an image (already on the canvas scale) and its K patch boxes:
+    the crop rectangles (``config.crop_boxes``) and the shared-rows crop plan."""
+    h, w = image.shape[:2]
+    sampled = P.crop_rectangles(boxes, config.crop_boxes).astype(np.float32)
     transposed = h > w and config.canvas[0] == config.canvas[1]
     row_axis, col_axis = ([0, 2], [1, 3]) if transposed else ([1, 3], [0, 2])
     row_intervals, row_index = share_intervals(sampled[:, row_axis], config.max_rows)
@@ -137,8 +152,8 @@ def make_example(
         "image": pad_to_canvas(image, config.canvas),
         "image_size": np.array([h, w], np.int32),
         "boxes": sampled,
-        "labels": sampled_labels.astype(np.int32),
-        "valid": valid,
+        "labels": np.asarray(labels, np.int32),
+        "valid": np.asarray(valid, bool),
         "image_index": np.int32(index),
         "row_intervals": row_intervals,
         "row_index": row_index,

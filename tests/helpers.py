@@ -1,0 +1,116 @@
+"""Helpers shared by the tests: running the commands (in-process or as subprocesses),
+reading checkpoints back, the torch models the converter is checked against."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = str(REPO / "tests" / "configs" / "tiny.py")
+SMOKE = str(REPO / "voc_jax" / "configs" / "smoke.py")
+
+
+def train_cmd(workdir: Path, *overrides: str, config: str = TINY) -> list[str]:
+    """``python -m voc_jax.train`` as a subprocess command line."""
+    return [
+        sys.executable,
+        "-m",
+        "voc_jax.train",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        *overrides,
+    ]
+
+
+def train_args(workdir: Path, *overrides: str, config: str = TINY) -> list[str]:
+    """The same as arguments for an in-process ``voc_jax.train.main``."""
+    return ["voc_jax.train", f"--config={config}", f"--workdir={workdir}", *overrides]
+
+
+def run(cmd: Sequence[str], timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        list(cmd), capture_output=True, text=True, timeout=timeout, cwd=REPO, **kwargs
+    )
+
+
+def call(main: Callable[[list[str]], int], argv: Sequence[str], capsys) -> tuple[int, str, str]:
+    """Run a command's ``main(argv)`` in this process: (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse-based commands exit on bad arguments
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+    directory = workdir / "checkpoints"
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def final_params(workdir: Path, step: int | None = None):
+    """(step, params as NumPy) of a workdir's newest good checkpoint (or ``step``)."""
+    from voc_jax import checkpoint, experiment
+
+    config = experiment.load_config(workdir)
+    setup = experiment.build_model(config)
+    found, params = checkpoint.restore_params(workdir, checkpoint.abstract_like(setup.params), step)
+    return found, jax.tree.map(np.asarray, params)
+
+
+def checkpoint_data(workdir: Path, step: int) -> dict:
+    """The JSON item of one checkpoint (position, sums, digests)."""
+    import json
+
+    return json.loads((workdir / "checkpoints" / str(step) / "data" / "metadata").read_text())
+
+
+def assert_trees_equal(a, b) -> None:
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def directory_listing(root: Path) -> dict[str, tuple[int, int]]:
+    """{relative path: (size, mtime_ns)} of everything under ``root`` (absent: {})."""
+    if not root.exists():
+        return {}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def setup_step(config, unroll=None):
+    """(setup, fresh state, jitted train step, schedule) of a config."""
+    from voc_jax import experiment
+
+    setup = experiment.build_model(config)
+    state, optimizer, labels, schedule = experiment.make_train_state(config, setup, 10)
+    step = experiment.jit_train_step(config, setup, optimizer, labels, schedule, unroll)
+    return setup, state, step, schedule
+
+
+def first_batch(config, records, train=True):
+    """Batch 0 of epoch 0 for ``records`` under ``config``."""
+    from voc_jax import experiment
+    from voc_jax.data.pipeline import epoch_dataset
+
+    ds = epoch_dataset(
+        records,
+        experiment.patch_config(config),
+        images_per_batch=config.images_per_step,
+        train=train,
+        seed=0,
+    )
+    return ds[0]

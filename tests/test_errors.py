@@ -1,0 +1,381 @@
+"""Every user error, on every command: exit status 2, one ``error:`` line naming the culprit
+(the file, the config key or the step), no traceback, and nothing changed on disk.
+
+Each case builds its inputs, runs the command's ``main`` in this process (no interpreter
+start-up per case) and checks the directory the command must leave alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests import neon_fixtures as nf
+from tests.helpers import TINY, call, directory_listing, train_args
+from voc_jax import evaluate, predict, train
+from voc_jax.data import check, download
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Case:
+    main: Callable
+    argv: list[str]
+    expect: str  # must appear in the one error line
+    watch: Path  # must be unchanged (absent stays absent)
+    code: int = 2
+
+
+def copy_data(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def first_id(root: Path, split: str = "trainval") -> str:
+    return (root / "ImageSets" / "Main" / f"{split}.txt").read_text().split()[0]
+
+
+def weights_dir(tmp: Path, **metadata_changes) -> Path:
+    """A converted-weights directory whose metadata.json has the given fields changed (the
+    params file is never read: validation refuses the metadata first)."""
+    out = tmp / "weights"
+    out.mkdir()
+    meta = {
+        "format": "voc-jax-converted-weights",
+        "format_version": 1,
+        "source": {"kind": "pth"},
+        "architecture": {"name": "alexnet", "conv1_padding": 2, "num_classes": 1000},
+        "preprocessing": {
+            "channel_order": "RGB",
+            "scale": 1 / 255,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        },
+    }
+    for key, value in metadata_changes.items():
+        block, field = key.split("__")
+        meta[block][field] = value
+    (out / "metadata.json").write_text(json.dumps(meta))
+    (out / "params.msgpack").write_bytes(b"")
+    return out
+
+
+def train_case(tmp: Path, *overrides: str, expect: str, data: Path | None = None) -> Case:
+    work = tmp / "w"
+    root = [f"--config.data.root={data}"] if data is not None else []
+    return Case(train.main, train_args(work, *root, *overrides), expect, work)
+
+
+def bad_data(tmp: Path, tiny_data_root: Path, change: str) -> Path:
+    root = copy_data(tiny_data_root, tmp / "data" / "VOC2007")
+    image_id = first_id(root)
+    xml = root / "Annotations" / f"{image_id}.xml"
+    jpeg = root / "JPEGImages" / f"{image_id}.jpg"
+    if change == "nan-box":
+        text = xml.read_text()
+        start = text.index("<xmin>") + len("<xmin>")
+        xml.write_text(text[:start] + "nan" + text[text.index("</xmin>") :])
+    elif change == "truncated-jpeg":
+        jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    elif change == "tiny-image":
+        from PIL import Image
+
+        Image.new("RGB", (1, 1)).save(jpeg)
+        text = xml.read_text()
+        for tag in ("width", "height"):
+            a, b = text.index(f"<{tag}>") + len(tag) + 2, text.index(f"</{tag}>")
+            text = text[:a] + "1" + text[b:]
+        xml.write_text(text)
+    elif change == "no-boxes":
+        for xml_path in (root / "Annotations").glob("*.xml"):
+            text = xml_path.read_text()
+            while "<object>" in text:
+                a, b = text.index("<object>"), text.index("</object>") + len("</object>")
+                text = text[:a] + text[b:]
+            xml_path.write_text(text)
+    elif change == "non-utf8-split":
+        (root / "ImageSets" / "Main" / "trainval.txt").write_bytes(b"000000\n\xff\xfe\n")
+    elif change == "bad-class-file":
+        (root / "ImageSets" / "Main" / "car_trainval.txt").write_text("000000 yes\n")
+    return root
+
+
+# ----------------------------------------------------------------------------- the table
+
+TRAIN_CONFIG = [
+    (("--config.num_epochs=-1",), "num_epochs=-1"),
+    (("--config.checkpoint.max_to_keep=0",), "checkpoint.max_to_keep=0"),
+    (("--config.eval.images_per_step=0",), "eval.images_per_step=0"),
+    (("--config.patches.size=0",), "patches.size=0"),
+    (("--config.patches.size=16",), "patches.size=16: too small"),
+    (("--config.patches.scales=()",), "patches.scales"),
+    (("--config.patches.per_image=0",), "patches.per_image=0"),
+    (("--config.patches.per_image=10",), "multiple of batch_size=4"),
+    (("--config.optim.learning_rate=-0.1",), "optim.learning_rate=-0.1"),
+    (("--config.optim.optimizer=no-such",), "optim.optimizer='no-such'"),
+    (("--config.optim.schedule=linear",), "optim.schedule='linear'"),
+    (("--config.patches.difficult=maybe",), "patches.difficult='maybe'"),
+    (("--config.patches.crop_boxes=round",), "patches.crop_boxes='round'"),
+    (("--config.patches.test_sampling=all",), "patches.test_sampling='all'"),
+    (("--config.model.dtype=float16",), "model.dtype='float16'"),
+    (("--config.data.check_images=all",), "data.check_images='all'"),
+    (("--config.optim.trainable=('haed/.*',)",), "'haed/.*' matches no parameter"),
+    (("--config.optim.no_decay=('bias',)",), "optim.no_decay: 'bias' matches no parameter"),
+    (("--config.optim.lr_changes=((-1, 0.1),)",), "optim.lr_changes"),
+    (("--config.optim.momentum=1.5",), "optim.momentum=1.5"),
+    (("--config.eval.protocols=('voc12',)",), "eval.protocols"),
+    (("--config.foo=1",), "--config.foo: no such config field"),
+    (("--config.optim.lerning_rate=0.1",), "did you mean --config.optim.learning_rate"),
+    (("--config.num_epochs=abc",), "num_epochs"),
+    (("--config.model.width=0",), "model.width=0"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expect"), TRAIN_CONFIG, ids=[e for _, e in TRAIN_CONFIG])
+def test_train_config_errors(tmp_path, capsys, overrides, expect):
+    check_case(train_case(tmp_path, *overrides, expect=expect), capsys)
+
+
+DATA_ERRORS = [
+    ("nan-box", "not a finite number"),
+    ("truncated-jpeg", "does not decode"),
+    ("tiny-image", "too small"),
+    ("no-boxes", "no image of split trainval has an object"),
+    ("non-utf8-split", "trainval.txt: not UTF-8"),
+]
+
+
+@pytest.mark.parametrize(("change", "expect"), DATA_ERRORS, ids=[c for c, _ in DATA_ERRORS])
+def test_train_data_errors(tmp_path, tiny_data_root, capsys, change, expect):
+    root = bad_data(tmp_path, tiny_data_root, change)
+    case = train_case(tmp_path, expect=expect, data=root)
+    if change in ("nan-box", "truncated-jpeg", "tiny-image"):
+        case.expect = first_id(root)  # the file is named ...
+        check_case(case, capsys, also=expect)  # ... with the problem
+    else:
+        check_case(case, capsys)
+
+
+def test_train_more_errors(tmp_path, capsys):
+    missing_root = tmp_path / "typo" / "VOC2007"
+    cases = [
+        train_case(tmp_path, expect=f"data.root {missing_root} does not exist", data=missing_root),
+        Case(train.main, ["voc_jax.train", f"--config={TINY}"], "--workdir", tmp_path / "w"),
+        Case(
+            train.main,
+            ["voc_jax.train", f"--config={tmp_path / 'none.py'}", f"--workdir={tmp_path / 'w'}"],
+            "no such config file",
+            tmp_path / "w",
+        ),
+    ]
+    for case in cases:
+        check_case(case, capsys)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expect"),
+    [
+        ({"architecture__conv1_padding": 9}, "conv1_padding=9 is out of range"),
+        ({"preprocessing__scale": 255.0}, "preprocessing.scale=255.0 is out of range"),
+        ({"preprocessing__std": [0, 1, 1]}, "std must be positive"),
+    ],
+    ids=["conv1-padding", "scale", "std"],
+)
+def test_train_weights_metadata_errors(tmp_path, capsys, changes, expect):
+    weights = weights_dir(tmp_path, **changes)
+    case = train_case(
+        tmp_path, f"--config.init.weights={weights}", "--config.model.width=1.0", expect=expect
+    )
+    check_case(case, capsys)
+
+
+def test_train_weights_need_the_full_width(tmp_path, capsys):
+    weights = weights_dir(tmp_path)
+    check_case(
+        train_case(tmp_path, f"--config.init.weights={weights}", expect="model.width=0.0625"),
+        capsys,
+    )
+
+
+def test_evaluate_errors(tmp_path, trained_tiny, capsys):
+    work = tmp_path / "work"
+    shutil.copytree(trained_tiny, work)
+    base = ["voc_jax.evaluate", f"--workdir={work}"]
+    cases = [
+        Case(
+            evaluate.main,
+            ["voc_jax.evaluate", f"--workdir={tmp_path / 'nope'}"],
+            "nope: no such directory",
+            tmp_path / "nope",
+        ),
+        Case(evaluate.main, [*base, "--checkpoint=999"], "no checkpoint at step 999", work),
+        Case(evaluate.main, [*base, "--checkpoint=-1"], "checkpoint", work),
+        Case(evaluate.main, [*base, "--split=bogus"], "bogus.txt: split list not found", work),
+        Case(evaluate.main, ["voc_jax.evaluate"], "--workdir is required", work),
+    ]
+    for case in cases:
+        check_case(case, capsys)
+
+
+def test_evaluate_with_no_readable_checkpoint(tmp_path, trained_tiny, capsys):
+    work = tmp_path / "work"
+    shutil.copytree(trained_tiny, work)
+    for f in (work / "checkpoints").rglob("*"):
+        if f.is_file() and "params" in f.parts:
+            f.write_bytes(b"")
+    check_case(
+        Case(
+            evaluate.main, ["voc_jax.evaluate", f"--workdir={work}"], "no readable checkpoint", work
+        ),
+        capsys,
+    )
+
+
+def test_predict_errors(tmp_path, trained_tiny, tiny_data_root, capsys):
+    image = str(next((tiny_data_root / "JPEGImages").glob("*.jpg")))
+    out = tmp_path / "out"
+    base = ["voc_jax.predict", f"--workdir={trained_tiny}", f"--out={out}"]
+    cases = [
+        Case(predict.main, [*base, "--top=0", image], "top", out),
+        Case(predict.main, [*base, "--top=30", image], "top", out),
+        Case(
+            predict.main,
+            ["voc_jax.predict", f"--workdir={tmp_path / 'nope'}", image],
+            "nope: no such directory",
+            tmp_path / "nope",
+        ),
+        Case(predict.main, [*base], "usage", out),
+    ]
+    for case in cases:
+        check_case(case, capsys)
+
+
+def test_check_errors(tmp_path, tiny_data_root, capsys):
+    utf = bad_data(tmp_path / "a", tiny_data_root, "non-utf8-split")
+    cls = bad_data(tmp_path / "b", tiny_data_root, "bad-class-file")
+    cases = [
+        Case(check.main, [str(utf)], "trainval.txt: not UTF-8", utf),
+        Case(check.main, [str(cls)], "car_trainval.txt: line 1", cls),
+        Case(check.main, [str(tmp_path / "none")], "none: no such directory", tmp_path / "none"),
+    ]
+    for case in cases:
+        case.argv = case.argv  # argparse-style main: argv without the program name
+        check_case(case, capsys)
+
+
+def converter_main(argv):
+    from convert import alexnet_to_flax
+
+    return alexnet_to_flax.main(argv)
+
+
+def test_convert_errors(tmp_path, capsys, monkeypatch):
+    from convert import neon
+
+    pth = tmp_path / "a.pth"
+    pth.write_bytes(b"")  # never read: the arguments fail first
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    out = tmp_path / "out"
+    neon_file = tmp_path / "model.p"
+    cases = [
+        Case(
+            converter_main,
+            ["--pth", str(pth), "--out", str(out), "--std", "0", "1", "1"],
+            "std must be positive",
+            out,
+        ),
+        Case(
+            converter_main,
+            ["--pth", str(pth), "--out", str(out), "--scale", "255"],
+            "--scale 255",
+            out,
+        ),
+        Case(
+            converter_main, ["--pth", str(pth), "--out", str(a_file / "sub")], "is a file", a_file
+        ),
+        Case(
+            converter_main,
+            ["--pth", str(pth), "--out", str(a_file), "--force"],
+            "not a directory",
+            a_file,
+        ),
+    ]
+    for case in cases:
+        check_case(case, capsys)
+
+    def neon_case(data: bytes, expect: str) -> None:
+        neon_file.write_bytes(data)
+        check_case(
+            Case(converter_main, ["--neon", str(neon_file), "--out", str(out)], expect, out), capsys
+        )
+
+    import gzip
+
+    monkeypatch.setattr(neon, "MAX_BYTES", 1 << 20)
+    neon_case(gzip.compress(bytes(3 << 20)), "decompresses to more than")
+    neon_case(nf.huge_array_pickle(), "refusing an array of shape")
+    neon_case(nf.deep_pickle(5000), "nested")
+    neon_case(
+        nf.py2_pickle({"model": {"config": {"layers": ["a", "b"]}}}), "a layer entry is a str"
+    )
+    neon_case(
+        nf.py2_pickle({"model": {"config": {"layers": [{"type": 3, "config": [1]}]}}}),
+        "not a neon model structure",
+    )
+    neon_case(nf.py2_pickle([1, 2]), "no 'model' key")
+
+
+def test_download_errors(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    check_case(
+        Case(
+            download.main,
+            ["--out", str(a_file), "--mirror", "http://127.0.0.1:9/"],
+            str(a_file),
+            a_file,
+        ),
+        capsys,
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_convert_into_a_read_only_directory(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    pth = tmp_path / "a.pth"
+    pth.write_bytes(b"")
+    check_case(
+        Case(
+            converter_main,
+            ["--pth", str(pth), "--out", str(locked / "o")],
+            "permission denied",
+            locked,
+        ),
+        capsys,
+    )
+
+
+# ----------------------------------------------------------------------------- the check
+
+
+def check_case(case: Case, capsys, also: str = "") -> None:
+    before = directory_listing(case.watch)
+    existed = case.watch.exists()
+    code, _, err = call(case.main, case.argv, capsys)
+    assert code == case.code, (case.argv, err[-2000:])
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err[-2000:]
+    assert case.expect in lines[0], (case.expect, lines[0])
+    assert also in lines[0], (also, lines[0])
+    assert case.watch.exists() == existed, f"{case.watch} created or removed"
+    assert directory_listing(case.watch) == before, f"{case.watch} changed"

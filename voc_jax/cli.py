@@ -1,0 +1,160 @@
+"""What every command shares: flag parsing, config overrides checked by name, logging, and
+one line ``error: ...`` with exit status 2 for every user error (never a traceback).
+
+Each command defines its flags on a fresh ``absl.flags.FlagValues`` (not the global one), so
+``main(argv)`` can be called any number of times in one process: by the installed entry
+points, by ``python -m``, and by the tests.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import ml_collections
+from absl import flags
+
+from voc_jax.errors import ConfigError, DiskFull, UserError, first_line, is_disk_full
+
+log = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def report(message: str) -> int:
+    """Print a user error as one line (details, if any, indented below) and return 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return EXIT_USER_ERROR
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Our log format on stderr, once, whatever configured logging before (an import that
+    logged implicitly installs a bare handler: it is replaced, others are kept)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+    # orbax and absl are chatty at INFO; their warnings still show.
+    for name in ("absl", "orbax"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def run_guarded(body: Callable[[], int]) -> int:
+    """Run a command body; user errors and a full disk become one ``error:`` line, exit 2."""
+    try:
+        return body()
+    except UserError as e:
+        return report(str(e))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if is_disk_full(e):
+            where = getattr(e, "filename", None) or "the disk"
+            return report(str(DiskFull(f"no space left on {where} ({first_line(e)})")))
+        if isinstance(e, OSError) and e.filename:  # permissions, a file where a directory goes
+            return report(f"{e.filename}: {e.strerror or first_line(e)}")
+        raise
+
+
+def config_file_in(argv: Sequence[str], name: str = "config") -> str | None:
+    """The value of ``--config FILE`` / ``--config=FILE`` in ``argv``, if any."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file, with a clear error when it cannot be loaded."""
+    file = Path(path.split(":", 1)[0])
+    if not file.is_file():
+        raise ConfigError(f"--config {file}: no such config file (see voc_jax/configs/)")
+    spec = importlib.util.spec_from_file_location(f"_voc_jax_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        return module.get_config()
+    except Exception as e:
+        raise ConfigError(f"--config {file}: cannot be loaded ({first_line(e)})") from e
+
+
+def config_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        if isinstance(value, ml_collections.ConfigDict):
+            keys.extend(config_keys(value, path + "."))
+    return keys
+
+
+def check_override_keys(
+    config: ml_collections.ConfigDict, argv: Sequence[str], name: str = "config"
+) -> None:
+    """Every ``--config.a.b=...`` must name an existing field (the config is locked): refuse
+    an unknown one, naming the closest valid key."""
+    keys = config_keys(config)
+    for arg in argv:
+        if not arg.startswith(f"--{name}."):
+            continue
+        key = arg[len(name) + 3 :].split("=", 1)[0]
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+            hint = f"; did you mean --{name}.{close[0]}?" if close else ""
+            raise ConfigError(f"--{name}.{key}: no such config field{hint}")
+
+
+def parse(
+    argv: Sequence[str],
+    define: Callable[[flags.FlagValues, list[str]], None],
+    *,
+    program: str,
+) -> tuple[flags.FlagValues, list[str]]:
+    """Define the command's flags on a fresh FlagValues and parse ``argv`` (program name
+    first). Unknown flags, bad values and unknown config keys raise ConfigError."""
+    argv = [program, *argv[1:]] if argv else [program]
+    fv = flags.FlagValues()
+    define(fv, argv)  # config_flags reads the overrides from argv itself
+    config_path = config_file_in(argv[1:])
+    if config_path is not None:
+        check_override_keys(load_config_file(config_path), argv[1:])
+    try:
+        rest = fv(argv)
+    except flags.Error as e:
+        raise ConfigError(str(e).splitlines()[0]) from e
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"bad flag value: {first_line(e)}") from e
+    if not flags.FLAGS.is_parsed():  # grain's worker processes read the global absl flags
+        flags.FLAGS.mark_as_parsed()
+    return fv, rest
