@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "--config",
         str(REPO / "voc_jax/configs/transfer_demo.py"),
         f"--config.data.root={work / 'data' / 'VOC2007'}",
+        "--config.data.generate=True",  # the first run generates it, the others reuse it
     ]
     common += (QUICK_TRAIN if args.quick else []) + args.train_arg
     if args.epochs:

@@ -14,6 +14,28 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("VOC_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory) -> Path:
+    """One persistent XLA compilation cache for the whole run, in pytest's temporary directory
+    (nothing outlives pytest's own retention): the many short runs compile the same small
+    programs, in this process and in subprocesses, and a cache hit takes 0.7 s instead of 3.7."""
+    import jax
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one cache for all workers of the run
+        base = base.parent
+    cache = base / "jax_compilation_cache"
+    settings = {
+        "jax_compilation_cache_dir": str(cache),
+        "jax_persistent_cache_min_compile_time_secs": 0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        os.environ[name.upper()] = str(value)  # for the commands run as subprocesses
+    return cache
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (override with VOC_JAX_SHARED_DATA); tests skip, saying why, without it."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import jax
@@ -21,13 +24,45 @@ SCRIPT = Path(converter.__file__)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
+    """The converter's main() in this process, output captured (no interpreter start-up per
+    call; test_runs_as_a_script_and_an_installed_command covers the real process)."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = converter.main(list(args))
+            except SystemExit as e:
+                code = e.code
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        # urllib's global opener keeps the proxies it saw first: drop it with the environment.
+        urllib.request.install_opener(None)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+@pytest.mark.slow
+def test_runs_as_a_script_and_an_installed_command(tmp_path):
+    """`python convert/alexnet_to_flax.py` (no sys.path edits: voc_jax and convert come from
+    the installed package) and the voc-jax-convert entry point, in real processes."""
+    script = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert script.returncode == 0 and "--torchvision" in script.stdout, script.stderr
+    command = Path(sys.executable).parent / "voc-jax-convert"
+    installed = subprocess.run(
+        [str(command), "--pth", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "o")],
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
-        timeout=600,
+        timeout=300,
+        cwd=tmp_path,  # not the repository: the installed package is what runs
     )
+    assert installed.returncode == 2 and "nope.pth: no such file" in installed.stderr
 
 
 def seeded_alexnet(seed: int = 0) -> torch.nn.Module:
@@ -73,7 +108,14 @@ def torch_outputs(model: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray, np
         return model.classifier[6](fc7).numpy(), fc7.numpy()
 
 
-@pytest.mark.parametrize("size", [(224, 224), (256, 256), (227, 241)])
+@pytest.mark.parametrize(
+    "size",
+    [
+        (224, 224),
+        pytest.param((256, 256), marks=pytest.mark.slow),
+        pytest.param((227, 241), marks=pytest.mark.slow),
+    ],
+)
 def test_logits_and_fc7_match_torch(converted, torch_model, size):
     params, metadata = weights.load_converted(converted)
     model = weights.classifier_from_metadata(metadata)
@@ -119,6 +161,7 @@ def test_fc6_is_permuted_to_hwc(torch_model):
     assert params["conv2"]["kernel"][1, 3, 5, 7] == conv[7, 5, 1, 3]
 
 
+@pytest.mark.slow  # full-size conversions
 def test_verify_catches_a_wrong_layout(pth, tmp_path, monkeypatch, capsys):
     """Without the fc6 permutation the logits differ: --verify exits 1 and writes nothing."""
     original = converter.torch_to_flax
@@ -168,6 +211,7 @@ def test_strict_state_dict_errors(torch_model, tmp_path, change, expected):
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]  # nothing written
 
 
+@pytest.mark.slow
 def test_vgg_state_dict_reports_every_problem(tmp_path):
     src = tmp_path / "vgg11.pth"
     torch.save(torchvision.models.vgg11(weights=None).state_dict(), src)
@@ -204,6 +248,7 @@ def test_missing_file(tmp_path):
     assert result.returncode == 2 and "nope.pth: no such file" in result.stderr
 
 
+@pytest.mark.slow  # full-size conversions
 def test_existing_output_needs_force(pth, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -240,6 +285,7 @@ def test_help_explains_every_option():
         assert option in result.stdout
 
 
+@pytest.mark.slow  # full-size conversions
 def test_preprocessing_override(pth, tmp_path):
     out = tmp_path / "out"
     code = converter.main(

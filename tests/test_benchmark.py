@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(

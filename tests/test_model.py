@@ -9,6 +9,7 @@ import torch
 from voc_jax.model import AlexNet, TransferHead, TransferNet, adaptive_avg_pool
 
 SMALL = (1, 64, 64, 3)  # smallest convenient input: 64 -> 15 -> 7 -> 7 -> 3 -> 3 -> 1 -> 6x6
+NARROW = 1 / 16  # structure tests need not pay for 60 M parameters
 
 
 @pytest.mark.parametrize("size", [(6, 6), (13, 13), (5, 5), (1, 1), (7, 11), (15, 9), (13, 17)])
@@ -35,23 +36,56 @@ def test_alexnet_shapes_and_param_names():
 
 
 def test_transfer_net_output_shape_and_head_init():
-    model = TransferNet()
+    model = TransferNet(width=NARROW)
     params = model.init(jax.random.key(0), jnp.zeros(SMALL))["params"]
     assert set(params) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "head"}
-    fc_a, fc_b = params["head"]["fc_a"], params["head"]["fc_b"]
-    assert fc_a["kernel"].shape == (4096, 4096) and fc_b["kernel"].shape == (4096, 21)
-    # N(0, 0.005) with bias 0.1, and N(0, 0.01) with bias 0 (seed.md), over 16M and 86k samples.
-    assert abs(float(fc_a["kernel"].std()) - 0.005) < 0.005 * 0.01
-    assert abs(float(fc_a["kernel"].mean())) < 1e-5
-    np.testing.assert_array_equal(fc_a["bias"], np.full(4096, 0.1, np.float32))
-    assert abs(float(fc_b["kernel"].std()) - 0.01) < 0.01 * 0.02
-    np.testing.assert_array_equal(fc_b["bias"], np.zeros(21, np.float32))
     logits = model.apply({"params": params}, jnp.ones((2, 64, 64, 3)))
     assert logits.shape == (2, 21) and logits.dtype == jnp.float32
+    # The initialisers at 1024 wide: the same distributions, 1M samples instead of 16M.
+    head = TransferHead(hidden=1024).init(jax.random.key(0), jnp.zeros((1, 1024)))["params"]
+    fc_a, fc_b = head["fc_a"], head["fc_b"]
+    assert fc_a["kernel"].shape == (1024, 1024) and fc_b["kernel"].shape == (1024, 21)
+    # N(0, 0.005) with bias 0.1, and N(0, 0.01) with bias 0 (seed.md), over 1M and 21k samples.
+    assert abs(float(fc_a["kernel"].std()) - 0.005) < 0.005 * 0.01
+    assert abs(float(fc_a["kernel"].mean())) < 3e-5
+    np.testing.assert_array_equal(fc_a["bias"], np.full(1024, 0.1, np.float32))
+    assert abs(float(fc_b["kernel"].std()) - 0.01) < 0.01 * 0.02
+    np.testing.assert_array_equal(fc_b["bias"], np.zeros(21, np.float32))
+
+
+def test_width_multiplies_every_backbone_width():
+    shapes = jax.eval_shape(
+        TransferNet(width=NARROW, head_hidden=32).init, jax.random.key(0), jnp.zeros(SMALL)
+    )["params"]
+    assert shapes["conv1"]["kernel"].shape == (11, 11, 3, 4)
+    assert shapes["conv2"]["kernel"].shape == (5, 5, 4, 12)
+    assert shapes["conv5"]["kernel"].shape == (3, 3, 16, 16)
+    assert shapes["fc6"]["kernel"].shape == (16 * 36, 256)
+    assert shapes["fc7"]["kernel"].shape == (256, 256)
+    assert shapes["head"]["fc_a"]["kernel"].shape == (256, 32)
+    full = jax.eval_shape(TransferNet().init, jax.random.key(0), jnp.zeros(SMALL))["params"]
+    assert full["fc6"]["kernel"].shape == (9216, 4096)  # width 1.0 is AlexNet
+
+
+def test_fc6_halves_compose_to_the_whole_network_dropout_included():
+    """stop="fc6" then start="fc6" is the network: the cached-features path relies on it, with
+    the same dropout masks for the same rng."""
+    model = TransferNet(width=NARROW, head_hidden=32)
+    x = jax.random.normal(jax.random.key(1), (3, 64, 64, 3))
+    params = model.init(jax.random.key(0), x)["params"]
+    fc6 = model.apply({"params": params}, x, stop="fc6")
+    assert fc6.shape == (3, 256) and bool((fc6 >= 0).all())  # after ReLU, before dropout
+    for deterministic in (True, False):
+        rngs = {"dropout": jax.random.key(7)}
+        whole = model.apply({"params": params}, x, deterministic=deterministic, rngs=rngs)
+        halves = model.apply(
+            {"params": params}, fc6, start="fc6", deterministic=deterministic, rngs=rngs
+        )
+        np.testing.assert_array_equal(whole, halves)
 
 
 def test_dropout_only_when_not_deterministic():
-    model = TransferNet(num_classes=5, head_hidden=32)
+    model = TransferNet(num_classes=5, head_hidden=32, width=NARROW)
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
     params = model.init(jax.random.key(0), x)["params"]
     eval_a = model.apply({"params": params}, x)
@@ -68,6 +102,7 @@ def test_dropout_only_when_not_deterministic():
         model.apply({"params": params}, x, deterministic=False)
 
 
+@pytest.mark.slow  # compiles a network per case
 def test_dropout_is_inverted():
     """E[train output] = eval output for the linear layer after dropout: the 1/keep scaling."""
     head = TransferHead(num_classes=3, hidden=64)
@@ -83,22 +118,23 @@ def test_dropout_is_inverted():
 
 
 def test_features_only_returns_fc7():
-    model = AlexNet(num_classes=10)
+    model = AlexNet(num_classes=10, width=NARROW)
     x = jnp.ones(SMALL)
     params = model.init(jax.random.key(0), x)["params"]
     feats = model.apply({"params": params}, x, features_only=True)
-    assert feats.shape == (1, 4096) and bool((feats >= 0).all())  # after ReLU
+    assert feats.shape == (1, 256) and bool((feats >= 0).all())  # after ReLU
     logits = model.apply({"params": params}, x)
     np.testing.assert_allclose(
         logits, feats @ params["fc8"]["kernel"] + params["fc8"]["bias"], rtol=1e-5, atol=1e-6
     )
 
 
+@pytest.mark.slow  # compiles a network per case
 def test_bf16_compute_keeps_float32_params():
     x = jax.random.normal(jax.random.key(1), SMALL)
-    f32 = TransferNet(num_classes=4)
+    f32 = TransferNet(num_classes=4, width=NARROW)
     params = f32.init(jax.random.key(0), x)["params"]
-    bf16 = TransferNet(num_classes=4, dtype=jnp.bfloat16)
+    bf16 = TransferNet(num_classes=4, dtype=jnp.bfloat16, width=NARROW)
     params_bf16 = bf16.init(jax.random.key(0), x)["params"]
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params_bf16))
     out32 = f32.apply({"params": params}, x)

@@ -58,6 +58,7 @@ def neon_alexnet_file(tmp_path_factory, alexnet_model):
     return nf.write_neon(path, nf.torch_weights(alexnet_model), momentum=True)
 
 
+@pytest.mark.slow  # the real-size AlexNet and its ~490 MB neon file
 def test_fixture_is_a_python2_numpy1_pickle(neon_alexnet_file):
     data = neon_alexnet_file.read_bytes()
     assert data[:2] == b"\x80\x02"
@@ -69,6 +70,7 @@ def test_fixture_is_a_python2_numpy1_pickle(neon_alexnet_file):
     assert w.shape == (3 * 11 * 11, 64) and w.dtype == np.float32
 
 
+@pytest.mark.slow  # the real-size AlexNet and its ~490 MB neon file
 @pytest.mark.parametrize("compress", [False, True])
 def test_imported_alexnet_matches_torch(
     tmp_path, alexnet_model, neon_alexnet_file, compress, capsys
@@ -110,6 +112,7 @@ def test_imported_alexnet_matches_torch(
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # the real-size AlexNet and its ~490 MB neon file
 def test_dropout_scaling_is_what_makes_it_match(tmp_path, alexnet_model):
     """Without the keep scaling (a file without Dropout entries) fc7 and fc8 are 2x too big."""
     layers = nf.neon_layers(
@@ -124,6 +127,7 @@ def test_dropout_scaling_is_what_makes_it_match(tmp_path, alexnet_model):
     assert facts["dropout_scaled"] == []
 
 
+@pytest.mark.slow  # the real-size AlexNet and its ~490 MB neon file
 def test_transfer_model_with_head_is_imported_whole(tmp_path, capsys):
     model = transfer_torch()
     src = nf.write_neon(tmp_path / "voc.p", nf.torch_weights(model), epoch_index=29)
@@ -186,6 +190,7 @@ def _problem_file(tmp_path, alexnet_model, change: str):
     return path
 
 
+@pytest.mark.slow  # the real-size AlexNet and its ~490 MB neon file
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -205,6 +210,7 @@ def test_bad_layers_are_named_and_nothing_is_written(
     assert not out.exists()
 
 
+@pytest.mark.slow  # the real-size AlexNet and its ~490 MB neon file
 @pytest.mark.parametrize("kind", ["truncated", "gzip-truncated", "not-a-model"])
 def test_unreadable_files(tmp_path, neon_alexnet_file, kind, capsys):
     with open(neon_alexnet_file, "rb") as f:
@@ -231,6 +237,7 @@ def test_help_mentions_states_and_restricted_unpickler(capsys):
     assert "restricted unpickler" in text and "('states') are ignored" in text
 
 
+@pytest.mark.slow  # the real-size AlexNet and its ~490 MB neon file
 def test_metadata_json_is_plain(tmp_path, neon_alexnet_file, capsys):
     out = tmp_path / "flax"
     assert convert_in_process(capsys, "--neon", str(neon_alexnet_file), "--out", str(out))[0] == 0

@@ -101,7 +101,7 @@ def test_evaluation_covers_every_image_once(records):
     assert sorted(i for s in shards for i in s if i >= 0) == list(range(10))
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_restored_iterator_continues_exactly(records, workers):
     ds = epoch_dataset(records, SMALL, images_per_batch=2, train=True, seed=5)
     original = iterate(ds, workers=workers)

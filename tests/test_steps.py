@@ -67,6 +67,7 @@ def test_full_fine_tune_changes_everything(records):
         assert all(changed), name
 
 
+@pytest.mark.slow  # 30 updates / two compilations
 def test_scan_and_unrolled_agree(records):
     config = tiny.get_config()
     batch = first_batch(config, records)
@@ -80,6 +81,7 @@ def test_scan_and_unrolled_agree(records):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # 30 updates / two compilations
 def test_overfits_one_image(records):
     config = tiny.get_config()
     config.model.dropout_rate = 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -23,6 +24,12 @@ def annotations_root(shared: Path) -> Path:
     return shared / "voc2007-annotations" / "VOC2007"
 
 
+@functools.lru_cache(maxsize=8)
+def parsed(root: Path, split: str, images: str):
+    """Each real split parsed once per run (the whole of VOC 2007 takes seconds)."""
+    return load_dataset(root, split, images=images)
+
+
 @pytest.mark.parametrize(
     ("which", "split", "count"),
     [
@@ -36,7 +43,7 @@ def annotations_root(shared: Path) -> Path:
 )
 def test_targets_equal_official_class_files(shared_data, which, split, count):
     root = annotations_root(shared_data) if which == "annotations" else subset_root(shared_data)
-    dataset = load_dataset(root, split, images="none" if which == "annotations" else "sizes")
+    dataset = parsed(root, split, "none" if which == "annotations" else "sizes")
     assert len(dataset) == count and not dataset.problems
     official = read_class_targets(root, split)
     assert official is not None and len(official) == count
@@ -47,7 +54,7 @@ def test_targets_equal_official_class_files(shared_data, which, split, count):
 def test_official_object_totals(shared_data):
     root = annotations_root(shared_data)
     for split, objects, difficult in (("trainval", 15662, 3054), ("test", 14976, 2944)):
-        records = load_dataset(root, split, images="none").records
+        records = parsed(root, split, "none").records
         assert sum(r.num_objects for r in records) == objects
         assert sum(int(r.difficult.sum()) for r in records) == difficult
 

@@ -37,6 +37,7 @@ def saved(tmp_path, alexnet_params) -> Path:
     return weights.save_converted(tmp_path / "w", alexnet_params, METADATA)
 
 
+@pytest.mark.slow  # full-size AlexNet files
 def test_roundtrip(saved, alexnet_params):
     params, meta = weights.load_converted(saved)
     assert meta["format"] == weights.FORMAT_NAME and meta["architecture"]["num_classes"] == 10
@@ -46,6 +47,7 @@ def test_roundtrip(saved, alexnet_params):
         np.testing.assert_array_equal(a, b, err_msg=str(path))
 
 
+@pytest.mark.slow  # full-size AlexNet files
 def test_save_refuses_to_overwrite_and_inconsistent_params(saved, alexnet_params):
     with pytest.raises(FileExistsError, match="--force"):
         weights.save_converted(saved, alexnet_params, METADATA)
@@ -57,6 +59,7 @@ def test_save_refuses_to_overwrite_and_inconsistent_params(saved, alexnet_params
     assert not (saved.parent / "other").exists()
 
 
+@pytest.mark.slow  # full-size AlexNet files
 def test_failed_overwrite_keeps_the_old_directory(saved, alexnet_params, monkeypatch):
     before = (saved / weights.PARAMS_FILE).read_bytes()
 
@@ -98,6 +101,7 @@ def test_load_errors_name_the_file(tmp_path, saved, alexnet_params):
     assert "missing fc7/kernel" in message and "missing fc7/bias" in message
 
 
+@pytest.mark.slow  # full-size AlexNet files
 def test_transfer_params_take_backbone_and_seeded_head(saved):
     converted, meta = weights.load_converted(saved)
     a = weights.transfer_params(converted, meta, seed=0)
@@ -116,6 +120,7 @@ def test_transfer_params_take_backbone_and_seeded_head(saved):
     np.testing.assert_array_equal(with_fc8["fc8"]["kernel"], converted["fc8"]["kernel"])
 
 
+@pytest.mark.slow  # full-size AlexNet files
 def test_transfer_weights_keep_their_head(tmp_path, alexnet_params):
     head = weights.init_head(num_classes=21, hidden=4096, seed=7)
     params = {k: v for k, v in alexnet_params.items() if k != "fc8"} | {"head": head}

@@ -221,9 +221,9 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
     )
     if params is None:
         size = config.patches.size
-        params = model.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, size, size, 3)))[
-            "params"
-        ]
+        # One compiled program (an eager init compiles every initialiser op on its own).
+        init = jax.jit(model.init)
+        params = init(jax.random.PRNGKey(config.seed), jnp.zeros((1, size, size, 3)))["params"]
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
     return ModelSetup(model, params, prep, source)
 

@@ -153,6 +153,7 @@ class AlexNet(nn.Module):
     conv1_padding: int = 2  # 2 for torchvision weights, 3 for neon weights
     dropout_rate: float = 0.5
     dtype: Dtype = jnp.float32  # compute dtype; params stay float32
+    width: float = 1.0  # channel/hidden width multiplier; 1.0 = AlexNet
 
     @nn.compact
     def __call__(
@@ -165,6 +166,7 @@ class AlexNet(nn.Module):
             dropout_rate=self.dropout_rate,
             dtype=self.dtype,
             deterministic=deterministic,
+            width=self.width,
         )
         if features_only:
             return x.astype(jnp.float32)

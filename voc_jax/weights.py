@@ -197,7 +197,7 @@ def classifier_from_metadata(metadata: Mapping[str, Any], **overrides: Any) -> A
 
 def init_head(num_classes: int, hidden: int, seed: int) -> Params:
     """A freshly initialised transfer head (the reference's initialisers), from a seed."""
-    variables = TransferHead(num_classes=num_classes, hidden=hidden).init(
+    variables = jax.jit(TransferHead(num_classes=num_classes, hidden=hidden).init)(
         jax.random.key(seed), jnp.zeros((1, 4096), jnp.float32)
     )
     return jax.tree.map(np.asarray, variables["params"])
