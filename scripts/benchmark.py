@@ -160,6 +160,7 @@ def train_config(args: argparse.Namespace, trainable: tuple[str, ...]):
     c.batch_size = args.batch
     c.optim.trainable = trainable
     c.eval.images_per_step = 1
+    c.model.dtype = args.dtype
     return c
 
 
@@ -173,52 +174,119 @@ def device_batches(records, config, args, n: int) -> list[dict]:
     return [jax.device_put(b) for b in batches]
 
 
-def jax_train_step(records, args, trainable):
-    from voc_jax import experiment
+def jax_train_step(records, args, trainable, defaults: str = "ours"):
+    """The production train step; ``defaults="xla"`` compiles it with XLA's own CPU options
+    instead of voc-jax's (voc_jax.xla_options), for the side-by-side rows."""
+    from voc_jax import experiment, xla_options
 
     config = train_config(args, trainable)
     setup = experiment.build_model(config)
     state, optimizer, labels, schedule = experiment.make_train_state(config, setup, 100)
-    step = experiment.jit_train_step(config, setup, optimizer, labels, schedule)
+    previous = os.environ.get(xla_options.SWITCH)
+    os.environ[xla_options.SWITCH] = defaults
+    try:
+        step = experiment.jit_train_step(config, setup, optimizer, labels, schedule)
+    finally:
+        if previous is None:
+            os.environ.pop(xla_options.SWITCH)
+        else:
+            os.environ[xla_options.SWITCH] = previous
     return config, setup, state, step
 
 
-def time_train_steps(state, step, batches, repeats: int) -> tuple[float, object]:
-    """Median seconds per step; the state is threaded through (it is donated)."""
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        state, metrics = step(state, batches[i % len(batches)])
+VARIANT_TEXT = {"ours": "voc-jax CPU options", "xla": "XLA's CPU defaults"}
+
+
+def jax_variants() -> tuple[str, ...]:
+    """Ours and XLA's defaults side by side where they differ (the CPU); elsewhere one."""
+    from voc_jax import xla_options
+
+    if jax.default_backend() != "cpu":
+        VARIANT_TEXT["ours"] = f"{jax.default_backend()}"
+        return ("ours",)
+    return ("ours", "xla") if xla_options.compiler_options() else ("ours",)
+
+
+def interleaved_medians(runners: dict[str, Callable[[], object]], repeats: int) -> dict:
+    """Median seconds of each runner, measured in turn (A, B, C, A, B, C, ...) after one
+    warm-up call each, so that a change in machine load hits all of them alike."""
+    for run in runners.values():
+        run()
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+class Stepper:
+    """Calls a donated-state train step repeatedly, threading the state."""
+
+    def __init__(self, state, step, batches):
+        self.state, self.step, self.batches, self.calls = state, step, batches, 0
+
+    def __call__(self):
+        self.state, metrics = self.step(self.state, self.batches[self.calls % len(self.batches)])
+        self.calls += 1
         jax.block_until_ready(metrics)
-        if i:  # the first call compiles
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), state
 
 
-def torch_train_time(args, frozen: bool) -> float:
+def torch_device(args):
+    """PyTorch's side runs where JAX runs: CUDA when JAX has a GPU, else the CPU threads."""
+    import torch
+
+    if jax.default_backend() == "gpu" and torch.cuda.is_available():
+        return torch.device("cuda")
+    torch.set_num_threads(os.cpu_count() or 1)
+    return torch.device("cpu")
+
+
+def torch_sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def torch_autocast(args, device):
+    """bf16 compute with float32 weights, as model.dtype=bfloat16 does on the JAX side."""
+    import contextlib
+
+    import torch
+
+    if args.dtype == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def torch_train_runner(args, frozen: bool) -> Callable[[], None]:
     import torch
 
     torch.manual_seed(0)
-    torch.set_num_threads(os.cpu_count() or 1)
+    device = torch_device(args)
     from convert import torch_models
 
-    model = torch_models.TransferNet().train()
+    model = torch_models.TransferNet().to(device).train()
     if frozen:  # the backbone: everything before the head's first Linear
         for module in model.backbone_modules():
             for p in module.parameters():
                 p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(args.batch, 3, args.patch_size, args.patch_size)
-    y = torch.randint(0, 21, (args.batch,))
+    x = torch.randn(args.batch, 3, args.patch_size, args.patch_size, device=device)
+    y = torch.randint(0, 21, (args.batch,), device=device)
 
     def one():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with torch_autocast(args, device):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
+        torch_sync(device)
 
-    return median_time(one, args.repeats)
+    return one
 
 
 def bench_train(records, config, args) -> list[dict]:
@@ -227,37 +295,51 @@ def bench_train(records, config, args) -> list[dict]:
     rows = []
     n = args.batch
     batches = None
-    step_times = {}
+    ours = {}
+    variants = jax_variants()
     for name, trainable in (("full", (".*",)), ("frozen", ("head/.*",))):
-        cfg, setup, state, step = jax_train_step(records, args, trainable)
-        if batches is None:
-            batches = device_batches(records, cfg, args, 2)
-        seconds, state = time_train_steps(state, step, batches, args.repeats)
-        compiles = step._cache_size()
-        step_times[name] = seconds
-        t_torch = torch_train_time(args, frozen=name == "frozen")
-        rows.append(
-            {
-                "section": "train",
-                "what": f"JAX step, {name} {'fine-tune' if name == 'full' else 'backbone'}, "
-                f"{n} patches at {args.patch_size}px incl. crops",
-                "patches_per_s": n / seconds,
-                "ratio_vs_baseline": t_torch / seconds,
-                "compilations": compiles,
-                "voc_epoch_s": VOC_TRAIN_PATCHES / (n / seconds),
-            }
-        )
+        runners, steps_ = {}, {}
+        for defaults in variants:
+            cfg, _, state, step = jax_train_step(records, args, trainable, defaults)
+            if batches is None:
+                batches = device_batches(records, cfg, args, 2)
+            runners[defaults] = Stepper(state, step, batches)
+            steps_[defaults] = step
+        runners["torch"] = torch_train_runner(args, frozen=name == "frozen")
+        t = interleaved_medians(runners, args.repeats)
+        ours[name] = t["ours"]
+        label = "fine-tune" if name == "full" else "backbone"
+        for defaults in variants:
+            text = VARIANT_TEXT[defaults]
+            rows.append(
+                {
+                    "section": "train",
+                    "what": f"JAX step, {name} {label}, {n} patches at {args.patch_size}px "
+                    f"incl. crops ({text})",
+                    "variant": defaults,
+                    "step": name,
+                    "patches_per_s": n / t[defaults],
+                    "ratio_vs_baseline": t["torch"] / t[defaults],
+                    "compilations": steps_[defaults]._cache_size(),
+                    "voc_epoch_s": VOC_TRAIN_PATCHES / (n / t[defaults]),
+                }
+            )
         rows.append(
             {
                 "section": "train",
                 "what": f"PyTorch step, {name}, same batch on cropped tensors "
                 f"({torch.get_num_threads()} threads)",
-                "patches_per_s": n / t_torch,
-                "voc_epoch_s": VOC_TRAIN_PATCHES / (n / t_torch),
+                "variant": "torch",
+                "step": name,
+                "patches_per_s": n / t["torch"],
+                "voc_epoch_s": VOC_TRAIN_PATCHES / (n / t["torch"]),
             }
         )
-        del state
-    rows[2]["ratio_vs_full"] = step_times["full"] / step_times["frozen"]
+        for r in runners.values():
+            if isinstance(r, Stepper):
+                del r.state
+    frozen_row = next(r for r in rows if r["step"] == "frozen" and r["variant"] == "ours")
+    frozen_row["ratio_vs_full"] = ours["full"] / ours["frozen"]
 
     p = args.patch_size
     crop = jax.jit(lambda b: TORCHVISION.normalize(crop_batch(b, p)))
@@ -267,7 +349,7 @@ def bench_train(records, config, args) -> list[dict]:
             "section": "train",
             "what": "of which crops + normalise (share of the full step)",
             "patches_per_s": n / t_crop,
-            "share_of_step": t_crop / step_times["full"],
+            "share_of_step": t_crop / ours["full"],
         }
     )
     return rows
@@ -276,61 +358,59 @@ def bench_train(records, config, args) -> list[dict]:
 def bench_eval(records, config, args) -> list[dict]:
     import torch
 
-    from voc_jax import experiment, steps
+    from voc_jax import experiment, steps, xla_options
 
     cfg = train_config(args, (".*",))
     setup = experiment.build_model(cfg)
     batches = device_batches(records, cfg, args, 2)
-    rows = []
-    half = args.batch // 2
-    for form, unroll in (("2 chunks, lax.map", False), ("2 chunks, unrolled", True)):
-        fn = jax.jit(
-            steps.make_eval_step(
-                setup.model,
-                setup.preprocessing,
-                patch_size=args.patch_size,
-                batch_size=half,
-                exponent=5.0,
-                unroll=unroll,
-            )
-        )
-        seconds = median_time(
-            lambda fn=fn: jax.block_until_ready(fn(setup.params, batches[0])), args.repeats
-        )
-        rows.append(
-            {
-                "section": "eval",
-                "what": f"JAX eval step ({form}), {args.batch} patches incl. crops",
-                "patches_per_s": args.batch / seconds,
-                "voc_test_pass_s": VOC_TEST_PATCHES / (args.batch / seconds),
-            }
-        )
+    runners = {}
+    variants = jax_variants()
+    for defaults in variants:
+        os.environ[xla_options.SWITCH] = defaults
+        fn = steps.jit_eval_step(setup, cfg)  # the production path (chunks of --batch)
+        runners[defaults] = lambda fn=fn: jax.block_until_ready(fn(setup.params, batches[0]))
+    os.environ.pop(xla_options.SWITCH)
     torch.manual_seed(0)
     from convert import torch_models
 
-    model = torch_models.TransferNet().eval()
-    x = torch.randn(args.batch, 3, args.patch_size, args.patch_size)
+    device = torch_device(args)
+    model = torch_models.TransferNet().to(device).eval()
+    x = torch.randn(args.batch, 3, args.patch_size, args.patch_size, device=device)
 
     def forward():
-        with torch.no_grad():
+        with torch.no_grad(), torch_autocast(args, device):
             torch.softmax(model(x), -1)
+        torch_sync(device)
 
-    t_torch = median_time(forward, args.repeats)
-    for r in rows:
-        r["ratio_vs_baseline"] = t_torch * r["patches_per_s"] / args.batch
+    runners["torch"] = forward
+    t = interleaved_medians(runners, args.repeats)
+    rows = []
+    for defaults in variants:
+        text = VARIANT_TEXT[defaults]
+        rows.append(
+            {
+                "section": "eval",
+                "what": f"JAX eval step, {args.batch} patches incl. crops ({text})",
+                "variant": defaults,
+                "patches_per_s": args.batch / t[defaults],
+                "ratio_vs_baseline": t["torch"] / t[defaults],
+                "voc_test_pass_s": VOC_TEST_PATCHES / (args.batch / t[defaults]),
+            }
+        )
     rows.append(
         {
             "section": "eval",
             "what": "PyTorch forward + softmax on cropped tensors",
-            "patches_per_s": args.batch / t_torch,
-            "voc_test_pass_s": VOC_TEST_PATCHES / (args.batch / t_torch),
+            "variant": "torch",
+            "patches_per_s": args.batch / t["torch"],
+            "voc_test_pass_s": VOC_TEST_PATCHES / (args.batch / t["torch"]),
         }
     )
     return rows
 
 
 def bench_e2e(records, config, args) -> list[dict]:
-    """As voc_jax.train.run_epoch: fetch, put, step, read the metrics back, every call."""
+    """As voc_jax.train.run_epoch: fetch, put, step; metrics stay on the device until read."""
     from voc_jax import experiment
 
     cfg, setup, state, step = jax_train_step(records, args, (".*",))
@@ -344,13 +424,15 @@ def bench_e2e(records, config, args) -> list[dict]:
     state, metrics = step(state, experiment.put_batch(next(it), sharding))  # compile
     jax.device_get(metrics)
     waiting = 0.0
+    pending = []
     start = time.perf_counter()
     for _ in range(n):
         t = time.perf_counter()
         batch = experiment.put_batch(next(it), sharding)
         waiting += time.perf_counter() - t
         state, metrics = step(state, batch)
-        jax.device_get(metrics)
+        pending.append(metrics)  # fetched at log steps only, as voc_jax.train does
+    jax.device_get(pending)
     wall = time.perf_counter() - start
     return [
         {
@@ -363,12 +445,113 @@ def bench_e2e(records, config, args) -> list[dict]:
     ]
 
 
+def bench_cache(records, config, args) -> list[dict]:
+    """The frozen backbone's feature cache: its build against one uncached evaluation pass over
+    the same candidates, and a frozen training epoch from it against one from pixels."""
+    from voc_jax import experiment, feature_cache, steps
+    from voc_jax.data.voc import VocDataset
+
+    n = min(len(records), 2 if args.quick else args.cache_images)
+    cfg = train_config(args, ("head/.*",))
+    cfg.patches.per_image = cfg.patches.min_patches = 448 if not args.quick else 64
+    cfg.patches.max_rows = 0
+    if args.quick:
+        cfg.patches.min_scales = 4
+    cfg.patches.max_rows = experiment.grid_rows(cfg.patches.scales)
+    cfg.feature_cache.enabled = True
+    setup = experiment.build_model(cfg)
+    subset = VocDataset(Path("."), "bench", list(records[:n]), [])
+    work = Path(tempfile.mkdtemp(prefix="voc-jax-cache-"))
+    start = time.perf_counter()
+    cache = feature_cache.ensure(cfg, setup, subset, work, progress=False)
+    build_s = time.perf_counter() - start
+    total = int(cache.offsets[-1])
+    size = total * cache.width * 2
+
+    # One uncached evaluation pass over the same candidates (the build's own batches).
+    pc = experiment.patch_config(cfg)
+    k_pad = int(-(-int(np.diff(cache.offsets).max()) // cfg.batch_size) * cfg.batch_size)
+    eval_step = steps.jit_eval_step(setup, cfg)
+    examples = [
+        feature_cache.candidates_example(r, i, pc, k_pad) for i, r in enumerate(subset.records)
+    ]
+    batches = [{k: np.asarray(v)[None] for k, v in e.items()} for e in examples]
+    jax.block_until_ready(eval_step(setup.params, batches[0]))  # compile, as the build did
+    start = time.perf_counter()
+    for b in batches:
+        jax.block_until_ready(eval_step(setup.params, b))
+    eval_s = time.perf_counter() - start
+
+    # A frozen epoch (G = 1 image per call) from pixels and from the cache, same sampling.
+    def epoch_runner(inputs):
+        state, optimizer, labels, schedule = experiment.make_train_state(cfg, setup, 100)
+        state = jax.tree.map(jax.numpy.copy, state)
+        step = experiment.jit_train_step(cfg, setup, optimizer, labels, schedule, inputs=inputs)
+        ds = epoch_dataset(
+            subset.records, pc, images_per_batch=1, train=True, seed=0,
+            features=cache if inputs == "fc6" else None,
+        )  # fmt: skip
+        device = [jax.device_put(b) for b in ds]
+        return Stepper(state, step, device), len(device)
+
+    pixels, calls = epoch_runner("pixels")
+    cached, _ = epoch_runner("fc6")
+    t = interleaved_medians({"pixels": pixels, "cached": cached}, max(args.repeats, calls))
+    per_image = cfg.patches.per_image
+    voc_images = 5000
+    return [
+        {
+            "section": "cache",
+            "what": f"build: fc6 of all {total} candidates of {n} images, {args.patch_size}px",
+            "images_per_s": n / build_s,
+            "patches_per_s": total / build_s,
+            "ratio_vs_eval_pass": build_s / eval_s,
+            "cache_bytes": size,
+            "voc_trainval_cache_gib": voc_trainval_candidates() * cache.width * 2 / 2**30,
+        },
+        {
+            "section": "cache",
+            "what": "one uncached evaluation pass over the same candidates",
+            "images_per_s": n / eval_s,
+            "patches_per_s": total / eval_s,
+        },
+        {
+            "section": "cache",
+            "what": f"frozen epoch from the cache ({per_image} patches/image)",
+            "images_per_s": 1 / t["cached"],
+            "patches_per_s": per_image / t["cached"],
+            "cache_speedup": t["pixels"] / t["cached"],
+            "voc_epoch_s": voc_images * t["cached"],
+        },
+        {
+            "section": "cache",
+            "what": f"frozen epoch from pixels ({per_image} patches/image)",
+            "images_per_s": 1 / t["pixels"],
+            "patches_per_s": per_image / t["pixels"],
+            "voc_epoch_s": voc_images * t["pixels"],
+        },
+    ]
+
+
+def voc_trainval_candidates() -> int:
+    """Candidate patches of the reference's 5000 VOC 2007 trainval images (from the real
+    annotations when ../shared/data has them; else 5000 x 622, their measured mean)."""
+    from voc_jax.data.pipeline import PatchConfig, candidates
+
+    root = SHARED_DATA / "voc2007-annotations" / "VOC2007"
+    if not root.is_dir():
+        return 5000 * 622
+    records = load_dataset(root, "trainval", images="none").records[:5000]
+    return sum(len(candidates(r, PatchConfig())[0]) for r in records)
+
+
 SECTIONS = {
     "pipeline": bench_pipeline,
     "crops": bench_crops,
     "train": bench_train,
     "eval": bench_eval,
     "e2e": bench_e2e,
+    "cache": bench_cache,
 }
 
 
@@ -384,6 +567,14 @@ def _note(r: dict) -> str:
         notes.append(f"VOC epoch {r['voc_epoch_s'] / 3600:.1f} h")
     if "voc_test_pass_s" in r:
         notes.append(f"VOC test pass {r['voc_test_pass_s'] / 60:.0f} min")
+    if "cache_speedup" in r:
+        notes.append(f"{r['cache_speedup']:.1f}x faster than the uncached frozen epoch")
+    if "ratio_vs_eval_pass" in r:
+        notes.append(
+            f"{r['ratio_vs_eval_pass']:.2f}x the time of an evaluation pass; "
+            f"{r['cache_bytes'] / 2**20:.0f} MiB; VOC 2007 trainval: "
+            f"{r['voc_trainval_cache_gib']:.1f} GiB"
+        )
     if r.get("compilations") is not None:
         notes.append(f"{r['compilations']} compilation(s)")
     return "; ".join(notes)
@@ -413,11 +604,20 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
     parser.add_argument("--data", help="a VOC2007 directory (default: the shared real subset)")
     parser.add_argument("--patch-size", type=int, default=224)
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute dtype of both sides (JAX model.dtype; PyTorch autocast)",
+    )
     parser.add_argument("--images", type=int, default=48, help="images for the pipeline section")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant")
     parser.add_argument("--batch", type=int, default=64, help="patches per SGD update / eval step")
     parser.add_argument("--e2e-images", type=int, default=6, help="images for the e2e section")
+    parser.add_argument(
+        "--cache-images", type=int, default=8, help="images for the feature-cache section"
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     if args.quick:
@@ -433,20 +633,76 @@ def main() -> int:
         if name not in SECTIONS:
             parser.error(f"unknown section {name!r}; choose from {', '.join(SECTIONS)}")
         rows += SECTIONS[name](records, config, args)
+    from voc_jax import xla_options
+
     env = {
+        "xla": xla_options.describe(),
         "devices": [str(d) for d in jax.devices()],
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "data": source,
         "patch_size": args.patch_size,
+        "dtype": args.dtype,
         "patches_per_image": config.patches_per_image,
         "quick": args.quick,
     }
     print(f"devices: {env['devices']}, data: {source}")
+    print(
+        f"XLA_FLAGS={env['xla']['XLA_FLAGS']!r}; voc-jax compiler options "
+        f"{env['xla']['voc_jax_compiler_options']} ({env['xla']['switch']})"
+    )
     print(format_table(rows))
+    targets = check_targets(rows)
+    for line in targets:
+        print(line)
     if args.json:
-        args.json.write_text(json.dumps({"env": env, "results": rows}, indent=2) + "\n")
+        payload = {"env": env, "results": rows, "targets": targets}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 0
+
+
+def check_targets(rows: list[dict]) -> list[str]:
+    """The performance targets of the CPU issue, met or missed, from this run's rows."""
+    lines = []
+
+    def find(**match):
+        return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
+
+    for label, row, goal in (
+        ("full step vs PyTorch", find(section="train", step="full", variant="ours"), 1.25),
+        ("frozen step vs PyTorch", find(section="train", step="frozen", variant="ours"), 1.25),
+        ("eval step vs PyTorch", find(section="eval", variant="ours"), 1.25),
+    ):
+        if row:
+            met = "met" if row["ratio_vs_baseline"] >= goal else "MISSED"
+            lines.append(f"target {label} >= {goal}x: {row['ratio_vs_baseline']:.2f}x ({met})")
+    frozen = next((r for r in rows if "ratio_vs_full" in r), None)
+    if frozen:
+        ok = "met" if frozen["ratio_vs_full"] >= 2.5 else "MISSED"
+        lines.append(f"target frozen >= 2.5x full: {frozen['ratio_vs_full']:.2f}x ({ok})")
+    crops = next((r for r in rows if "share_of_step" in r), None)
+    if crops:
+        ok = "met" if crops["share_of_step"] <= 0.10 else "MISSED"
+        lines.append(
+            f"target crops <= 10% of the full step: {100 * crops['share_of_step']:.1f}% ({ok})"
+        )
+    cache = next((r for r in rows if "cache_speedup" in r), None)
+    if cache:
+        ok = "met" if cache["cache_speedup"] >= 8 else "MISSED"
+        lines.append(
+            f"target cached frozen epoch >= 8x uncached: {cache['cache_speedup']:.1f}x ({ok})"
+        )
+    build = next((r for r in rows if "ratio_vs_eval_pass" in r), None)
+    if build:
+        ok = "met" if build["ratio_vs_eval_pass"] <= 1.3 else "MISSED"
+        lines.append(
+            f"target cache build <= 1.3x an evaluation pass: {build['ratio_vs_eval_pass']:.2f}x ({ok})"
+        )
+    e2e = next((r for r in rows if "device_wait_fraction" in r), None)
+    if e2e:
+        ok = "met" if e2e["device_wait_fraction"] <= 0.05 else "MISSED"
+        lines.append(f"target device waits <= 5%: {100 * e2e['device_wait_fraction']:.1f}% ({ok})")
+    return lines
 
 
 if __name__ == "__main__":

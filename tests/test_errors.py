@@ -135,6 +135,8 @@ TRAIN_CONFIG = [
     (("--config.optim.lerning_rate=0.1",), "did you mean --config.optim.learning_rate"),
     (("--config.num_epochs=abc",), "num_epochs"),
     (("--config.model.width=0",), "model.width=0"),
+    (("--config.feature_cache.enabled=True",), "every trainable parameter must be above fc6"),
+    (("--config.feature_cache.dtype=int8",), "feature_cache.dtype='int8'"),
 ]
 
 

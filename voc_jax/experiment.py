@@ -292,11 +292,13 @@ def jit_train_step(
     labels: Any,
     schedule: Any,
     unroll: bool | None = None,
+    inputs: str = "pixels",
 ) -> Any:
-    """The jitted train step for this config, with the state donated."""
-    from voc_jax import steps
+    """The jitted train step for this config, with the state donated (``inputs="fc6"``: the
+    feature cache's step)."""
+    from voc_jax import steps, xla_options
 
-    return jax.jit(
+    return xla_options.jit(
         steps.make_train_step(
             setup.model,
             optimizer,
@@ -306,6 +308,7 @@ def jit_train_step(
             patch_size=config.patches.size,
             batch_size=config.batch_size,
             unroll=unroll,
+            inputs=inputs,
         ),
         donate_argnums=(0,),
     )

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from voc_jax.pooling import max_pool_3x3_s2
+
 Dtype = Any
 
 
@@ -103,7 +105,7 @@ def _to_fc6(x: jax.Array, *, conv1_padding: int, dtype: Dtype, width: float) -> 
         )(x)
         x = nn.relu(x)
         if layer.name in POOL_AFTER:
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+            x = max_pool_3x3_s2(x)  # nn.max_pool's values, a cheaper gradient
     x = adaptive_avg_pool(x)
     x = x.reshape(x.shape[0], -1)
     return _dense_relu(x, DENSE_LAYERS[0], dtype=dtype, width=width)

@@ -25,6 +25,19 @@ def param_paths(params: Params) -> list[str]:
     return ["/".join(k) for k in traverse_util.flatten_dict(params)]
 
 
+def param_paths_and_leaves(params: Params) -> list[tuple[str, Any]]:
+    """[('conv1/kernel', leaf), ...] for the non-None leaves of a (possibly partial) tree."""
+    flat = traverse_util.flatten_dict(params)
+    return [("/".join(k), v) for k, v in flat.items() if v is not None]
+
+
+def leaf_at(params: Params, path: str) -> Any:
+    node = params
+    for part in path.split("/"):
+        node = node[part]
+    return node
+
+
 def _map_paths(params: Params, fn: Callable[[str], Any]) -> Params:
     flat = traverse_util.flatten_dict(params)
     return traverse_util.unflatten_dict({k: fn("/".join(k)) for k in flat})

@@ -59,6 +59,29 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array, valid: jax.Array)
     return jnp.sum(ce * use) / jnp.maximum(use.sum(), 1)
 
 
+def make_grads(model: flax.linen.Module, labels: Params, start: str = "image") -> Callable:
+    """(params, x, y, valid, dropout rng) -> ((loss, logits), gradients of the trainable
+    leaves): the gradients are taken for trainable leaves only, so XLA drops the backward pass
+    through frozen layers. ``start="fc6"``: x are cached fc6 activations (feature cache)."""
+
+    def grads_of(params, x, y, valid, rng):
+        trainable, frozen = optim.split_trainable(params, labels)
+
+        def loss_fn(trainable_params):
+            logits = model.apply(
+                {"params": optim.merge(trainable_params, frozen)},
+                x,
+                deterministic=False,
+                rngs={"dropout": rng},
+                start=start,
+            )
+            return masked_cross_entropy(logits, y, valid), logits
+
+        return jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+
+    return grads_of
+
+
 def make_train_step(
     model: flax.linen.Module,
     optimizer: optax.GradientTransformation,
@@ -69,8 +92,12 @@ def make_train_step(
     patch_size: int,
     batch_size: int,
     unroll: bool | None = None,
+    inputs: str = "pixels",
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The un-jitted step; jit it with the state donated.
+
+    ``inputs="fc6"``: the batch holds cached fc6 activations (``features`` [G, K, D]) instead
+    of images and boxes; the same updates run from fc6's dropout on (voc_jax.feature_cache).
 
     ``unroll`` traces the micro-batch updates as straight-line code instead of a
     ``lax.scan``. Default: on the CPU backend only, where XLA runs a loop body several times
@@ -80,21 +107,13 @@ def make_train_step(
     if unroll is None:
         unroll = jax.default_backend() == "cpu"
 
+    grads_of = make_grads(model, labels, start="fc6" if inputs == "fc6" else "image")
+
     def update(carry, micro):
         params, opt_state, step, rng = carry
         x, y, valid = micro
-        trainable, frozen = optim.split_trainable(params, labels)
-
-        def loss_fn(trainable_params):
-            logits = model.apply(
-                {"params": optim.merge(trainable_params, frozen)},
-                x,
-                deterministic=False,
-                rngs={"dropout": jax.random.fold_in(rng, step)},
-            )
-            return masked_cross_entropy(logits, y, valid), logits
-
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        (loss, logits), grads = grads_of(params, x, y, valid, jax.random.fold_in(rng, step))
+        _, frozen = optim.split_trainable(params, labels)
         zeros = jax.tree.map(jnp.zeros_like, frozen)
         updates, opt_state = optimizer.update(optim.merge(grads, zeros), opt_state, params)
         new_trainable, _ = optim.split_trainable(optax.apply_updates(params, updates), labels)
@@ -111,8 +130,10 @@ def make_train_step(
         return (params, opt_state, step + 1, rng), metrics
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        patches = crop_batch(batch, patch_size)
-        x = preprocessing.normalize(patches, model.dtype)
+        if inputs == "fc6":
+            x = batch["features"].astype(model.dtype)
+        else:
+            x = preprocessing.normalize(crop_batch(batch, patch_size), model.dtype)
         micro = (
             _micro_batches(x, batch_size),
             _micro_batches(batch["labels"], batch_size),
@@ -179,9 +200,40 @@ def make_eval_step(
     return eval_step
 
 
+def make_fc6_step(
+    model: flax.linen.Module,
+    preprocessing: Preprocessing,
+    *,
+    patch_size: int,
+    batch_size: int,
+    dtype: Any = jnp.float16,
+    unroll: bool | None = None,
+) -> Callable[[Params, Batch], jax.Array]:
+    """(params, batch) -> [G, K, D] fc6 activations (after ReLU, before dropout) of every patch
+    of the batch, in ``dtype``: what the feature cache stores. The evaluation step's crops and
+    chunked forward, stopped at fc6."""
+    if unroll is None:
+        unroll = jax.default_backend() == "cpu"
+
+    def fc6_step(params: Params, batch: Batch) -> jax.Array:
+        g, k = batch["labels"].shape
+        x = preprocessing.normalize(crop_batch(batch, patch_size), model.dtype)
+        chunks = x.reshape(-1, batch_size, *x.shape[2:])
+
+        def forward(c):
+            return model.apply({"params": params}, c, stop="fc6").astype(dtype)
+
+        out = jnp.stack([forward(c) for c in chunks]) if unroll else jax.lax.map(forward, chunks)
+        return out.reshape(g, k, -1)
+
+    return fc6_step
+
+
 def jit_eval_step(setup: Any, config: Any, *, probabilities: bool = False) -> Callable:
     """The jitted evaluation step of a config (``setup``: experiment.ModelSetup)."""
-    return jax.jit(
+    from voc_jax import xla_options
+
+    return xla_options.jit(
         make_eval_step(
             setup.model,
             setup.preprocessing,

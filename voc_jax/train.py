@@ -113,6 +113,7 @@ class Run:
     sums: EpochSums
     calls_per_epoch: int
     updates_per_call: int
+    features: Any = None  # the training split's feature cache, when config.feature_cache
     # SGD updates done, counted on the host (reading state.step would wait for the device).
     step: int = 0
 
@@ -131,8 +132,14 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding
     state, optimizer, labels, schedule = experiment.make_train_state(config, setup, steps_per_epoch)
     # From host values (identical on every process): device_put then builds global arrays.
     state = jax.device_put(jax.device_get(state), experiment.replicated(mesh))
+    features = None
+    if config.feature_cache.enabled and config.num_epochs > 0:
+        from voc_jax import feature_cache
+
+        features = feature_cache.ensure(config, setup, splits.train, workdir)
     checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep)
     writer = MetricWriter(workdir, enabled=distributed.is_main())
+    inputs = "fc6" if features is not None else "pixels"
     run = Run(
         config=config,
         workdir=workdir,
@@ -140,13 +147,16 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding
         setup=setup,
         data=splits,
         state=state,
-        train_step=experiment.jit_train_step(config, setup, optimizer, labels, schedule),
+        train_step=experiment.jit_train_step(
+            config, setup, optimizer, labels, schedule, inputs=inputs
+        ),
         checkpointer=checkpointer,
         writer=writer,
         position=Position(),
         sums=EpochSums(),
         calls_per_epoch=calls_per_epoch,
         updates_per_call=updates_per_call,
+        features=features,
     )
     restore(run)
     return run
@@ -286,6 +296,7 @@ def run_epoch(run: Run, epoch: int, stop: _StopFlag) -> None:
         epoch=epoch,
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
+        features=run.features,
     )
     start = run.position.batch if run.position.epoch == epoch else 0
     if start == 0:

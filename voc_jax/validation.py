@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from voc_jax import metrics, optim
+from voc_jax import feature_cache, metrics, optim
 from voc_jax import weights as weights_lib
 from voc_jax.data.patches import CROP_MODES
 from voc_jax.errors import ConfigError, WeightsError
@@ -218,6 +218,10 @@ def _check_model_and_regexes(config: ml_collections.ConfigDict, p: _Problems) ->
         p.add(f"patches.size={size}: too small for AlexNet's conv and pooling layers (>= 63)")
         return
     paths = optim.param_paths(shapes["params"])
+    for problem in feature_cache.check_config(config, paths):
+        p.add(problem)
+    if config.feature_cache.enabled and jax.process_count() > 1:
+        p.add("feature_cache.enabled=True: the cache is built and read by a single process")
     for key in ("optim.trainable", "optim.no_decay"):
         for pattern in p.get(key):
             if not any(re.fullmatch(pattern, path) for path in paths):

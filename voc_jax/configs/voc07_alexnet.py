@@ -107,6 +107,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.cluster.local_device_ids = ()  # this process's devices; empty = all local ones
     c.cluster.cpu_collectives = ""  # "gloo" for multi-process runs on CPUs; "" = JAX's default
 
+    # Frozen backbone only (every trainable parameter above fc6): compute the fc6 activations
+    # of every candidate patch once, then train from them (voc_jax.feature_cache).
+    c.feature_cache = ml_collections.ConfigDict()
+    c.feature_cache.enabled = False
+    c.feature_cache.dtype = "float16"  # float16 | bfloat16 | float32 (rows on disk)
+    c.feature_cache.dir = ""  # where caches go; empty = WORKDIR/feature_cache
+
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 1000  # SGD updates between checkpoints (and every epoch end)
     c.checkpoint.max_to_keep = 3

@@ -80,18 +80,32 @@ def decode_image(path: str, expected_size: tuple[int, int] | None = None) -> np.
     return rgb
 
 
+def canvas_scale(width: int, height: int, canvas: tuple[int, int]) -> tuple[float, int, int]:
+    """(factor, new width, new height) of an image fitted into the canvas: scaled down once
+    when larger, untouched (factor 1) otherwise."""
+    f = min(canvas[0] / height, canvas[1] / width)
+    if f >= 1:
+        return 1.0, width, height
+    new_w = max(1, min(canvas[1], round(width * f)))
+    new_h = max(1, min(canvas[0], round(height * f)))
+    return f, new_w, new_h
+
+
 def fit_canvas(
     image: np.ndarray, boxes: np.ndarray, canvas: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scale an image larger than the canvas down once (PIL bilinear, antialiased), with its
     boxes; smaller images are untouched. Pixel centres map as (x + 0.5) * f - 0.5."""
     h, w = image.shape[:2]
-    f = min(canvas[0] / h, canvas[1] / w)
+    f, new_w, new_h = canvas_scale(w, h, canvas)
     if f >= 1:
         return image, boxes
-    size = (max(1, min(canvas[1], round(w * f))), max(1, min(canvas[0], round(h * f))))
-    scaled = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-    return scaled, ((boxes + 0.5) * f - 0.5).astype(np.float32)
+    scaled = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    return scaled, _scale_boxes(boxes, f)
+
+
+def _scale_boxes(boxes: np.ndarray, f: float) -> np.ndarray:
+    return ((boxes + 0.5) * f - 0.5).astype(np.float32)
 
 
 def pad_to_canvas(image: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
@@ -100,17 +114,11 @@ def pad_to_canvas(image: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def make_example(
-    record: VocRecord,
-    index: int,
-    rng: np.random.Generator,
-    config: PatchConfig,
-    train: bool,
-) -> Batch:
-    """Decode one image and sample its K patches (pure NumPy; runs in the workers)."""
-    image = decode_image(str(record.image_path), (record.width, record.height))
-    image, gt = fit_canvas(image, record.boxes, config.canvas)
-    h, w = image.shape[:2]
+def candidates(record: VocRecord, config: PatchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Every candidate patch of an image (on the canvas scale) and its label; from the
+    annotation alone (no pixels): float64 boxes [N, 4], int32 labels [N]."""
+    f, w, h = canvas_scale(record.width, record.height, config.canvas)
+    gt = record.boxes if f >= 1 else _scale_boxes(record.boxes, f)
     boxes, _ = P.patch_boxes(w, h, config.scales, config.min_patches, config.min_scales)
     labels = P.patch_labels(
         boxes,
@@ -121,14 +129,33 @@ def make_example(
         min_box_coverage=config.min_box_coverage,
         difficult=config.difficult,
     )
+    return boxes, labels
+
+
+def sample(
+    labels: np.ndarray, rng: np.random.Generator, config: PatchConfig, train: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the K sampled candidates, valid [K]): the reference's sampling. Padding
+    (an image with fewer than K candidates, at test time) repeats candidate 0, not valid."""
     k = config.patches_per_image
     if train:
-        chosen = P.sample_train(labels, rng, k, shuffle=config.shuffle_patches)
-        valid = np.ones(k, bool)
-    else:
-        chosen = P.sample_test(len(boxes), rng, k, config.test_sampling)
-        valid = chosen >= 0
-        chosen = np.maximum(chosen, 0)  # padding repeats patch 0, masked by valid and label
+        return P.sample_train(labels, rng, k, shuffle=config.shuffle_patches), np.ones(k, bool)
+    chosen = P.sample_test(len(labels), rng, k, config.test_sampling)
+    return np.maximum(chosen, 0), chosen >= 0
+
+
+def make_example(
+    record: VocRecord,
+    index: int,
+    rng: np.random.Generator,
+    config: PatchConfig,
+    train: bool,
+) -> Batch:
+    """Decode one image and sample its K patches (pure NumPy; runs in the workers)."""
+    boxes, labels = candidates(record, config)
+    chosen, valid = sample(labels, rng, config, train)
+    image = decode_image(str(record.image_path), (record.width, record.height))
+    image, _ = fit_canvas(image, record.boxes, config.canvas)
     sampled_labels = np.where(valid, labels[chosen], P.IGNORE)
     return example_from_boxes(image, boxes[chosen], sampled_labels, valid, index, config)
 
@@ -191,9 +218,43 @@ class _Example(grain.transforms.Map):
     def map(self, element: tuple[int, int]) -> Batch:
         position, index = element
         if index < 0:
-            return padding_example(self.config)
+            return self.padding()
         rng = np.random.default_rng([self.seed, position])
-        return make_example(self.records[index], index, rng, self.config, self.train)
+        return self.example(self.records[index], index, rng)
+
+    def example(self, record: VocRecord, index: int, rng: np.random.Generator) -> Batch:
+        return make_example(record, index, rng, self.config, self.train)
+
+    def padding(self) -> Batch:
+        return padding_example(self.config)
+
+
+class _CachedExample(_Example):
+    """The same sampling (same generator, same candidates, same labels), but the patches are
+    rows of a feature cache (fc6 activations) instead of pixels: no decoding, no crops."""
+
+    def __init__(self, records, config, train, seed, features: Any):
+        super().__init__(records, config, train, seed)
+        self.features = features  # a voc_jax.feature_cache.FeatureCache (opened lazily)
+
+    def example(self, record: VocRecord, index: int, rng: np.random.Generator) -> Batch:
+        _, labels = candidates(record, self.config)
+        chosen, valid = sample(labels, rng, self.config, self.train)
+        return {
+            "features": self.features.gather(index, chosen),
+            "labels": np.where(valid, labels[chosen], P.IGNORE).astype(np.int32),
+            "valid": valid,
+            "image_index": np.int32(index),
+        }
+
+    def padding(self) -> Batch:
+        k = self.config.patches_per_image
+        return {
+            "features": np.zeros((k, self.features.width), self.features.dtype),
+            "labels": np.full(k, P.IGNORE, np.int32),
+            "valid": np.zeros(k, bool),
+            "image_index": np.int32(-1),
+        }
 
 
 def global_order(
@@ -223,6 +284,7 @@ def epoch_dataset(
     epoch: int = 0,
     shard_index: int = 0,
     shard_count: int = 1,
+    features: Any = None,
 ) -> grain.MapDataset:
     """One epoch as a grain MapDataset of this process's batches of ``images_per_batch``.
 
@@ -232,7 +294,9 @@ def epoch_dataset(
     is what ``jax.make_array_from_process_local_data`` expects along a 1-D data mesh. The
     batches are therefore identical for any number of processes with the same global batch,
     and batch ``b`` of an epoch can be recomputed from its index alone (``dataset[b:]``
-    resumes an epoch).
+    resumes an epoch). With ``features`` (a voc_jax.feature_cache.FeatureCache of these
+    records) the elements are the sampled patches' cached fc6 rows instead of pixels:
+    ``features`` [K, D], ``labels``, ``valid``, ``image_index``, from the same sampling.
     """
     per = images_per_batch
     order = global_order(len(records), per * shard_count, train=train, seed=seed, epoch=epoch)
@@ -242,7 +306,13 @@ def epoch_dataset(
         zip(positions[:, local].ravel().tolist(), order[:, local].ravel().tolist(), strict=True)
     )
     ds = grain.MapDataset.source(elements)
-    ds = ds.map(_Example(records, config, train, _mix(seed, epoch, 1)))
+    seed_ = _mix(seed, epoch, 1)
+    element = (
+        _Example(records, config, train, seed_)
+        if features is None
+        else _CachedExample(records, config, train, seed_, features)
+    )
+    ds = ds.map(element)
     return ds.batch(per, drop_remainder=False)
 
 

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The prepared GPU check: one script for the day a GPU machine is lent (about 8 minutes on one
+# H200), writing every result under one directory.
+#
+#   scripts/gpu_check.sh OUT                 on the GPU machine (from the repository root)
+#   scripts/gpu_check.sh --dry-run OUT       here, on the CPU, at tiny sizes (tested in CI)
+#   scripts/gpu_check.sh --fetch-wheels      here: put the wheels the GPU machine lacks in .whl/
+#
+# The GPU machine cannot fetch anything. Its python3 already holds jax/jaxlib with the CUDA 13
+# plugin, flax, optax, orbax-checkpoint, torch, torchvision, numpy, pillow, matplotlib, tqdm and
+# absl-py; ml-collections, grain (and what it needs), defusedxml and tensorboardX travel as
+# wheels in .whl/ (ignored by git; carry it), and voc-jax itself runs from the tree through
+# PYTHONPATH (nothing is reinstalled, torch least of all).
+#
+# Steps, each writing into OUT: environment (nvidia-smi, JAX devices); scripts/benchmark.py
+# --json in float32 and in bfloat16 (train full/frozen, eval, feature cache, each against
+# PyTorch on the same device in the same run); a random torchvision AlexNet converted with
+# --verify; the smoke config trained and evaluated with --config.model.dtype=bfloat16 from it;
+# scripts/scan_check.py (lax.scan equals the unrolled step).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+
+if [ "${1:-}" = "--fetch-wheels" ]; then
+  rm -rf .whl && mkdir -p .whl
+  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+  # Python 3.12 x86-64 manylinux wheels, without dependencies: name each one that is missing.
+  for pkg in ml-collections grain defusedxml tensorboardX array-record dm-tree; do
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+      --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+      -d .whl "$pkg" >/dev/null
+  done
+  ls .whl
+  exit 0
+fi
+
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+OUT=${1:?usage: scripts/gpu_check.sh [--dry-run] OUT}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+PY=${PYTHON:-python3}
+if [ -d .whl ] && [ "$DRY" = 0 ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/voc-jax-site .whl/*.whl
+  export PYTHONPATH=/tmp/voc-jax-site:$REPO
+else
+  export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1
+log() { echo "[gpu_check $(date +%H:%M:%S)] $*" | tee -a "$OUT/steps.log"; }
+step() {  # step NAME COMMAND...: run, keep going on failure, record the status
+  local name=$1; shift
+  log "$name: $*"
+  local start=$SECONDS
+  if "$@" > "$OUT/$name.log" 2>&1; then status=0; else status=$?; fi
+  log "$name: exit $status in $((SECONDS - start)) s"
+  echo "{\"step\": \"$name\", \"exit\": $status, \"seconds\": $((SECONDS - start))}" >> "$OUT/steps.jsonl"
+}
+
+if [ "$DRY" = 1 ]; then
+  BENCH=(--quick)
+  SMOKE=(--config.num_epochs=1 --config.data.synthetic.num_trainval=4
+         --config.data.synthetic.num_test=4 --config.data.check_images=sizes)
+  SCAN=(--width 0.0625 --patch-size 64 --patches 8)
+  VERIFY=64
+else
+  BENCH=(--cache-images 16 --repeats 7 --batch 64)
+  SMOKE=()
+  SCAN=()
+  VERIFY=224
+fi
+
+step env sh -c "nvidia-smi || true; $PY -c 'import jax, sys; print(sys.version); print(jax.__version__, jax.devices())'"
+step bench_f32 $PY scripts/benchmark.py --only train,eval,cache "${BENCH[@]}" --json "$OUT/bench_f32.json"
+step bench_bf16 $PY scripts/benchmark.py --only train,eval "${BENCH[@]}" --dtype bfloat16 --json "$OUT/bench_bf16.json"
+step weights $PY -c "
+import torch, torchvision
+torch.manual_seed(0)
+torch.save(torchvision.models.alexnet(weights=None).state_dict(), '$OUT/alexnet.pth')"
+step convert $PY convert/alexnet_to_flax.py --pth "$OUT/alexnet.pth" --out "$OUT/weights" \
+  --force --verify --verify-size "$VERIFY"
+rm -f "$OUT/alexnet.pth"  # 244 MB: not worth bringing back
+step smoke_bf16 $PY -m voc_jax.train --config voc_jax/configs/smoke.py --workdir "$OUT/smoke" \
+  --config.init.weights="$OUT/weights" --config.model.dtype=bfloat16 "${SMOKE[@]}"
+step scan_check $PY scripts/scan_check.py --out "$OUT/scan.json" "${SCAN[@]}"
+rm -rf "$OUT/weights" "$OUT/smoke/checkpoints" "$OUT/smoke/data"  # keep the results, not the bulk
+log "done; results in $OUT"
+if grep -q '"exit": [1-9]' "$OUT/steps.jsonl"; then exit 1; fi

@@ -1,0 +1,168 @@
+"""voc_jax/feature_cache.py: cached and uncached frozen training are the same computation;
+the cache is rebuilt when what it depends on changes; a killed build resumes; trainable
+layers below fc7 are refused."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.configs import tiny
+from tests.helpers import call, train_args
+from voc_jax import experiment, feature_cache, steps, train
+from voc_jax.data.pipeline import epoch_dataset
+from voc_jax.data.voc import load_dataset
+
+
+def frozen_config(**changes):
+    config = tiny.get_config()
+    config.optim.trainable = ("head/.*",)
+    config.feature_cache.enabled = True
+    config.feature_cache.dtype = "float32"
+    for key, value in changes.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_data_root):
+    return load_dataset(tiny_data_root, "trainval")
+
+
+def test_cached_step_equals_the_uncached_frozen_step(tmp_path, dataset):
+    """From the same state and rng: the same sampled patches and labels, and the same updated
+    head parameters (float32 cache: 1e-5 relative)."""
+    config = frozen_config()
+    setup = experiment.build_model(config)
+    cache = feature_cache.ensure(config, setup, dataset, tmp_path, progress=False)
+    patch_cfg = experiment.patch_config(config)
+    common = dict(images_per_batch=1, train=True, seed=3, epoch=1)
+    pixels = epoch_dataset(dataset.records, patch_cfg, **common)[2]
+    cached = epoch_dataset(dataset.records, patch_cfg, features=cache, **common)[2]
+    np.testing.assert_array_equal(pixels["labels"], cached["labels"])
+    assert cached["features"].shape == (1, config.patches.per_image, 256)
+    results = {}
+    for inputs, batch in (("pixels", pixels), ("fc6", cached)):
+        state, optimizer, labels, schedule = experiment.make_train_state(config, setup, 10)
+        state = jax.tree.map(jnp.copy, state)  # the step donates it: keep setup.params alive
+        step = experiment.jit_train_step(config, setup, optimizer, labels, schedule, inputs=inputs)
+        state, metrics = step(state, batch)
+        results[inputs] = (jax.tree.map(np.asarray, state.params), float(metrics["loss"]))
+    assert results["pixels"][1] == pytest.approx(results["fc6"][1], rel=1e-5)
+    for a, b in zip(
+        jax.tree.leaves(results["pixels"][0]["head"]),
+        jax.tree.leaves(results["fc6"][0]["head"]),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # The cached rows are the network's own fc6 activations of those patches.
+    fc6 = steps.make_fc6_step(
+        setup.model, setup.preprocessing, patch_size=config.patches.size, batch_size=4,
+        dtype=np.float32,
+    )(setup.params, pixels)  # fmt: skip
+    np.testing.assert_allclose(cached["features"], np.asarray(fc6), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_rows_round_trip(tmp_path, dataset, dtype):
+    config = frozen_config(**{"feature_cache.dtype": dtype})
+    setup = experiment.build_model(config)
+    cache = feature_cache.ensure(config, setup, dataset, tmp_path, progress=False)
+    full = feature_cache.ensure(frozen_config(), setup, dataset, tmp_path / "f32", progress=False)
+    got = cache.gather(0, np.arange(cache.rows(0))).astype(np.float32)
+    want = full.gather(0, np.arange(full.rows(0)))
+    assert cache.gather(0, [0]).dtype.name == dtype
+    rel = 2**-10 if dtype == "float16" else 2**-7
+    np.testing.assert_allclose(got, want, rtol=rel, atol=1e-3)
+
+
+def test_changed_weights_or_scales_rebuild_never_reuse(tmp_path, dataset, caplog):
+    built = []
+    for changes in ({}, {}, {"seed": 1}, {"patches.scales": (1.0, 1.5)}):
+        config = frozen_config(**changes)
+        setup = experiment.build_model(config)
+        with caplog.at_level(logging.INFO):
+            cache = feature_cache.ensure(config, setup, dataset, tmp_path, progress=False)
+        built.append(cache.directory)
+    assert built[0] == built[1]  # the same inputs: reused
+    assert len({built[0], built[2], built[3]}) == 3  # other weights, other scales: new caches
+    assert "complete, reused" in caplog.text
+    assert len(list((tmp_path / "feature_cache").iterdir())) == 3
+
+
+def test_killed_build_resumes_where_it_stopped(tmp_path, dataset, monkeypatch, caplog):
+    config = frozen_config()
+    setup = experiment.build_model(config)
+    reference = feature_cache.ensure(config, setup, dataset, tmp_path / "ref", progress=False)
+    monkeypatch.setattr(feature_cache, "COMMIT_EVERY", 2)
+    original, calls = feature_cache.candidates_example, []
+
+    def dying(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 4:  # killed while computing the 4th image (3 done, 2 committed)
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(feature_cache, "candidates_example", dying)
+    with pytest.raises(KeyboardInterrupt):
+        feature_cache.ensure(config, setup, dataset, tmp_path / "run", progress=False)
+    directory = next((tmp_path / "run" / "feature_cache").iterdir())
+    assert json.loads((directory / "progress.json").read_text()) == {"images": 2}
+    assert not json.loads((directory / "manifest.json").read_text())["complete"]
+    monkeypatch.setattr(feature_cache, "candidates_example", original)
+    calls.clear()
+    with caplog.at_level(logging.INFO):
+        cache = feature_cache.ensure(config, setup, dataset, tmp_path / "run", progress=False)
+    assert "continuing after image 2" in caplog.text
+    np.testing.assert_array_equal(np.asarray(cache.features), np.asarray(reference.features))
+    assert json.loads((directory / "manifest.json").read_text())["complete"]
+
+
+def test_trainable_layers_below_fc7_are_refused(tmp_path, capsys):
+    code, _, err = call(
+        train.main,
+        train_args(
+            tmp_path / "w",
+            "--config.feature_cache.enabled=True",
+            "--config.optim.trainable=('fc6/.*', 'head/.*')",
+        ),
+        capsys,
+    )
+    assert code == 2
+    line = next(x for x in err.splitlines() if x.startswith("error:"))
+    assert "fc6/bias, fc6/kernel" in line and "conv1" not in line
+    assert not (tmp_path / "w").exists()
+
+
+def test_cached_training_run_matches_the_uncached_one(tmp_path, tiny_data_root, capsys):
+    """Two epochs of the frozen variant with and without the cache: the same losses (to float
+    rounding) and the same test mAP."""
+    results = {}
+    for name, extra in (("pixels", []), ("cached", ["--config.feature_cache.enabled=True"])):
+        work = tmp_path / name
+        args = train_args(
+            work,
+            f"--config.data.root={tiny_data_root}",
+            "--config.optim.trainable=('head/.*',)",
+            "--config.feature_cache.dtype=float32",
+            *extra,
+        )
+        code, _, _ = call(train.main, args, capsys)
+        assert code == 0
+        rows = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+        table = json.loads((work / "eval" / "24" / "ap_table.json").read_text())
+        results[name] = ([r["loss"] for r in rows if "loss" in r], table["results"])
+    np.testing.assert_allclose(results["pixels"][0], results["cached"][0], rtol=1e-4)
+    for protocol in ("voc07", "reference"):
+        assert results["pixels"][1][protocol]["map"] == pytest.approx(
+            results["cached"][1][protocol]["map"], abs=1e-6
+        )
