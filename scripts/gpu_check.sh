@@ -61,20 +61,24 @@ step() {  # step NAME COMMAND...: run, keep going on failure, record the status
 
 if [ "$DRY" = 1 ]; then
   BENCH=(--quick)
+  F32_SECTIONS=pipeline,crops,train,eval,e2e,cache  # every section, so CI keeps them all alive
+  BF16_SECTIONS=eval
   SMOKE=(--config.num_epochs=1 --config.data.synthetic.num_trainval=4
          --config.data.synthetic.num_test=4 --config.data.check_images=sizes)
   SCAN=(--width 0.0625 --patch-size 64 --patches 8)
   VERIFY=64
 else
   BENCH=(--cache-images 16 --repeats 7 --batch 64)
+  F32_SECTIONS=train,eval,e2e,cache
+  BF16_SECTIONS=train,eval
   SMOKE=()
   SCAN=()
   VERIFY=224
 fi
 
 step env sh -c "nvidia-smi || true; $PY -c 'import jax, sys; print(sys.version); print(jax.__version__, jax.devices())'"
-step bench_f32 $PY scripts/benchmark.py --only train,eval,cache "${BENCH[@]}" --json "$OUT/bench_f32.json"
-step bench_bf16 $PY scripts/benchmark.py --only train,eval "${BENCH[@]}" --dtype bfloat16 --json "$OUT/bench_bf16.json"
+step bench_f32 $PY scripts/benchmark.py --only "$F32_SECTIONS" "${BENCH[@]}" --json "$OUT/bench_f32.json"
+step bench_bf16 $PY scripts/benchmark.py --only "$BF16_SECTIONS" "${BENCH[@]}" --dtype bfloat16 --json "$OUT/bench_bf16.json"
 step weights $PY -c "
 import torch, torchvision
 torch.manual_seed(0)

@@ -48,20 +48,11 @@ def shared_data() -> Path:
 def tiny_data_root(tmp_path_factory) -> Path:
     """The synthetic dataset of tests/configs/tiny.py (6 trainval, 4 test images)."""
     from tests.configs import tiny
-    from voc_jax.data.synthetic import SyntheticConfig, generate
+    from voc_jax.data.synthetic import generate
+    from voc_jax.experiment import synthetic_config
 
-    s = tiny.get_config().data.synthetic
     root = tmp_path_factory.mktemp("tiny_data") / "VOC2007"
-    return generate(
-        root,
-        SyntheticConfig(
-            num_trainval=s.num_trainval,
-            num_test=s.num_test,
-            seed=s.seed,
-            min_side=s.min_side,
-            max_side=s.max_side,
-        ),
-    )
+    return generate(root, synthetic_config(tiny.get_config()))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""scripts/benchmark.py runs end to end in --quick mode, so it cannot rot (no timing asserts)."""
+"""scripts/benchmark.py and scripts/gpu_check.sh run end to end at tiny sizes, so they cannot
+rot (no timing asserts: timings come from the scripts, never from a test)."""
 
 from __future__ import annotations
 
@@ -14,26 +15,34 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-def test_quick_benchmark_writes_table_and_json(tmp_path):
-    out = tmp_path / "bench.json"
+def test_gpu_check_dry_run_on_the_cpu(tmp_path):
+    """The prepared GPU check, here at tiny sizes: every step runs and writes its results;
+    its benchmark rows hold the device sections, both compile variants and the targets."""
+    out = tmp_path / "gpu"
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts/benchmark.py"), "--quick", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"},
-    )
-    assert result.returncode == 0, result.stderr
-    assert "| section | what |" in result.stdout
-    report = json.loads(out.read_text())
-    sections = {row["section"] for row in report["results"]}
-    assert sections == {"pipeline", "crops", "train", "eval", "e2e"}
-    assert all(row["patches_per_s"] > 0 for row in report["results"])
-    rows = {row["what"]: row for row in report["results"]}
-    jax_full = next(r for w, r in rows.items() if w.startswith("JAX step, full"))
-    assert jax_full["compilations"] == 1  # static shapes: no recompile after warm-up
-    assert jax_full["ratio_vs_baseline"] > 0 and jax_full["voc_epoch_s"] > 0
-    assert any("ratio_vs_full" in r for r in report["results"])
-    assert next(r["share_of_step"] for r in report["results"] if "share_of_step" in r) > 0
-    assert 0 <= report["results"][-1]["device_wait_fraction"] < 1
-    assert report["env"]["quick"] is True
+        ["bash", str(REPO / "scripts/gpu_check.sh"), "--dry-run", str(out)],
+        capture_output=True, text=True, timeout=1200, env={**os.environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "XLA_FLAGS=" in (out / "bench_f32.log").read_text()
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [
+        "env", "bench_f32", "bench_bf16", "weights", "convert", "smoke_bf16", "scan_check"
+    ]  # fmt: skip
+    assert all(s["exit"] == 0 for s in steps)
+    report = json.loads((out / "bench_f32.json").read_text())
+    rows = report["results"]
+    assert {r["section"] for r in rows} == {"pipeline", "crops", "train", "eval", "e2e", "cache"}
+    assert all(r["patches_per_s"] > 0 for r in rows)
+    assert 0 <= next(r for r in rows if r["section"] == "e2e")["device_wait_fraction"] < 1
+    assert "voc_jax_compiler_options" in report["env"]["xla"] and report["env"]["quick"]
+    variants = {r["variant"] for r in rows if r["section"] == "train" and "variant" in r}
+    assert variants == {"ours", "xla", "torch"}  # the CPU: our options and XLA's side by side
+    jax_full = next(r for r in rows if r.get("step") == "full" and r.get("variant") == "ours")
+    assert jax_full["compilations"] == 1 and jax_full["ratio_vs_baseline"] > 0
+    assert any("cache_speedup" in r for r in rows) and report["targets"]
+    assert json.loads((out / "bench_bf16.json").read_text())["env"]["dtype"] == "bfloat16"
+    assert json.loads((out / "scan.json").read_text())["equal"] is True
+    evals = list((out / "smoke" / "eval").glob("*/ap_table.json"))
+    assert len(evals) == 1
+    assert json.loads((out / "smoke" / "config.json").read_text())["model"]["dtype"] == "bfloat16"

@@ -22,6 +22,5 @@ VOC_CLASSES: tuple[str, ...] = (
     "train",
     "tvmonitor",
 )
-BACKGROUND = 0  # model output index of "no object"; class c of VOC_CLASSES is output c + 1
-MODEL_CLASSES: tuple[str, ...] = ("background", *VOC_CLASSES)
+# The model's output 0 is background ("no object"); class c of VOC_CLASSES is output c + 1.
 CLASS_INDEX: dict[str, int] = {name: i + 1 for i, name in enumerate(VOC_CLASSES)}

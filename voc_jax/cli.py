@@ -158,3 +158,11 @@ def parse(
     if not flags.FLAGS.is_parsed():  # grain's worker processes read the global absl flags
         flags.FLAGS.mark_as_parsed()
     return fv, rest
+
+
+def define_workdir_flags(fv: flags.FlagValues, workdir_help: str) -> None:
+    """--workdir and --checkpoint, as the commands that read a training workdir take them."""
+    flags.DEFINE_string("workdir", None, workdir_help, flag_values=fv)
+    flags.DEFINE_integer(
+        "checkpoint", None, "checkpoint step (default: the latest)", lower_bound=0, flag_values=fv
+    )

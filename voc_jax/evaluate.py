@@ -317,12 +317,7 @@ def evaluate_workdir(
 
 
 def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
-    flags.DEFINE_string(
-        "workdir", None, "training workdir (its config.json and checkpoints)", flag_values=fv
-    )
-    flags.DEFINE_integer(
-        "checkpoint", None, "checkpoint step (default: the latest)", lower_bound=0, flag_values=fv
-    )
+    cli.define_workdir_flags(fv, "training workdir (its config.json and checkpoints)")
     flags.DEFINE_string(
         "split", None, "split to score (default: config.data.test_split)", flag_values=fv
     )

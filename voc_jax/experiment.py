@@ -78,24 +78,29 @@ def resolve_data_root(config: ml_collections.ConfigDict, workdir: Path) -> Path:
             f"data.root {root} does not exist; point --config.data.root at a VOC2007 directory "
             f"(python -m voc_jax.data.download --out data/ fetches it){hint}"
         )
-    s = config.data.synthetic
     if not distributed.is_main():  # process 0 generates; the others wait for it
         distributed.barrier("synthetic data")
         return root
     log.info("generating the synthetic VOC dataset into %s", root)
     generate(
         root,
-        SyntheticConfig(
-            num_trainval=s.num_trainval,
-            num_test=s.num_test,
-            seed=s.seed,
-            min_side=s.min_side,
-            max_side=s.max_side,
-        ),
+        synthetic_config(config),
         progress=lambda r: tqdm(r, desc="generating synthetic VOC", unit="img"),
     )
     distributed.barrier("synthetic data")
     return root
+
+
+def synthetic_config(config: ml_collections.ConfigDict) -> SyntheticConfig:
+    """The generator's settings from ``config.data.synthetic``."""
+    s = config.data.synthetic
+    return SyntheticConfig(
+        num_trainval=s.num_trainval,
+        num_test=s.num_test,
+        seed=s.seed,
+        min_side=s.min_side,
+        max_side=s.max_side,
+    )
 
 
 def load_split(

@@ -119,12 +119,7 @@ def output_names(paths: Sequence[str]) -> list[str]:
 
 
 def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
-    flags.DEFINE_string(
-        "workdir", None, "training workdir (config.json, checkpoints)", flag_values=fv
-    )
-    flags.DEFINE_integer(
-        "checkpoint", None, "checkpoint step (default: the latest)", lower_bound=0, flag_values=fv
-    )
+    cli.define_workdir_flags(fv, "training workdir (config.json, checkpoints)")
     flags.DEFINE_integer(
         "top",
         3,

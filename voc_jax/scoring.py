@@ -6,9 +6,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-POOLINGS = ("power", "mean", "max")
-
-
 def image_scores(
     logits: jax.Array, valid: jax.Array, exponent: float = 5.0
 ) -> dict[str, jax.Array]:

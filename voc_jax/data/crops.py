@@ -88,7 +88,7 @@ def crop_patches_shared_rows(
     """Like crop_patches, but the vertical pass runs once per distinct row interval.
 
     A patch grid has few distinct (y0, y1) intervals (65 for 448+ VOC patches of a landscape
-    image, see share_rows), so the expensive pass over the whole image height runs ~7x less.
+    image, see share_intervals), so the expensive pass over the whole image height runs ~7x less.
     ``row_intervals`` [B, R, 2], ``row_index`` [B, K] (which interval each patch uses),
     ``col_intervals`` [B, K, 2]. Same result as crop_patches to float rounding.
     """
@@ -104,9 +104,10 @@ def share_intervals(intervals: np.ndarray, max_rows: int) -> tuple[np.ndarray, n
     """Host side of crop_patches_shared_rows: the distinct [K, 2] intervals padded to
     [max_rows, 2] (with the first one) and the index of each patch's interval [K].
 
-    The reference grid along an image's shorter side has ceil(s) * 2 positions per scale, at
-    most 85 over all 13 scales, so 96 always suffices when the shorter side is the row axis
-    (the pipeline transposes portrait images for that).
+    The reference grid along an image's shorter side has 2 * ceil(s) positions per scale
+    (one at scale 1): 85 distinct intervals over all 13 scales, so the bound the configs
+    derive, 2 * sum(ceil(s)) = 86 (experiment.grid_rows), always suffices when the shorter side
+    is the row axis (the pipeline transposes portrait images for that).
     """
     intervals = np.asarray(intervals, np.float32)
     distinct, index = np.unique(intervals, axis=0, return_inverse=True)

@@ -53,7 +53,7 @@ class PatchConfig:
     test_sampling: Literal["random", "spread"] = "random"  # the reference draws at random
     canvas: tuple[int, int] = (500, 500)  # (Hc, Wc); larger images are scaled down once
     crop_boxes: P.CropMode = "exact"  # exact fractional boxes | reference: int()-truncated
-    max_rows: int = 96  # R; the reference grid needs at most 85 (see share_rows)
+    max_rows: int = 96  # R; the reference grid needs 85 (see crops.share_intervals)
 
 
 class ImageError(DataError):
