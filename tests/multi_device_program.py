@@ -23,6 +23,7 @@ def main(root: str) -> None:
     records = load_dataset(root, "trainval").records
     config = tiny.get_config()
     config.images_per_step = 2
+    config.patches.crops = "device"  # the accelerators' path: images sharded, cropped per device
     batch = first_batch(config, records)
     out = {}
     for n in (1, 2):

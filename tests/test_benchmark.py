@@ -37,7 +37,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert 0 <= next(r for r in rows if r["section"] == "e2e")["device_wait_fraction"] < 1
     assert "voc_jax_compiler_options" in report["env"]["xla"] and report["env"]["quick"]
     variants = {r["variant"] for r in rows if r["section"] == "train" and "variant" in r}
-    assert variants == {"ours", "xla", "torch"}  # the CPU: our options and XLA's side by side
+    assert variants == {"ours", "xla", "host", "torch"}  # the CPU: our options, XLA's, host crops
     jax_full = next(r for r in rows if r.get("step") == "full" and r.get("variant") == "ours")
     assert jax_full["compilations"] == 1 and jax_full["ratio_vs_baseline"] > 0
     assert any("cache_speedup" in r for r in rows) and report["targets"]

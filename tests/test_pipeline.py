@@ -229,3 +229,26 @@ def test_reference_crop_mode_reproduces_the_references_pil_crops(shared_data):
 def test_unknown_crop_mode_is_refused():
     with pytest.raises(ValueError, match="crop mode"):
         P.crop_rectangles(np.zeros((1, 4)), "rounded")
+
+
+def test_host_crops_equal_the_device_crops(records):
+    """crops="host" (PIL in the workers, the CPU default) and crops="device" (the jitted
+    crops, elsewhere): the same patches to within PIL's 8-bit rounding."""
+    import jax
+
+    from voc_jax.data.crops import crop_batch
+
+    device_cfg = PatchConfig(patches_per_image=16, min_patches=16, min_scales=3, crops="device")
+    host_cfg = dataclasses.replace(device_cfg, crops="host", patch_size=48)
+    crop = jax.jit(lambda b: crop_batch(b, 48))
+    diffs = []
+    for index, record in enumerate(records[:3]):
+        dev = make_example(record, index, np.random.default_rng(index), device_cfg, train=True)
+        host = make_example(record, index, np.random.default_rng(index), host_cfg, train=True)
+        assert set(host) == {"patches", "labels", "valid", "image_index"}
+        assert host["patches"].shape == (16, 48, 48, 3) and host["patches"].dtype == np.uint8
+        np.testing.assert_array_equal(host["labels"], dev["labels"])
+        got = np.asarray(crop({k: np.asarray(v)[None] for k, v in dev.items()}))[0]
+        diffs.append(np.abs(got - host["patches"].astype(np.float32)).ravel())
+    d = np.concatenate(diffs)
+    assert d.mean() <= 1.0 and np.percentile(d, 99) <= 4.0, (d.mean(), np.percentile(d, 99))

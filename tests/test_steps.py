@@ -138,3 +138,19 @@ def test_two_devices_match_one(records):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["devices"] == 2
     assert report["max_diff"] < 1e-4
+
+
+def test_host_and_device_crops_train_alike(records):
+    """The same step from host-cropped patches and from device crops: the same loss to the
+    grey level PIL rounds."""
+    losses = {}
+    for crops in ("host", "device"):
+        config = tiny.get_config()
+        config.patches.crops = crops
+        config.model.dropout_rate = 0.0
+        _, state, step, _ = setup_step(config)
+        batch = first_batch(config, records)
+        assert ("patches" in batch) == (crops == "host")
+        _, metrics = step(state, batch)
+        losses[crops] = float(metrics["loss"])
+    assert losses["host"] == pytest.approx(losses["device"], rel=1e-3)

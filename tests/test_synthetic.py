@@ -98,6 +98,7 @@ def test_refuses_to_overwrite(dataset_dir):
         generate(dataset_dir, CONFIG)
 
 
+@pytest.mark.slow  # two interpreter start-ups
 def test_script(tmp_path):
     out = tmp_path / "voc"
     cmd = [sys.executable, str(REPO / "scripts/make_synthetic_voc.py"), "--out", str(out)]

@@ -57,7 +57,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         root.addHandler(handler)
     root.setLevel(level)
     # orbax and absl are chatty at INFO; their warnings still show.
-    for name in ("absl", "orbax"):
+    for name in ("absl", "orbax", "jax"):  # jax's backend probing is noise at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         from absl import logging as absl_logging

@@ -45,8 +45,19 @@ def patch_config(config: ml_collections.ConfigDict) -> PatchConfig:
         test_sampling=p.test_sampling,
         canvas=tuple(p.canvas),
         crop_boxes=p.crop_boxes,
+        crops=crop_site(p.crops),
+        patch_size=p.size,
         max_rows=p.max_rows or grid_rows(p.scales),
     )
+
+
+def crop_site(setting: str) -> str:
+    """``patches.crops``: "auto" crops on the host (PIL, in the pipeline workers) on the CPU
+    backend, where per-patch crops cost 2.5x less than the device's dense resampling, and
+    on the device everywhere else."""
+    if setting == "auto":
+        return "host" if jax.default_backend() == "cpu" else "device"
+    return setting
 
 
 def grid_rows(scales) -> int:

@@ -111,6 +111,7 @@ def describe(
             "min_scales": patch_cfg.min_scales,
             "canvas": list(patch_cfg.canvas),
             "crop_boxes": patch_cfg.crop_boxes,
+            "crops": patch_cfg.crops,
         },
         "dtype": config.feature_cache.dtype,
         "split": split,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+
 def image_scores(
     logits: jax.Array, valid: jax.Array, exponent: float = 5.0
 ) -> dict[str, jax.Array]:

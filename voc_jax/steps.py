@@ -43,6 +43,14 @@ def create_state(params: Params, optimizer: optax.GradientTransformation, seed: 
     )
 
 
+def network_input(batch: Batch, patch_size: int, preprocessing: Preprocessing, dtype) -> jax.Array:
+    """[G, K, P, P, 3] normalised patches: cropped here (images + boxes) or by the host
+    (``patches``, uint8)."""
+    if "patches" in batch:
+        return preprocessing.normalize(batch["patches"], dtype)
+    return preprocessing.normalize(crop_batch(batch, patch_size), dtype)
+
+
 def _micro_batches(x: jax.Array, batch_size: int) -> jax.Array:
     """[G, K, ...] -> [K / batch_size, G * batch_size, ...]: update t takes micro-batch t of
     every image."""
@@ -133,7 +141,7 @@ def make_train_step(
         if inputs == "fc6":
             x = batch["features"].astype(model.dtype)
         else:
-            x = preprocessing.normalize(crop_batch(batch, patch_size), model.dtype)
+            x = network_input(batch, patch_size, preprocessing, model.dtype)
         micro = (
             _micro_batches(x, batch_size),
             _micro_batches(batch["labels"], batch_size),
@@ -189,7 +197,7 @@ def make_eval_step(
 
     def eval_step(params: Params, batch: Batch) -> dict[str, jax.Array]:
         g, k = batch["labels"].shape
-        x = preprocessing.normalize(crop_batch(batch, patch_size), model.dtype)
+        x = network_input(batch, patch_size, preprocessing, model.dtype)
         logits = patch_logits(model, params, x.reshape(g * k, *x.shape[2:]), batch_size, unroll)
         logits = logits.reshape(g, k, -1)
         out = image_scores(logits, batch["valid"], exponent) | {"image_index": batch["image_index"]}
@@ -217,7 +225,7 @@ def make_fc6_step(
 
     def fc6_step(params: Params, batch: Batch) -> jax.Array:
         g, k = batch["labels"].shape
-        x = preprocessing.normalize(crop_batch(batch, patch_size), model.dtype)
+        x = network_input(batch, patch_size, preprocessing, model.dtype)
         chunks = x.reshape(-1, batch_size, *x.shape[2:])
 
         def forward(c):

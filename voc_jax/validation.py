@@ -27,6 +27,7 @@ DIFFICULT = ("object", "ignore", "exclude")
 TEST_SAMPLING = ("random", "spread")
 SCHEDULES = ("step", "cosine")
 DTYPES = ("float32", "bfloat16")
+CROP_SITES = ("auto", "device", "host")
 
 
 class _Problems:
@@ -120,6 +121,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
     p.check("patches.difficult", _one_of(DIFFICULT), f"must be one of {DIFFICULT}")
     p.check("patches.test_sampling", _one_of(TEST_SAMPLING), f"must be one of {TEST_SAMPLING}")
     p.check("patches.crop_boxes", _one_of(CROP_MODES), f"must be one of {CROP_MODES}")
+    p.check("patches.crops", _one_of(CROP_SITES), f"must be one of {CROP_SITES}")
     p.check(
         "patches.canvas",
         lambda v: len(v) == 2 and all(_int(2)(x) for x in v),

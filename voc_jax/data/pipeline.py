@@ -53,6 +53,10 @@ class PatchConfig:
     test_sampling: Literal["random", "spread"] = "random"  # the reference draws at random
     canvas: tuple[int, int] = (500, 500)  # (Hc, Wc); larger images are scaled down once
     crop_boxes: P.CropMode = "exact"  # exact fractional boxes | reference: int()-truncated
+    # device: the jitted step crops (images + boxes in the batch); host: the workers crop
+    # with PIL (``patches`` in the batch), faster on a CPU backend
+    crops: Literal["device", "host"] = "device"
+    patch_size: int = 224  # P, for host crops
     max_rows: int = 96  # R; the reference grid needs 85 (see crops.share_intervals)
 
 
@@ -168,9 +172,17 @@ def example_from_boxes(
     index: int,
     config: PatchConfig,
 ) -> Batch:
-    """One element from an image (already on the canvas scale) and its K patch boxes:
-    the crop rectangles (``config.crop_boxes``) and the shared-rows crop plan."""
+    """One element from an image (already on the canvas scale) and its K patch boxes: the
+    crop rectangles (``config.crop_boxes``) and the shared-rows crop plan for the device, or
+    (``config.crops="host"``) the patches themselves, cropped here with PIL."""
     h, w = image.shape[:2]
+    if config.crops == "host":
+        return {
+            "patches": host_crops(image, P.crop_rectangles(boxes, config.crop_boxes), config),
+            "labels": np.asarray(labels, np.int32),
+            "valid": np.asarray(valid, bool),
+            "image_index": np.int32(index),
+        }
     sampled = P.crop_rectangles(boxes, config.crop_boxes).astype(np.float32)
     transposed = h > w and config.canvas[0] == config.canvas[1]
     row_axis, col_axis = ([0, 2], [1, 3]) if transposed else ([1, 3], [0, 2])
@@ -189,9 +201,28 @@ def example_from_boxes(
     }
 
 
+def host_crops(image: np.ndarray, boxes: np.ndarray, config: PatchConfig) -> np.ndarray:
+    """uint8 [K, P, P, 3]: each box resampled by PIL's bilinear filter (antialiased when
+    down-sampling), fractional boxes exactly; the filter voc_jax.data.crops computes on the
+    device (the two agree within a grey level: PIL rounds an 8-bit intermediate)."""
+    pil = Image.fromarray(image)
+    size = (config.patch_size, config.patch_size)
+    out = np.empty((len(boxes), *size, 3), np.uint8)
+    for i, box in enumerate(np.asarray(boxes, np.float64)):
+        out[i] = np.asarray(pil.resize(size, Image.BILINEAR, box=tuple(box)))
+    return out
+
+
 def padding_example(config: PatchConfig) -> Batch:
     """An element that contributes nothing (labels -1, image_index -1), to fill a last batch."""
     k = config.patches_per_image
+    if config.crops == "host":
+        return {
+            "patches": np.zeros((k, config.patch_size, config.patch_size, 3), np.uint8),
+            "labels": np.full(k, P.IGNORE, np.int32),
+            "valid": np.zeros(k, bool),
+            "image_index": np.int32(-1),
+        }
     box = np.array([[0, 0, 1, 1]], np.float32).repeat(k, 0)
     return {
         "image": np.zeros((*config.canvas, 3), np.uint8),
