@@ -36,6 +36,17 @@ def compilation_cache(tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.fixture(autouse=True)
+def _drop_large_outputs(tmp_path):
+    """After each test, delete the large files (full-size weights, neon files, caches) it left
+    in its tmp_path: pytest keeps test directories until the end of the run, and a run must
+    stay under 2 GB of temporary files."""
+    yield
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size > (8 << 20):
+            path.unlink()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (override with VOC_JAX_SHARED_DATA); tests skip, saying why, without it."""

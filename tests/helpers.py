@@ -3,8 +3,12 @@ reading checkpoints back, the torch models the converter is checked against."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -114,3 +118,45 @@ def first_batch(config, records, train=True):
         seed=0,
     )
     return ds[0]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The converter's main() in this process, output captured (no interpreter start-up per
+    call; test_runs_as_a_script_and_an_installed_command covers the real process)."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                from convert import alexnet_to_flax as converter
+
+                code = converter.main(list(args))
+            except SystemExit as e:
+                code = e.code
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        # urllib's global opener keeps the proxies it saw first: drop it with the environment.
+        urllib.request.install_opener(None)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def seeded_alexnet(seed: int = 0):
+    """A torchvision AlexNet re-initialised so that fc7 and the logits are of order 1 (unit-gain
+    normal init, non-zero biases). torchvision's own init gives logits of order 0.01, where an
+    absolute tolerance of 1e-5 would prove little; with He init they reach ~20, where float32
+    rounding alone (torch vs a float64 torch) is ~3e-5 and no float32 code can meet atol=1e-5."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.alexnet(weights=None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="linear")
+            torch.nn.init.normal_(module.bias, 0.0, 0.1)
+    return model.eval()

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
+import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import jax
@@ -18,32 +15,10 @@ import torch
 import torchvision
 
 from convert import alexnet_to_flax as converter
+from tests.helpers import run_cli, seeded_alexnet
 from voc_jax import weights
 
 SCRIPT = Path(converter.__file__)
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """The converter's main() in this process, output captured (no interpreter start-up per
-    call; test_runs_as_a_script_and_an_installed_command covers the real process)."""
-    out, err = io.StringIO(), io.StringIO()
-    saved = {k: os.environ.get(k) for k in env or {}}
-    os.environ.update(env or {})
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = converter.main(list(args))
-            except SystemExit as e:
-                code = e.code
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        # urllib's global opener keeps the proxies it saw first: drop it with the environment.
-        urllib.request.install_opener(None)
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.slow
@@ -65,20 +40,6 @@ def test_runs_as_a_script_and_an_installed_command(tmp_path):
     assert installed.returncode == 2 and "nope.pth: no such file" in installed.stderr
 
 
-def seeded_alexnet(seed: int = 0) -> torch.nn.Module:
-    """A torchvision AlexNet re-initialised so that fc7 and the logits are of order 1 (unit-gain
-    normal init, non-zero biases). torchvision's own init gives logits of order 0.01, where an
-    absolute tolerance of 1e-5 would prove little; with He init they reach ~20, where float32
-    rounding alone (torch vs a float64 torch) is ~3e-5 and no float32 code can meet atol=1e-5."""
-    torch.manual_seed(seed)
-    model = torchvision.models.alexnet(weights=None)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="linear")
-            torch.nn.init.normal_(module.bias, 0.0, 0.1)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def torch_model() -> torch.nn.Module:
     return seeded_alexnet()
@@ -88,7 +49,8 @@ def torch_model() -> torch.nn.Module:
 def pth(tmp_path_factory, torch_model) -> Path:
     path = tmp_path_factory.mktemp("src") / "alexnet.pth"
     torch.save(torch_model.state_dict(), path)
-    return path
+    yield path
+    shutil.rmtree(path.parent)  # 244 MB: gone with the module, not at the end of the run
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +59,8 @@ def converted(tmp_path_factory, pth) -> Path:
     result = run_cli("--pth", str(pth), "--out", str(out), "--verify")
     assert result.returncode == 0, result.stderr
     assert "verify at 224x224" in result.stdout
-    return out
+    yield out
+    shutil.rmtree(out.parent)
 
 
 def torch_outputs(model: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

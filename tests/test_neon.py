@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
+import shutil
 
 import jax
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from convert import alexnet_to_flax as converter
 from convert import neon, torch_models
 from tests import neon_fixtures as nf
-from tests.test_alexnet_to_flax import run_cli, seeded_alexnet
+from tests.helpers import run_cli, seeded_alexnet
 from voc_jax import weights
 from voc_jax.model import TransferNet
 
@@ -55,7 +56,8 @@ def alexnet_model():
 @pytest.fixture(scope="module")
 def neon_alexnet_file(tmp_path_factory, alexnet_model):
     path = tmp_path_factory.mktemp("neon") / "alexnet.p"
-    return nf.write_neon(path, nf.torch_weights(alexnet_model), momentum=True)
+    yield nf.write_neon(path, nf.torch_weights(alexnet_model), momentum=True)
+    shutil.rmtree(path.parent)  # ~490 MB: gone with the module
 
 
 @pytest.mark.slow  # the real-size AlexNet and its ~490 MB neon file

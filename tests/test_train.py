@@ -298,7 +298,9 @@ def converted_random_alexnet(tmp_path_factory) -> Path:
     )
     out = root / "converted"
     assert alexnet_to_flax.main(["--pth", str(root / "a.pth"), "--out", str(out)]) == 0
-    return out
+    (root / "a.pth").unlink()
+    yield out
+    shutil.rmtree(root)
 
 
 SMOKE_SMALL = (
