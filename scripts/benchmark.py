@@ -198,29 +198,24 @@ def host_crop_runner(records, config, args) -> Callable[[], object]:
 
 def host_crops_apply() -> bool:
     """Whether the production default (patches.crops="auto") crops on the host here."""
-    from voc_jax import experiment
+    from voc_jax.experiment import crop_site
 
-    return experiment.crop_site("auto") == "host"
+    return crop_site("auto") == "host"
 
 
 def jax_train_step(records, args, trainable, defaults: str = "ours"):
     """The production train step; ``defaults="xla"`` compiles it with XLA's own CPU options
     instead of voc-jax's (voc_jax.xla_options), for the side-by-side rows."""
-    from voc_jax import experiment, xla_options
+    from voc_jax import xla_options
+    from voc_jax.experiment import Experiment
 
     config = train_config(args, trainable)
-    setup = experiment.build_model(config)
-    state, optimizer, labels, schedule = experiment.make_train_state(config, setup, 100)
-    previous = os.environ.get(xla_options.SWITCH)
-    os.environ[xla_options.SWITCH] = defaults
-    try:
-        step = experiment.jit_train_step(config, setup, optimizer, labels, schedule)
-    finally:
-        if previous is None:
-            os.environ.pop(xla_options.SWITCH)
-        else:
-            os.environ[xla_options.SWITCH] = previous
-    return config, setup, state, step
+    exp = Experiment.build(config)
+    optimizer = exp.optimizer(100)
+    state = exp.initial_state(optimizer)
+    with xla_options.defaults(defaults):
+        step = exp.train_step(optimizer)
+    return config, exp, state, step
 
 
 VARIANT_TEXT = {"ours": "voc-jax CPU options", "xla": "XLA's CPU defaults"}
@@ -295,7 +290,7 @@ def torch_train_runner(args, frozen: bool) -> Callable[[], None]:
 
     torch.manual_seed(0)
     device = torch_device(args)
-    from convert import torch_models
+    from voc_jax.convert import torch_models
 
     model = torch_models.TransferNet().to(device).train()
     if frozen:  # the backbone: everything before the head's first Linear
@@ -426,20 +421,21 @@ def bench_train(records, config, args) -> list[dict]:
 def bench_eval(records, config, args) -> list[dict]:
     import torch
 
-    from voc_jax import experiment, steps, xla_options
+    from voc_jax import xla_options
+    from voc_jax.experiment import Experiment
 
     cfg = train_config(args, (".*",))
-    setup = experiment.build_model(cfg)
+    exp = Experiment.build(cfg)
+    params = exp.model.params
     batches = device_batches(records, cfg, args, 2)
     runners = {}
     variants = jax_variants()
     for defaults in variants:
-        os.environ[xla_options.SWITCH] = defaults
-        fn = steps.jit_eval_step(setup, cfg)  # the production path (chunks of --batch)
-        runners[defaults] = lambda fn=fn: jax.block_until_ready(fn(setup.params, batches[0]))
-    os.environ.pop(xla_options.SWITCH)
+        with xla_options.defaults(defaults):
+            fn = exp.eval_step()  # the production path (chunks of --batch)
+        runners[defaults] = lambda fn=fn: jax.block_until_ready(fn(params, batches[0]))
     torch.manual_seed(0)
-    from convert import torch_models
+    from voc_jax.convert import torch_models
 
     device = torch_device(args)
     model = torch_models.TransferNet().to(device).eval()
@@ -452,9 +448,9 @@ def bench_eval(records, config, args) -> list[dict]:
 
     runners["torch"] = forward
     if host_crops_apply():
-        fn = steps.jit_eval_step(setup, cfg)
+        fn = exp.eval_step()
         host_batches = device_batches(records, cfg, args, 2, crops="host")
-        runners["host"] = lambda: jax.block_until_ready(fn(setup.params, host_batches[0]))
+        runners["host"] = lambda: jax.block_until_ready(fn(params, host_batches[0]))
         runners["pil"] = host_crop_runner(records, cfg, args)
     t = interleaved_medians(runners, args.repeats)
     rows = []
@@ -498,28 +494,27 @@ def bench_eval(records, config, args) -> list[dict]:
 
 def bench_e2e(records, config, args) -> list[dict]:
     """As voc_jax.train.run_epoch: fetch, put, step; metrics stay on the device until read."""
-    from voc_jax import experiment
+    from voc_jax.experiment import crop_site
 
-    cfg, setup, state, step = jax_train_step(records, args, (".*",))
+    cfg, exp, state, step = jax_train_step(records, args, (".*",))
     pc = PatchConfig(
         patches_per_image=args.batch,
         min_patches=args.batch,
         min_scales=4 if args.quick else 11,
-        crops=experiment.crop_site("auto"),  # the production default
+        crops=crop_site("auto"),  # the production default
         patch_size=args.patch_size,
     )
     n = 2 if args.quick else args.e2e_images
     ds = epoch_dataset(records[: n + 1], pc, images_per_batch=1, train=True, seed=0)
     it = iterate(ds, workers=args.workers)
-    sharding = experiment.batch_sharding(experiment.make_mesh())
-    state, metrics = step(state, experiment.put_batch(next(it), sharding))  # compile
+    state, metrics = step(state, exp.put_batch(next(it)))  # compile
     jax.device_get(metrics)
     waiting = 0.0
     pending = []
     start = time.perf_counter()
     for _ in range(n):
         t = time.perf_counter()
-        batch = experiment.put_batch(next(it), sharding)
+        batch = exp.put_batch(next(it))
         waiting += time.perf_counter() - t
         state, metrics = step(state, batch)
         pending.append(metrics)  # fetched at log steps only, as voc_jax.train does
@@ -540,8 +535,9 @@ def bench_e2e(records, config, args) -> list[dict]:
 def bench_cache(records, config, args) -> list[dict]:
     """The frozen backbone's feature cache: its build against one uncached evaluation pass over
     the same candidates, and a frozen training epoch from it against one from pixels."""
-    from voc_jax import experiment, feature_cache, steps
+    from voc_jax import feature_cache
     from voc_jax.data.voc import VocDataset
+    from voc_jax.experiment import Experiment, grid_rows
 
     n = min(len(records), 2 if args.quick else args.cache_images)
     cfg = train_config(args, ("head/.*",))
@@ -549,36 +545,37 @@ def bench_cache(records, config, args) -> list[dict]:
     cfg.patches.max_rows = 0
     if args.quick:
         cfg.patches.min_scales = 4
-    cfg.patches.max_rows = experiment.grid_rows(cfg.patches.scales)
+    cfg.patches.max_rows = grid_rows(cfg.patches.scales)
     cfg.feature_cache.enabled = True
-    setup = experiment.build_model(cfg)
+    exp = Experiment.build(cfg)
+    params = exp.model.params
     subset = VocDataset(Path("."), "bench", list(records[:n]), [])
     work = Path(tempfile.mkdtemp(prefix="voc-jax-cache-"))
     start = time.perf_counter()
-    cache = feature_cache.ensure(cfg, setup, subset, work, progress=False)
+    cache = feature_cache.ensure(exp, subset, work, progress=False)
     build_s = time.perf_counter() - start
     total = int(cache.offsets[-1])
     size = total * cache.width * 2
 
     # One uncached evaluation pass over the same candidates (the build's own batches).
-    pc = experiment.patch_config(cfg)
+    pc = exp.patches
     k_pad = int(-(-int(np.diff(cache.offsets).max()) // cfg.batch_size) * cfg.batch_size)
-    eval_step = steps.jit_eval_step(setup, cfg)
+    eval_step = exp.eval_step()
     examples = [
         feature_cache.candidates_example(r, i, pc, k_pad) for i, r in enumerate(subset.records)
     ]
     batches = [{k: np.asarray(v)[None] for k, v in e.items()} for e in examples]
-    jax.block_until_ready(eval_step(setup.params, batches[0]))  # compile, as the build did
+    jax.block_until_ready(eval_step(params, batches[0]))  # compile, as the build did
     start = time.perf_counter()
     for b in batches:
-        jax.block_until_ready(eval_step(setup.params, b))
+        jax.block_until_ready(eval_step(params, b))
     eval_s = time.perf_counter() - start
 
     # A frozen epoch (G = 1 image per call) from pixels and from the cache, same sampling.
     def epoch_runner(inputs):
-        state, optimizer, labels, schedule = experiment.make_train_state(cfg, setup, 100)
-        state = jax.tree.map(jax.numpy.copy, state)
-        step = experiment.jit_train_step(cfg, setup, optimizer, labels, schedule, inputs=inputs)
+        optimizer = exp.optimizer(100)
+        state = jax.tree.map(jax.numpy.copy, exp.initial_state(optimizer))
+        step = exp.train_step(optimizer, inputs=inputs)
         ds = epoch_dataset(
             subset.records, pc, images_per_batch=1, train=True, seed=0,
             features=cache if inputs == "fc6" else None,
@@ -631,12 +628,11 @@ def bench_profile(records, config, args) -> list[dict]:
     import torch
 
     from voc_jax import optim, steps, xla_options
+    from voc_jax.experiment import Experiment
 
     cfg = train_config(args, (".*",))
-    from voc_jax import experiment
-
-    setup = experiment.build_model(cfg)
-    model, params = setup.model, setup.params
+    exp = Experiment.build(cfg)
+    model, params = exp.model.module, exp.model.params
     rng = np.random.default_rng(0)
     x = jax.device_put(rng.standard_normal((args.batch, args.patch_size, args.patch_size, 3)))
     x = x.astype(np.float32)
@@ -648,7 +644,7 @@ def bench_profile(records, config, args) -> list[dict]:
     key = jax.random.key(0)
 
     device = torch_device(args)
-    from convert import torch_models
+    from voc_jax.convert import torch_models
 
     net = torch_models.TransferNet().to(device).train()
     tx = torch.randn(args.batch, 3, args.patch_size, args.patch_size, device=device)

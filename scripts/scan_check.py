@@ -18,10 +18,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from voc_jax import experiment
 from voc_jax.data.pipeline import epoch_dataset
 from voc_jax.data.synthetic import SyntheticConfig, generate
 from voc_jax.data.voc import load_dataset
+from voc_jax.experiment import Experiment
 
 
 def main() -> int:
@@ -47,15 +47,13 @@ def main() -> int:
         SyntheticConfig(num_trainval=2, num_test=1, min_side=160, max_side=320),
     )
     records = load_dataset(root, "trainval").records
-    batch = epoch_dataset(
-        records, experiment.patch_config(config), images_per_batch=1, train=True, seed=0
-    )[0]
-    setup = experiment.build_model(config)
+    exp = Experiment.build(config)
+    batch = epoch_dataset(records, exp.patches, images_per_batch=1, train=True, seed=0)[0]
+    optimizer = exp.optimizer(10)
     results = {}
     for unroll in (True, False):
-        state, optimizer, labels, schedule = experiment.make_train_state(config, setup, 10)
-        state = jax.tree.map(jax.numpy.copy, state)
-        step = experiment.jit_train_step(config, setup, optimizer, labels, schedule, unroll)
+        state = jax.tree.map(jax.numpy.copy, exp.initial_state(optimizer))
+        step = exp.train_step(optimizer, unroll=unroll)
         state, metrics = step(state, batch)
         results[unroll] = (jax.tree.map(np.asarray, state.params), float(metrics["loss"]))
     diffs = [

@@ -60,7 +60,7 @@ def tiny_data_root(tmp_path_factory) -> Path:
     """The synthetic dataset of tests/configs/tiny.py (6 trainval, 4 test images)."""
     from tests.configs import tiny
     from voc_jax.data.synthetic import generate
-    from voc_jax.experiment import synthetic_config
+    from voc_jax.settings import synthetic_config
 
     root = tmp_path_factory.mktemp("tiny_data") / "VOC2007"
     return generate(root, synthetic_config(tiny.get_config()))

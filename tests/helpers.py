@@ -63,11 +63,11 @@ def checkpoint_steps(workdir: Path) -> list[int]:
 
 def final_params(workdir: Path, step: int | None = None):
     """(step, params as NumPy) of a workdir's newest good checkpoint (or ``step``)."""
-    from voc_jax import checkpoint, experiment
+    from voc_jax import workdir as workdir_lib
+    from voc_jax.experiment import Experiment
 
-    config = experiment.load_config(workdir)
-    setup = experiment.build_model(config)
-    found, params = checkpoint.restore_params(workdir, checkpoint.abstract_like(setup.params), step)
+    exp = Experiment.build(workdir_lib.load_config(workdir))
+    found, params = workdir_lib.restore_params(workdir, exp.model.params, step)
     return found, jax.tree.map(np.asarray, params)
 
 
@@ -95,24 +95,26 @@ def directory_listing(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def setup_step(config, unroll=None):
-    """(setup, fresh state, jitted train step, schedule) of a config."""
-    from voc_jax import experiment
+def setup_step(config, unroll=None, inputs="pixels"):
+    """(experiment, fresh state, jitted train step, schedule) of a config (10 updates an
+    epoch). The state is a copy: the step donates it, the experiment's params stay alive."""
+    from voc_jax.experiment import Experiment
 
-    setup = experiment.build_model(config)
-    state, optimizer, labels, schedule = experiment.make_train_state(config, setup, 10)
-    step = experiment.jit_train_step(config, setup, optimizer, labels, schedule, unroll)
-    return setup, state, step, schedule
+    exp = Experiment.build(config)
+    optimizer = exp.optimizer(10)
+    state = jax.tree.map(jax.numpy.copy, exp.initial_state(optimizer))
+    step = exp.train_step(optimizer, unroll=unroll, inputs=inputs)
+    return exp, state, step, optimizer.schedule
 
 
 def first_batch(config, records, train=True):
-    """Batch 0 of epoch 0 for ``records`` under ``config``."""
-    from voc_jax import experiment
+    """Batch 0 of epoch 0 for ``records`` under ``config`` (seed 0)."""
     from voc_jax.data.pipeline import epoch_dataset
+    from voc_jax.experiment import patch_config
 
     ds = epoch_dataset(
         records,
-        experiment.patch_config(config),
+        patch_config(config),
         images_per_batch=config.images_per_step,
         train=train,
         seed=0,
@@ -129,7 +131,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                from convert import alexnet_to_flax as converter
+                from voc_jax.convert import alexnet_to_flax as converter
 
                 code = converter.main(list(args))
             except SystemExit as e:

@@ -14,10 +14,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 def main(root: str) -> None:
     import jax
     import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as Spec
 
     from tests.configs import tiny
     from tests.helpers import first_batch, setup_step
-    from voc_jax import experiment
+    from voc_jax import distributed
     from voc_jax.data.voc import load_dataset
 
     records = load_dataset(root, "trainval").records
@@ -31,8 +33,8 @@ def main(root: str) -> None:
             (n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:n]
         )
         _, state, step, _ = setup_step(config)
-        state = jax.device_put(state, experiment.replicated(mesh))
-        b = experiment.put_batch(batch, experiment.batch_sharding(mesh))
+        state = jax.device_put(state, NamedSharding(mesh, Spec()))
+        b = distributed.global_batch(batch, NamedSharding(mesh, Spec("data")))
         for _ in range(2):
             state, _ = step(state, b)
         out[n] = jax.tree.map(np.asarray, state.params)

@@ -14,11 +14,11 @@ import pytest
 import torch
 import torchvision
 
-from convert import alexnet_to_flax as converter
-from tests.helpers import run_cli, seeded_alexnet
+from tests.helpers import REPO, run_cli, seeded_alexnet
 from voc_jax import weights
+from voc_jax.convert import alexnet_to_flax as converter
 
-SCRIPT = Path(converter.__file__)
+SCRIPT = REPO / "convert" / "alexnet_to_flax.py"
 
 
 @pytest.mark.slow
@@ -38,6 +38,14 @@ def test_runs_as_a_script_and_an_installed_command(tmp_path):
         cwd=tmp_path,  # not the repository: the installed package is what runs
     )
     assert installed.returncode == 2 and "nope.pth: no such file" in installed.stderr
+    # The converter installs inside voc_jax: no top-level `convert` package in site-packages.
+    probe = (
+        "import importlib.util as u; print(u.find_spec('convert'), u.find_spec('voc_jax.convert'))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert found.stdout.startswith("None ModuleSpec"), found.stdout + found.stderr
 
 
 @pytest.fixture(scope="module")

@@ -273,13 +273,13 @@ def test_check_errors(tmp_path, tiny_data_root, capsys):
 
 
 def converter_main(argv):
-    from convert import alexnet_to_flax
+    from voc_jax.convert import alexnet_to_flax
 
     return alexnet_to_flax.main(argv)
 
 
 def test_convert_errors(tmp_path, capsys, monkeypatch):
-    from convert import neon
+    from voc_jax.convert import neon
 
     pth = tmp_path / "a.pth"
     pth.write_bytes(b"")  # never read: the arguments fail first

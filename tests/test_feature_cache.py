@@ -8,15 +8,15 @@ import json
 import logging
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.configs import tiny
-from tests.helpers import call, train_args
-from voc_jax import experiment, feature_cache, steps, train
+from tests.helpers import call, setup_step, train_args
+from voc_jax import feature_cache, train
 from voc_jax.data.pipeline import epoch_dataset
 from voc_jax.data.voc import load_dataset
+from voc_jax.experiment import Experiment
 
 
 def frozen_config(**changes):
@@ -42,9 +42,9 @@ def test_cached_step_equals_the_uncached_frozen_step(tmp_path, dataset):
     """From the same state and rng: the same sampled patches and labels, and the same updated
     head parameters (float32 cache: 1e-5 relative)."""
     config = frozen_config()
-    setup = experiment.build_model(config)
-    cache = feature_cache.ensure(config, setup, dataset, tmp_path, progress=False)
-    patch_cfg = experiment.patch_config(config)
+    exp = Experiment.build(config)
+    cache = feature_cache.ensure(exp, dataset, tmp_path, progress=False)
+    patch_cfg = exp.patches
     common = dict(images_per_batch=1, train=True, seed=3, epoch=1)
     pixels = epoch_dataset(dataset.records, patch_cfg, **common)[2]
     cached = epoch_dataset(dataset.records, patch_cfg, features=cache, **common)[2]
@@ -52,9 +52,7 @@ def test_cached_step_equals_the_uncached_frozen_step(tmp_path, dataset):
     assert cached["features"].shape == (1, config.patches.per_image, 256)
     results = {}
     for inputs, batch in (("pixels", pixels), ("fc6", cached)):
-        state, optimizer, labels, schedule = experiment.make_train_state(config, setup, 10)
-        state = jax.tree.map(jnp.copy, state)  # the step donates it: keep setup.params alive
-        step = experiment.jit_train_step(config, setup, optimizer, labels, schedule, inputs=inputs)
+        _, state, step, _ = setup_step(config, inputs=inputs)
         state, metrics = step(state, batch)
         results[inputs] = (jax.tree.map(np.asarray, state.params), float(metrics["loss"]))
     assert results["pixels"][1] == pytest.approx(results["fc6"][1], rel=1e-5)
@@ -65,19 +63,16 @@ def test_cached_step_equals_the_uncached_frozen_step(tmp_path, dataset):
     ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # The cached rows are the network's own fc6 activations of those patches.
-    fc6 = steps.make_fc6_step(
-        setup.model, setup.preprocessing, patch_size=config.patches.size, batch_size=4,
-        dtype=np.float32,
-    )(setup.params, pixels)  # fmt: skip
+    fc6 = exp.fc6_step(np.float32)(exp.model.params, pixels)
     np.testing.assert_allclose(cached["features"], np.asarray(fc6), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_rows_round_trip(tmp_path, dataset, dtype):
-    config = frozen_config(**{"feature_cache.dtype": dtype})
-    setup = experiment.build_model(config)
-    cache = feature_cache.ensure(config, setup, dataset, tmp_path, progress=False)
-    full = feature_cache.ensure(frozen_config(), setup, dataset, tmp_path / "f32", progress=False)
+    exp = Experiment.build(frozen_config(**{"feature_cache.dtype": dtype}))
+    cache = feature_cache.ensure(exp, dataset, tmp_path, progress=False)
+    full_exp = Experiment.build(frozen_config())
+    full = feature_cache.ensure(full_exp, dataset, tmp_path / "f32", progress=False)
     got = cache.gather(0, np.arange(cache.rows(0))).astype(np.float32)
     want = full.gather(0, np.arange(full.rows(0)))
     assert cache.gather(0, [0]).dtype.name == dtype
@@ -88,10 +83,9 @@ def test_half_precision_rows_round_trip(tmp_path, dataset, dtype):
 def test_changed_weights_or_scales_rebuild_never_reuse(tmp_path, dataset, caplog):
     built = []
     for changes in ({}, {}, {"seed": 1}, {"patches.scales": (1.0, 1.5)}):
-        config = frozen_config(**changes)
-        setup = experiment.build_model(config)
+        exp = Experiment.build(frozen_config(**changes))
         with caplog.at_level(logging.INFO):
-            cache = feature_cache.ensure(config, setup, dataset, tmp_path, progress=False)
+            cache = feature_cache.ensure(exp, dataset, tmp_path, progress=False)
         built.append(cache.directory)
     assert built[0] == built[1]  # the same inputs: reused
     assert len({built[0], built[2], built[3]}) == 3  # other weights, other scales: new caches
@@ -100,9 +94,8 @@ def test_changed_weights_or_scales_rebuild_never_reuse(tmp_path, dataset, caplog
 
 
 def test_killed_build_resumes_where_it_stopped(tmp_path, dataset, monkeypatch, caplog):
-    config = frozen_config()
-    setup = experiment.build_model(config)
-    reference = feature_cache.ensure(config, setup, dataset, tmp_path / "ref", progress=False)
+    exp = Experiment.build(frozen_config())
+    reference = feature_cache.ensure(exp, dataset, tmp_path / "ref", progress=False)
     monkeypatch.setattr(feature_cache, "COMMIT_EVERY", 2)
     original, calls = feature_cache.candidates_example, []
 
@@ -114,14 +107,14 @@ def test_killed_build_resumes_where_it_stopped(tmp_path, dataset, monkeypatch, c
 
     monkeypatch.setattr(feature_cache, "candidates_example", dying)
     with pytest.raises(KeyboardInterrupt):
-        feature_cache.ensure(config, setup, dataset, tmp_path / "run", progress=False)
+        feature_cache.ensure(exp, dataset, tmp_path / "run", progress=False)
     directory = next((tmp_path / "run" / "feature_cache").iterdir())
     assert json.loads((directory / "progress.json").read_text()) == {"images": 2}
     assert not json.loads((directory / "manifest.json").read_text())["complete"]
     monkeypatch.setattr(feature_cache, "candidates_example", original)
     calls.clear()
     with caplog.at_level(logging.INFO):
-        cache = feature_cache.ensure(config, setup, dataset, tmp_path / "run", progress=False)
+        cache = feature_cache.ensure(exp, dataset, tmp_path / "run", progress=False)
     assert "continuing after image 2" in caplog.text
     np.testing.assert_array_equal(np.asarray(cache.features), np.asarray(reference.features))
     assert json.loads((directory / "manifest.json").read_text())["complete"]

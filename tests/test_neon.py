@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from convert import alexnet_to_flax as converter
-from convert import neon, torch_models
 from tests import neon_fixtures as nf
 from tests.helpers import run_cli, seeded_alexnet
 from voc_jax import weights
+from voc_jax.convert import alexnet_to_flax as converter
+from voc_jax.convert import neon, torch_models
 from voc_jax.model import TransferNet
 
 

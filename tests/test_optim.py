@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from voc_jax import optim
+from voc_jax import optim, settings
 
 
 def tiny_params():
@@ -23,22 +24,20 @@ def tiny_params():
     }  # fmt: skip
 
 
-def optim_config(**overrides):
-    c = ml_collections.ConfigDict(
-        {
-            "trainable": (".*",),
-            "learning_rate": 0.1,
-            "schedule": "step",
-            "lr_changes": ((2, 0.01),),
-            "warmup_epochs": 0.0,
-            "momentum": 0.9,
-            "nesterov": False,
-            "weight_decay": 0.0,
-            "no_decay": (),
-        }
+def optim_config(**overrides) -> settings.OptimSettings:
+    base = settings.OptimSettings(
+        optimizer="sgd",
+        trainable=(".*",),
+        learning_rate=0.1,
+        schedule="step",
+        lr_changes=((2, 0.01),),
+        warmup_epochs=0.0,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=0.0,
+        no_decay=(),
     )
-    c.update(overrides)
-    return c
+    return dataclasses.replace(base, **overrides)
 
 
 def test_labels_from_regexes():
@@ -51,7 +50,7 @@ def test_labels_from_regexes():
 
 def test_no_optimizer_state_for_frozen_leaves():
     params = tiny_params()
-    opt, _, _ = optim.make_optimizer(optim_config(trainable=(r"head/.*",)), params, 10, 3)
+    opt = optim.make_optimizer(optim_config(trainable=(r"head/.*",)), params, 10, 3)
     state = opt.init(params)
     sizes = sum(leaf.size for leaf in jax.tree.leaves(state) if leaf.ndim > 0)
     head = sum(leaf.size for leaf in jax.tree.leaves(params["head"]))
@@ -60,9 +59,9 @@ def test_no_optimizer_state_for_frozen_leaves():
 
 def test_frozen_leaves_do_not_move():
     params = tiny_params()
-    opt, _, _ = optim.make_optimizer(
+    opt = optim.make_optimizer(
         optim_config(trainable=(r"head/.*",), weight_decay=0.1), params, 10, 3
-    )
+    ).tx
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = opt.update(grads, opt.init(params), params)
     assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates["conv1"]))
@@ -98,7 +97,7 @@ def test_warmup_and_cosine():
 def test_coupled_weight_decay_and_momentum_by_hand():
     params = {"w": jnp.array([2.0, -1.0])}
     c = optim_config(weight_decay=0.5, momentum=0.9, learning_rate=0.1, lr_changes=())
-    opt, _, _ = optim.make_optimizer(c, params, 10, 1)
+    opt = optim.make_optimizer(c, params, 10, 1).tx
     state = opt.init(params)
     g = {"w": jnp.array([1.0, 1.0])}
     u1, state = opt.update(g, state, params)
@@ -129,8 +128,8 @@ def test_split_and_merge_roundtrip():
 def test_linear_scaling_multiplies_every_rate():
     from voc_jax.configs import voc07_alexnet
 
-    base = voc07_alexnet.get_config().optim
-    scaled = optim.scaled_rates(base, 8)
+    base = settings.optim_settings(voc07_alexnet.get_config().optim)
+    scaled = base.scaled(8)
     assert scaled.learning_rate == pytest.approx(8e-4)
     assert scaled.lr_changes == ((15, pytest.approx(8e-5)), (20, pytest.approx(8e-6)))
     assert base.learning_rate == 1e-4  # the original is untouched
@@ -150,7 +149,7 @@ def test_adamw_moves_parameters_as_optax_adamw_does():
         eps=1e-6,
         lr_changes=(),
     )
-    optimizer, labels, _ = optim.make_optimizer(config, params, 10, 5)
+    optimizer = optim.make_optimizer(config, params, 10, 5).tx
     state = optimizer.init(params)
     # Adam state (two moments) for the trainable leaves only.
     adam = [
@@ -190,7 +189,7 @@ def test_sgd_and_adamw_differ_and_unknown_optimizers_are_refused():
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
     moved = {}
     for name in optim.OPTIMIZERS:
-        optimizer, _, _ = optim.make_optimizer(optim_config(optimizer=name), params, 10, 5)
+        optimizer = optim.make_optimizer(optim_config(optimizer=name), params, 10, 5).tx
         updates, _ = optimizer.update(grads, optimizer.init(params), params)
         moved[name] = np.asarray(updates["fc7"]["kernel"])
     assert not np.allclose(moved["sgd"], moved["adamw"])

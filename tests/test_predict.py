@@ -60,13 +60,14 @@ def test_predict_cli_writes_pngs_and_goes_on_after_a_bad_image(
 def test_predictor_scores_are_the_evaluation_pooling(trained_tiny, tiny_data_root):
     """The predictor runs the evaluation step: its image scores are sum(p^5) of its patch
     probabilities over every candidate, and the probabilities are softmax rows."""
-    from voc_jax import evaluate, experiment
+    from voc_jax import workdir
+    from voc_jax.experiment import Experiment
 
-    config = experiment.load_config(trained_tiny)
-    setup = experiment.build_model(config)
-    _, params = evaluate.restore_for_evaluation(config, setup, trained_tiny, None)
+    config = workdir.load_config(trained_tiny)
+    exp = Experiment.build(config)
+    _, params = workdir.restore_params(trained_tiny, exp.model.params)
     image = next((tiny_data_root / "JPEGImages").glob("*.jpg"))
-    result = predict.Predictor(config, params, setup)(image)
+    result = predict.Predictor(exp, params)(image)
     np.testing.assert_allclose(result["probs"].sum(-1), 1.0, rtol=1e-5)
     want = (result["probs"][:, 1:] ** config.eval.exponent).sum(0)
     np.testing.assert_allclose(result["scores"], want, rtol=1e-5, atol=1e-12)

@@ -13,10 +13,10 @@ import pytest
 
 from tests.configs import tiny
 from tests.helpers import first_batch, setup_step
-from voc_jax import experiment, steps
 from voc_jax.data.pipeline import epoch_dataset
 from voc_jax.data.synthetic import SyntheticConfig, generate
 from voc_jax.data.voc import load_dataset
+from voc_jax.experiment import Experiment, patch_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,9 +101,7 @@ def test_overfits_one_image(records):
 def test_second_call_does_not_recompile(records):
     config = tiny.get_config()
     _, state, step, _ = setup_step(config)
-    ds = epoch_dataset(
-        records, experiment.patch_config(config), images_per_batch=1, train=True, seed=0
-    )
+    ds = epoch_dataset(records, patch_config(config), images_per_batch=1, train=True, seed=0)
     state, _ = step(state, ds[0])
     state, _ = step(state, ds[1])  # other boxes, labels, image size: same shapes
     assert step._cache_size() == 1
@@ -111,14 +109,10 @@ def test_second_call_does_not_recompile(records):
 
 def test_eval_step_scores_every_image(records):
     config = tiny.get_config()
-    setup = experiment.build_model(config)
-    eval_step = jax.jit(
-        steps.make_eval_step(
-            setup.model, setup.preprocessing, patch_size=64, batch_size=4, exponent=5.0
-        )
-    )
+    exp = Experiment.build(config)
+    eval_step = exp.eval_step()
     config.images_per_step = 2
-    out = eval_step(setup.params, first_batch(config, records, train=False))
+    out = eval_step(exp.model.params, first_batch(config, records, train=False))
     assert out["power"].shape == (2, 20) and out["image_index"].tolist() == [0, 1]
     assert np.isfinite(np.asarray(out["power"])).all()
 

@@ -57,6 +57,31 @@ def test_trained_workdir_is_complete(trained_tiny):
     assert not (trained_tiny / LOCK_FILE).exists()  # released and removed
 
 
+# The tiny run's logged losses (one row per 2 updates) and epoch means, recorded before the
+# Experiment refactor: the same config must keep giving the same training, value for value.
+PINNED_LOSSES = [
+    (2, 3.041219711303711), (4, 3.0259904861450195), (6, 3.0538129806518555),
+    (8, 3.0443406105041504), (10, 3.0478286743164062), (12, 3.021212100982666),
+    (14, 2.995025396347046), (16, 2.932696580886841), (18, 3.0433249473571777),
+    (20, 2.9491963386535645), (22, 2.9422683715820312), (24, 2.912051200866699),
+]  # fmt: skip
+PINNED_EPOCH_LOSSES = [(12, 3.0390674273173013), (24, 2.9624271392822266)]
+
+
+def test_tiny_run_keeps_its_pinned_loss_sequence(trained_tiny):
+    """Refactors must not change what a config computes. The values were recorded on this
+    2-core x86-64 CPU; another CPU's vector units may round differently (hence 1e-5)."""
+    rows = read_metrics(trained_tiny)
+    losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    epochs = [(r["step"], r["epoch_loss"]) for r in rows if "epoch_loss" in r]
+    assert [s for s, _ in losses] == [s for s, _ in PINNED_LOSSES]
+    np.testing.assert_allclose([v for _, v in losses], [v for _, v in PINNED_LOSSES], rtol=1e-5)
+    assert [s for s, _ in epochs] == [s for s, _ in PINNED_EPOCH_LOSSES]
+    np.testing.assert_allclose(
+        [v for _, v in epochs], [v for _, v in PINNED_EPOCH_LOSSES], rtol=1e-5
+    )
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical_metrics_included(
     tmp_path, tiny_data_root, trained_tiny
@@ -115,14 +140,17 @@ def test_damaged_latest_checkpoint_is_skipped_and_rewritten(tmp_path, trained_ti
     # An unfinished save (what a kill during a write leaves) must be ignored too.
     shutil.copytree(work / "checkpoints" / "4", work / "checkpoints" / "99.orbax-checkpoint-tmp-1")
     if how == "flipped":  # orbax alone restores the flipped data silently: only our digest sees it
-        from voc_jax import experiment
+        from voc_jax import workdir
+        from voc_jax.experiment import Experiment
 
-        setup = experiment.build_model(experiment.load_config(work))
+        exp = Experiment.build(workdir.load_config(work))
         manager = checkpoint.Checkpointer(work / "checkpoints", asynchronous=False).manager
         manager.restore(
             24,
             args=checkpoint.ocp.args.Composite(
-                params=checkpoint.ocp.args.StandardRestore(checkpoint.abstract_like(setup.params))
+                params=checkpoint.ocp.args.StandardRestore(
+                    checkpoint.abstract_like(exp.model.params)
+                )
             ),
         )
         manager.close()
@@ -289,7 +317,7 @@ def converted_random_alexnet(tmp_path_factory) -> Path:
     import torch
     import torchvision
 
-    from convert import alexnet_to_flax
+    from voc_jax.convert import alexnet_to_flax
 
     root = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)

@@ -3,8 +3,8 @@
 A checkpoint holds the parameters, the rest of the train state (optimizer state, step, rng)
 and, as JSON, where the data pipeline stands (epoch, batch, the global batch size, the epoch's
 running sums) so a resumed run sees exactly the batches it would have seen. Parameters are a
-separate item so evaluation and prediction restore them alone (``restore_params``), without
-building an optimizer.
+separate item so evaluation and prediction restore them alone
+(``voc_jax.workdir.restore_params``), without building an optimizer.
 
 Integrity: orbax writes each step to a temporary directory and renames it when complete, so a
 kill mid-write leaves the previous checkpoints intact. Orbax stores no checksum, so a SHA-256
@@ -167,19 +167,3 @@ class Checkpointer:
 def abstract_like(tree: Any) -> Any:
     """Shapes, dtypes and shardings of a tree, for restoring against."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
-def restore_params(
-    workdir: str | Path, abstract_params: Any, step: int | None = None
-) -> tuple[int, Any]:
-    """(step, params) of a training workdir's checkpoint, without the optimizer state: what
-    evaluation and prediction need. The newest good step unless ``step`` is given."""
-    directory = Path(workdir) / "checkpoints"
-    if not directory.is_dir():
-        raise CheckpointError(f"{workdir}: no checkpoints/ directory; train there first")
-    checkpointer = Checkpointer(directory, asynchronous=False)
-    try:
-        found, restored = checkpointer.restore({"params": abstract_params}, step)
-    finally:
-        checkpointer.close()
-    return found, restored["params"]

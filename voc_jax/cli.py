@@ -8,6 +8,7 @@ points, by ``python -m``, and by the tests.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib.util
 import logging
@@ -158,6 +159,49 @@ def parse(
     if not flags.FLAGS.is_parsed():  # grain's worker processes read the global absl flags
         flags.FLAGS.mark_as_parsed()
     return fv, rest
+
+
+def command(
+    argv: Sequence[str] | None,
+    define: Callable[[flags.FlagValues, list[str]], None],
+    body: Callable[[flags.FlagValues, list[str]], int],
+    *,
+    program: str,
+) -> int:
+    """What every command's ``main`` does: our logging, the flags parsed on a fresh
+    FlagValues, then ``body(flags, positional arguments)`` with user errors as one line."""
+    argv = list(sys.argv if argv is None else argv)
+    setup_logging()
+
+    def run() -> int:
+        fv, rest = parse(argv, define, program=program)
+        return body(fv, rest[1:])
+
+    return run_guarded(run)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the commands that take paths and no config file (data.check,
+    data.download, the converter): absl flags have no positional arguments, no ``choices``
+    on strings with help, and no ``--long-name`` with dashes, which those commands document.
+    A bad argument is a user error like any other: one ``error:`` line, exit 2."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def argparse_command(
+    argv: Sequence[str] | None,
+    parser: argparse.ArgumentParser,
+    body: Callable[[argparse.Namespace], int],
+) -> int:
+    """``command`` for an argparse parser (``--help`` still prints and exits 0)."""
+    setup_logging()
+
+    def run() -> int:
+        return body(parser.parse_args(None if argv is None else list(argv)))
+
+    return run_guarded(run)
 
 
 def define_workdir_flags(fv: flags.FlagValues, workdir_help: str) -> None:

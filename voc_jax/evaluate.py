@@ -24,15 +24,18 @@ from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from voc_jax import checkpoint, cli, distributed, experiment, metrics, steps, validation
+from voc_jax import cli, distributed, metrics, validation
+from voc_jax import workdir as workdir_lib
 from voc_jax.classes import VOC_CLASSES
-from voc_jax.data.pipeline import epoch_dataset, iterate
-from voc_jax.data.voc import VocRecord
-from voc_jax.errors import ConfigError, DataError
+from voc_jax.data.pipeline import iterate
+from voc_jax.data.splits import load_splits
+from voc_jax.data.voc import VocDataset, VocRecord
+from voc_jax.errors import ConfigError
+from voc_jax.experiment import Experiment
 
 log = logging.getLogger(__name__)
 
-# The neon reference's published AP on VOC 2007 test, its own protocol (seed.md).
+# The neon reference's published AP on VOC 2007 test, its own protocol (docs/reference.md).
 REFERENCE_AP = dict(
     zip(
         VOC_CLASSES,
@@ -53,33 +56,17 @@ PROTOCOL_NAMES = {
 
 
 def compute_scores(
-    params: Any,
-    setup: experiment.ModelSetup,
-    records: Sequence[VocRecord],
-    config: ml_collections.ConfigDict,
-    mesh: jax.sharding.Mesh,
-    *,
-    progress: bool = True,
+    exp: Experiment, params: Any, records: Sequence[VocRecord], *, progress: bool = True
 ) -> dict[str, np.ndarray]:
     """{'power'|'mean'|'max': [N, 20]} image scores, one row per record, in record order."""
-    patch_cfg = experiment.patch_config(config)
-    dataset = epoch_dataset(
-        records,
-        patch_cfg,
-        images_per_batch=experiment.local_images(config.eval.images_per_step),
-        train=False,
-        seed=config.seed + 1_000_003,
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
-    )
-    step = steps.jit_eval_step(setup, config)
-    sharding = experiment.batch_sharding(mesh)
-    params = jax.device_put(params, experiment.replicated(mesh))
+    dataset = exp.dataset(records, train=False)
+    step = exp.eval_step()
+    params = exp.put_params(params)
     out = {k: np.full((len(records), len(VOC_CLASSES)), np.nan) for k in ("power", "mean", "max")}
-    iterator = iterate(dataset, workers=config.data.workers)
+    iterator = iterate(dataset, workers=exp.data.workers)
     for _ in tqdm(range(len(dataset)), desc="evaluating", unit="batch", disable=not progress):
         # Every process's images, gathered on every process (padding has image_index -1).
-        result = distributed.to_host(step(params, experiment.put_batch(next(iterator), sharding)))
+        result = distributed.to_host(step(params, exp.put_batch(next(iterator))))
         keep = result["image_index"] >= 0
         for pooling in out:
             out[pooling][result["image_index"][keep]] = result[pooling][keep]
@@ -205,21 +192,19 @@ def is_voc2007_test(root: Path, split: str, n_images: int) -> bool:
 
 
 def evaluate(
+    exp: Experiment,
     params: Any,
-    setup: experiment.ModelSetup,
-    dataset,
-    config: ml_collections.ConfigDict,
-    mesh: jax.sharding.Mesh,
+    dataset: VocDataset,
     out_dir: Path,
     *,
     progress: bool = True,
     write: bool = True,
 ) -> dict[str, Any]:
-    """Scores + APs for ``dataset`` (a VocDataset); files into ``out_dir`` when ``write``."""
+    """Scores + APs for ``dataset``; files into ``out_dir`` when ``write``."""
     records = dataset.records
-    scores = compute_scores(params, setup, records, config, mesh, progress=progress)
+    scores = compute_scores(exp, params, records, progress=progress)
     targets = np.stack([r.targets() for r in records])
-    results = ap_results(scores["power"], targets, tuple(config.eval.protocols))
+    results = ap_results(scores["power"], targets, exp.eval.protocols)
     extra = {
         pooling: metrics.mean_average_precision(scores[pooling], targets, "voc07")["map"]
         for pooling in ("mean", "max")
@@ -229,66 +214,55 @@ def evaluate(
     summary = {
         "split": dataset.split,
         "images": len(records),
-        "exponent": config.eval.exponent,
+        "exponent": exp.eval.exponent,
         "results": results,
         "voc07_map_other_poolings": extra,
         "table": table,
     }
     if write:
-        out_dir.mkdir(parents=True, exist_ok=True)
         ids = [r.image_id for r in records]
-        np.savez(out_dir / "scores.npz", image_ids=np.array(ids), targets=targets, **scores)
-        write_result_files(out_dir, dataset.split, ids, scores["power"])
-        (out_dir / "ap_table.md").write_text(table + "\n")
-        with open(out_dir / "ap_table.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["class"] + [f"ap_{p}" for p in results])
-            for c, name in enumerate(VOC_CLASSES):
-                writer.writerow([name] + [f"{results[p]['ap'][c]:.6f}" for p in results])
-            writer.writerow(["mAP"] + [f"{results[p]['map']:.6f}" for p in results])
-        (out_dir / "ap_table.json").write_text(
-            json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2) + "\n"
-        )
-        if config.eval.plots:
+        write_outputs(out_dir, summary, ids, targets, scores)
+        if exp.eval.plots:
             write_plots(out_dir, scores["power"], targets, results, with_reference)
     return summary
 
 
+def write_outputs(
+    out_dir: Path,
+    summary: dict[str, Any],
+    ids: Sequence[str],
+    targets: np.ndarray,
+    scores: dict[str, np.ndarray],
+) -> None:
+    """scores.npz, the devkit result files and the AP table as Markdown, CSV and JSON."""
+    results = summary["results"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(out_dir / "scores.npz", image_ids=np.array(ids), targets=targets, **scores)
+    write_result_files(out_dir, summary["split"], ids, scores["power"])
+    (out_dir / "ap_table.md").write_text(summary["table"] + "\n")
+    with open(out_dir / "ap_table.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class"] + [f"ap_{p}" for p in results])
+        for c, name in enumerate(VOC_CLASSES):
+            writer.writerow([name] + [f"{results[p]['ap'][c]:.6f}" for p in results])
+        writer.writerow(["mAP"] + [f"{results[p]['map']:.6f}" for p in results])
+    (out_dir / "ap_table.json").write_text(
+        json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2) + "\n"
+    )
+
+
 def evaluate_and_report(
-    params: Any,
-    setup: experiment.ModelSetup,
-    dataset,
-    config: ml_collections.ConfigDict,
-    mesh: jax.sharding.Mesh,
-    workdir: Path,
-    step: int,
+    exp: Experiment, params: Any, dataset: VocDataset, workdir: Path, step: int
 ) -> dict[str, Any]:
     """Evaluate into ``WORKDIR/eval/<step>/`` and print the table (process 0)."""
     out_dir = workdir / "eval" / str(step)
     main = distributed.is_main()
-    summary = evaluate(params, setup, dataset, config, mesh, out_dir, progress=main, write=main)
+    summary = evaluate(exp, params, dataset, out_dir, progress=main, write=main)
     if main:
         print(f"\nAP on {summary['split']} ({summary['images']} images), step {step}:")
         print(summary["table"])
         print(f"written to {out_dir}")
     return summary
-
-
-def restore_for_evaluation(
-    config: ml_collections.ConfigDict,
-    setup: experiment.ModelSetup,
-    workdir: Path,
-    step: int | None,
-) -> tuple[int, Any]:
-    """(step, params) of a checkpoint of ``workdir``; with no checkpoint at all (and no step
-    asked for), the initial weights (step 0): the converted model itself."""
-    directory = workdir / "checkpoints"
-    has_steps = directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
-    if step is None and not has_steps:
-        log.warning("no checkpoint in %s: evaluating the initial weights", workdir)
-        return 0, setup.params
-    abstract = checkpoint.abstract_like(setup.params)
-    return checkpoint.restore_params(workdir, abstract, step)
 
 
 def evaluate_workdir(
@@ -303,13 +277,11 @@ def evaluate_workdir(
     if split is not None:
         config = config.copy_and_resolve_references()
         config.data.test_split = split
-    mesh = experiment.make_mesh()
     with distributed.workdir_lock(workdir, "evaluate"):
-        setup = experiment.build_model(config)
-        found, params = restore_for_evaluation(config, setup, workdir, step)
-        splits = experiment.load_splits(config, workdir, train=False)
-        params = jax.device_put(params, experiment.replicated(mesh))
-        evaluate_and_report(params, setup, splits.test, config, mesh, workdir, found)
+        exp = Experiment.build(config)
+        found, params = workdir_lib.restore_params(workdir, exp.model.params, step)
+        splits = load_splits(exp.data, workdir, train=False)
+        evaluate_and_report(exp, exp.put_params(params), splits.test, workdir, found)
     return 0
 
 
@@ -326,26 +298,17 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     )
 
 
-def load_workdir_config(workdir: Path, config: ml_collections.ConfigDict | None):
-    if not workdir.is_dir():
-        raise DataError(f"--workdir {workdir}: no such directory; train there first")
-    return config if config is not None else experiment.load_config(workdir)
+def run_command(fv: flags.FlagValues, positional: list[str]) -> int:
+    if fv.workdir is None:
+        raise ConfigError("--workdir is required")
+    workdir = Path(fv.workdir)
+    config = workdir_lib.load_config(workdir, given=fv.config)
+    distributed.initialize(config)
+    return evaluate_workdir(config, workdir, step=fv.checkpoint, split=fv.split)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    cli.setup_logging()
-
-    def body() -> int:
-        fv, _ = cli.parse(argv, define_flags, program="voc_jax.evaluate")
-        if fv.workdir is None:
-            raise ConfigError("--workdir is required")
-        workdir = Path(fv.workdir)
-        config = load_workdir_config(workdir, fv.config)
-        distributed.initialize(config)
-        return evaluate_workdir(config, workdir, step=fv.checkpoint, split=fv.split)
-
-    return cli.run_guarded(body)
+    return cli.command(argv, define_flags, run_command, program="voc_jax.evaluate")
 
 
 if __name__ == "__main__":

@@ -40,35 +40,23 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from voc_jax import experiment, steps, xla_options
 from voc_jax.data import pipeline
-from voc_jax.data.voc import VocRecord
-from voc_jax.errors import ConfigError, DiskFull
+from voc_jax.data.voc import VocDataset, VocRecord
+from voc_jax.errors import DiskFull
+from voc_jax.experiment import Experiment
+from voc_jax.model import FC6_PREFIX
+from voc_jax.settings import CacheSettings
 from voc_jax.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float16": np.float16, "bfloat16": jnp.bfloat16, "float32": np.float32}
-BELOW_FC7 = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6")
 FEATURES, INDEX, MANIFEST, PROGRESS = "features.npy", "index.npy", "manifest.json", "progress.json"
 VERSION = 1
 COMMIT_EVERY = 16  # images between commits of the build's progress
-
-
-def trainable_below_fc7(config: ml_collections.ConfigDict, param_paths: Sequence[str]) -> list:
-    """Trainable parameter paths that the cache would freeze (it holds fc6's output)."""
-    import re
-
-    return [
-        path
-        for path in param_paths
-        if path.split("/")[0] in BELOW_FC7
-        and any(re.fullmatch(p, path) for p in config.optim.trainable)
-    ]
 
 
 def file_digest(path: Path) -> str:
@@ -79,7 +67,7 @@ def file_digest(path: Path) -> str:
 def backbone_digest(params: Any) -> str:
     """SHA-256 of the parameters the cached activations depend on (conv1..fc6)."""
     h = hashlib.sha256()
-    for layer in BELOW_FC7:
+    for layer in FC6_PREFIX:
         for leaf in ("kernel", "bias"):
             value = np.ascontiguousarray(np.asarray(params[layer][leaf], np.float32))
             h.update(f"{layer}/{leaf}|{value.shape}|".encode())
@@ -87,25 +75,20 @@ def backbone_digest(params: Any) -> str:
     return h.hexdigest()
 
 
-def describe(
-    config: ml_collections.ConfigDict,
-    setup: experiment.ModelSetup,
-    split: str,
-    records: Sequence[VocRecord],
-) -> dict[str, Any]:
+def describe(exp: Experiment, split: str, records: Sequence[VocRecord]) -> dict[str, Any]:
     """Everything the cached rows depend on; its digest names the cache directory."""
-    patch_cfg = experiment.patch_config(config)
+    patch_cfg, model = exp.patches, exp.settings.model
     return {
         "version": VERSION,
-        "backbone": backbone_digest(setup.params),
-        "preprocessing": setup.preprocessing.to_dict(),
+        "backbone": backbone_digest(exp.model.params),
+        "preprocessing": exp.model.preprocessing.to_dict(),
         "model": {
-            "width": config.model.width,
-            "dtype": config.model.dtype,
-            "conv1_padding": setup.model.conv1_padding,
+            "width": model.width,
+            "dtype": model.dtype,
+            "conv1_padding": exp.model.module.conv1_padding,
         },
         "patches": {
-            "size": config.patches.size,
+            "size": model.patch_size,
             "scales": list(patch_cfg.scales),
             "min_patches": patch_cfg.min_patches,
             "min_scales": patch_cfg.min_scales,
@@ -113,7 +96,7 @@ def describe(
             "crop_boxes": patch_cfg.crop_boxes,
             "crops": patch_cfg.crops,
         },
-        "dtype": config.feature_cache.dtype,
+        "dtype": exp.cache.dtype,
         "split": split,
         "images": [
             [r.image_id, r.image_path.stat().st_size, file_digest(r.image_path)] for r in records
@@ -155,8 +138,8 @@ class FeatureCache:
         return rows.view(self.dtype) if rows.dtype != self.dtype else rows
 
 
-def cache_root(config: ml_collections.ConfigDict, workdir: Path) -> Path:
-    return Path(config.feature_cache.dir) if config.feature_cache.dir else workdir / "feature_cache"
+def cache_root(cache: CacheSettings, workdir: Path) -> Path:
+    return Path(cache.dir) if cache.dir else workdir / "feature_cache"
 
 
 def _storage_dtype(dtype: Any) -> np.dtype:
@@ -165,36 +148,29 @@ def _storage_dtype(dtype: Any) -> np.dtype:
 
 
 def ensure(
-    config: ml_collections.ConfigDict,
-    setup: experiment.ModelSetup,
-    dataset: Any,
-    workdir: Path,
-    *,
-    progress: bool = True,
+    exp: Experiment, dataset: VocDataset, workdir: Path, *, progress: bool = True
 ) -> FeatureCache:
-    """The cache of ``dataset`` (a VocDataset) for this config and these weights: reused when
+    """The cache of ``dataset`` for this experiment's weights and patches: reused when
     complete, continued when a build was interrupted, built otherwise."""
     records = dataset.records
-    description = describe(config, setup, dataset.split, records)
-    directory = cache_root(config, workdir) / f"{dataset.split}-{key_of(description)}"
-    dtype = DTYPES[config.feature_cache.dtype]
-    patch_cfg = experiment.patch_config(config)
-    counts = np.array([len(pipeline.candidates(r, patch_cfg)[0]) for r in records], np.int64)
+    description = describe(exp, dataset.split, records)
+    directory = cache_root(exp.cache, workdir) / f"{dataset.split}-{key_of(description)}"
+    dtype = DTYPES[exp.cache.dtype]
+    counts = np.array([len(pipeline.candidates(r, exp.patches)[0]) for r in records], np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
-    width = int(setup.params["fc6"]["kernel"].shape[1])
+    width = int(exp.model.params["fc6"]["kernel"].shape[1])
     cache = FeatureCache(directory, dtype, width, offsets)
     manifest = directory / MANIFEST
     if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
         log.info("feature cache %s: complete, reused (%d rows)", directory, offsets[-1])
         return cache
     with WorkdirLock(directory, "feature cache build"):
-        build(config, setup, records, cache, description, progress=progress)
+        build(exp, records, cache, description, progress=progress)
     return cache
 
 
 def build(
-    config: ml_collections.ConfigDict,
-    setup: experiment.ModelSetup,
+    exp: Experiment,
     records: Sequence[VocRecord],
     cache: FeatureCache,
     description: dict[str, Any],
@@ -233,26 +209,17 @@ def build(
         np.dtype(storage).name if cache.dtype is not jnp.bfloat16 else "bfloat16",
         f"; continuing after image {done}" if done else "",
     )
-    patch_cfg = experiment.patch_config(config)
-    chunk = config.batch_size
+    chunk = exp.train.batch_size
     k_pad = int(-(-int((offsets[1:] - offsets[:-1]).max()) // chunk) * chunk)
-    step = xla_options.jit(
-        steps.make_fc6_step(
-            setup.model,
-            setup.preprocessing,
-            patch_size=config.patches.size,
-            batch_size=chunk,
-            dtype=cache.dtype,
-        )
-    )
-    params = jax.device_put(setup.params)
+    step = exp.fc6_step(cache.dtype)
+    params = jax.device_put(exp.model.params)
     started, commit_every = time.perf_counter(), COMMIT_EVERY
     bar = tqdm(
         total=len(records), initial=done, desc="building the feature cache", unit="img",
         disable=not progress,
     )  # fmt: skip
     for index in range(done, len(records)):
-        example = candidates_example(records[index], index, patch_cfg, k_pad)
+        example = candidates_example(records[index], index, exp.patches, k_pad)
         out = step(params, {k: np.asarray(v)[None] for k, v in example.items()})
         rows = np.asarray(out[0, : cache.rows(index)])
         features[offsets[index] : offsets[index + 1]] = (
@@ -295,23 +262,3 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value) + "\n")
     os.replace(tmp, path)
-
-
-def check_config(config: ml_collections.ConfigDict, param_paths: Sequence[str]) -> list[str]:
-    """Problems that make the cache unusable for this config (validation calls this)."""
-    problems = []
-    if config.feature_cache.dtype not in DTYPES:
-        problems.append(
-            f"feature_cache.dtype={config.feature_cache.dtype!r}: must be one of {tuple(DTYPES)}"
-        )
-    if config.feature_cache.enabled:
-        below = trainable_below_fc7(config, param_paths)
-        if below:
-            problems.append(
-                "feature_cache.enabled=True caches fc6's output, so every trainable parameter "
-                f"must be above fc6; optim.trainable makes these trainable: {', '.join(below)}"
-            )
-    return problems
-
-
-__all__ = ["ConfigError", "FeatureCache", "check_config", "ensure"]

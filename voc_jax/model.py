@@ -57,6 +57,8 @@ ALEXNET_LAYERS = CONV_LAYERS + DENSE_LAYERS
 POOL_AFTER = frozenset({"conv1", "conv2", "conv5"})
 POOLED_SIZE = 6  # torchvision's AdaptiveAvgPool2d((6, 6))
 BACKBONE_LAYERS = tuple(layer.name for layer in CONV_LAYERS) + ("fc6", "fc7")
+# The frozen prefix: the layers up to fc6's output, which the feature cache stores.
+FC6_PREFIX = tuple(layer.name for layer in CONV_LAYERS) + ("fc6",)
 
 
 def scaled(features: int, width: float) -> int:

@@ -1,4 +1,4 @@
-"""From a config to a partitioned optax optimizer: frozen vs trainable, schedules, decay.
+"""From the optim settings to a partitioned optax optimizer: frozen vs trainable, schedules, decay.
 
 Parameters are labelled by matching their path (``conv1/kernel``, ``head/fc_a/bias``, ...)
 against the ``trainable`` regexes; frozen subtrees get ``optax.set_to_zero()`` through
@@ -8,6 +8,7 @@ gradients only for trainable leaves so XLA prunes the backward pass through froz
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -17,7 +18,10 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from voc_jax.settings import OptimSettings
+
 TRAINABLE, FROZEN = "trainable", "frozen"
+SCHEDULES = ("step", "cosine")
 Params = Any
 
 
@@ -86,9 +90,11 @@ def step_schedule(
     return schedule
 
 
-def learning_rate_schedule(config: Any, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
-    """``config`` is the ``optim`` block: ``schedule`` 'step' or 'cosine', ``warmup_epochs``."""
-    warmup = int(round(float(config.get("warmup_epochs", 0.0)) * steps_per_epoch))
+def learning_rate_schedule(
+    config: OptimSettings, steps_per_epoch: int, num_epochs: int
+) -> optax.Schedule:
+    """``schedule`` 'step' or 'cosine', after ``warmup_epochs`` of linear warm-up."""
+    warmup = int(round(float(config.warmup_epochs) * steps_per_epoch))
     if config.schedule == "step":
         main = step_schedule(config.learning_rate, config.lr_changes, steps_per_epoch)
     elif config.schedule == "cosine":
@@ -96,7 +102,7 @@ def learning_rate_schedule(config: Any, steps_per_epoch: int, num_epochs: int) -
             config.learning_rate, max(1, num_epochs * steps_per_epoch - warmup)
         )
     else:
-        raise ValueError(f"optim.schedule must be 'step' or 'cosine', got {config.schedule!r}")
+        raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {config.schedule!r}")
     if warmup <= 0:
         return main
     ramp = optax.linear_schedule(0.0, config.learning_rate, warmup)
@@ -106,57 +112,60 @@ def learning_rate_schedule(config: Any, steps_per_epoch: int, num_epochs: int) -
     return optax.join_schedules([ramp, after], [warmup])
 
 
-def scaled_rates(config: Any, factor: float) -> Any:
-    """A copy of the optim block with every learning rate multiplied by ``factor``."""
-    scaled = config.copy_and_resolve_references()
-    scaled.learning_rate = config.learning_rate * factor
-    scaled.lr_changes = tuple((epoch, rate * factor) for epoch, rate in config.lr_changes)
-    return scaled
-
-
 OPTIMIZERS = ("sgd", "adamw")
 
 
-def trainable_transform(config: Any, params: Params, schedule: optax.Schedule):
+def trainable_transform(config: OptimSettings, params: Params, schedule: optax.Schedule):
     """The update rule for trainable leaves, from ``config.optimizer``.
 
     sgd: momentum SGD with coupled L2 weight decay (added to the gradient, as neon does).
     adamw: optax's AdamW (``b1``, ``b2``, ``eps``) with decoupled weight decay, scaled by the
     learning rate as in optax and PyTorch. Both decay only the leaves of ``decay_mask``.
     """
-    name = config.get("optimizer", "sgd")
-    mask = decay_mask(params, config.get("no_decay", ()))
+    name = config.optimizer
+    mask = decay_mask(params, config.no_decay)
     if name == "sgd":
         return optax.chain(
             optax.add_decayed_weights(config.weight_decay, mask=mask)
             if config.weight_decay
             else optax.identity(),
-            optax.sgd(
-                schedule, momentum=config.momentum or None, nesterov=config.get("nesterov", False)
-            ),
+            optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov),
         )
     if name == "adamw":
         return optax.adamw(
             schedule,
-            b1=config.get("b1", 0.9),
-            b2=config.get("b2", 0.999),
-            eps=config.get("eps", 1e-8),
+            b1=config.b1,
+            b2=config.b2,
+            eps=config.eps,
             weight_decay=config.weight_decay,
             mask=mask,
         )
     raise ValueError(f"optim.optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Optimizer:
+    """The partitioned optax transformation with what the train step needs beside it: the
+    labels (which leaves train) and the schedule (for the logged learning rate)."""
+
+    tx: optax.GradientTransformation
+    labels: Params  # TRAINABLE | FROZEN per leaf
+    schedule: optax.Schedule
+
+    def init(self, params: Params) -> Any:
+        return self.tx.init(params)
+
+
 def make_optimizer(
-    config: Any, params: Params, steps_per_epoch: int, num_epochs: int
-) -> tuple[optax.GradientTransformation, Params, optax.Schedule]:
-    """(optimizer, labels, schedule) for the ``optim`` config block: ``optimizer`` (sgd or
-    adamw) on the trainable leaves; frozen leaves never change and hold no state."""
+    config: OptimSettings, params: Params, steps_per_epoch: int, num_epochs: int
+) -> Optimizer:
+    """``config.optimizer`` (sgd or adamw) on the trainable leaves; frozen leaves never
+    change and hold no state."""
     labels = trainable_labels(params, config.trainable)
     schedule = learning_rate_schedule(config, steps_per_epoch, num_epochs)
     trainable = trainable_transform(config, params, schedule)
-    optimizer = optax.partition({TRAINABLE: trainable, FROZEN: optax.set_to_zero()}, labels)
-    return optimizer, labels, schedule
+    tx = optax.partition({TRAINABLE: trainable, FROZEN: optax.set_to_zero()}, labels)
+    return Optimizer(tx, labels, schedule)
 
 
 def split_trainable(params: Params, labels: Params) -> tuple[Params, Params]:

@@ -1,7 +1,8 @@
 """Classes present in images, with score maps: ``python -m voc_jax.predict --workdir DIR IMG...``
 
 Every candidate patch of the image (the training geometry, not a sample) goes through the
-model; the image score of a class is the reference's pooling (sum of p^exponent). For the top
+evaluation step (crops where the configuration puts them: the host on a CPU, the device
+elsewhere); the image score of a class is the reference's pooling (sum of p^exponent). For the top
 classes a score map spreads each patch's probability over its area and divides by how many
 patches cover each pixel (Oquab et al.'s localisation picture). Prints the ranked classes and
 writes ``<out>/<image stem>.png``: the image and one overlay per top class.
@@ -18,11 +19,13 @@ import jax
 import numpy as np
 from absl import flags
 
-from voc_jax import cli, evaluate, experiment, steps
+from voc_jax import cli
+from voc_jax import workdir as workdir_lib
 from voc_jax.classes import VOC_CLASSES
 from voc_jax.data import patches as P
 from voc_jax.data.pipeline import ImageError, decode_image, example_from_boxes, fit_canvas
 from voc_jax.errors import ConfigError
+from voc_jax.experiment import Experiment
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +54,12 @@ def score_map(
 
 class Predictor:
     """One image -> every candidate patch's class probabilities and the image scores, through
-    the evaluation step (crops on the device, the same chunked forward and pooling)."""
+    the evaluation step (the same crops, chunked forward and pooling as evaluation)."""
 
-    def __init__(self, config, params, setup: experiment.ModelSetup):
-        self.config, self.params = config, params
-        self.patch_cfg = experiment.patch_config(config)
-        self._step = steps.jit_eval_step(setup, config, probabilities=True)
+    def __init__(self, exp: Experiment, params):
+        self.params = jax.device_put(params)
+        self.patch_cfg, self.chunk = exp.patches, exp.train.batch_size
+        self._step = exp.eval_step(probabilities=True)
 
     def __call__(self, path: str | Path) -> dict:
         c = self.patch_cfg
@@ -66,7 +69,7 @@ class Predictor:
         if min(h, w) < 2:
             raise ImageError(f"{path}: is {w}x{h} pixels, too small for patches")
         boxes, _ = P.patch_boxes(w, h, c.scales, c.min_patches, c.min_scales)
-        n, chunk = len(boxes), self.config.batch_size
+        n, chunk = len(boxes), self.chunk
         # Pad to a multiple of the batch size and to a few fixed lengths (fewer compiles).
         padded = -(-n // chunk) * chunk
         padded = max(padded, 1 << int(np.ceil(np.log2(max(padded, 1)))))
@@ -136,11 +139,9 @@ def predict_images(
 ) -> int:
     """Predict every image; a bad one is reported (one error line) and the rest go on;
     exit status 2 at the end if any failed."""
-    config = evaluate.load_workdir_config(workdir, None)
-    setup = experiment.build_model(config)
-    found, params = evaluate.restore_for_evaluation(config, setup, workdir, step)
-    params = jax.device_put(params)
-    predictor = Predictor(config, params, setup)
+    exp = Experiment.build(workdir_lib.load_config(workdir))
+    found, params = workdir_lib.restore_params(workdir, exp.model.params, step)
+    predictor = Predictor(exp, params)
     out_dir = Path(out) if out else workdir / "predict"
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -164,18 +165,14 @@ def predict_images(
     return 0
 
 
+def run_command(fv: flags.FlagValues, images: list[str]) -> int:
+    if fv.workdir is None or not images:
+        raise ConfigError("usage: python -m voc_jax.predict --workdir DIR IMAGE...")
+    return predict_images(Path(fv.workdir), images, step=fv.checkpoint, top=fv.top, out=fv.out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    cli.setup_logging()
-
-    def body() -> int:
-        fv, images = cli.parse(argv, define_flags, program="voc_jax.predict")
-        images = images[1:]
-        if fv.workdir is None or not images:
-            raise ConfigError("usage: python -m voc_jax.predict --workdir DIR IMAGE...")
-        return predict_images(Path(fv.workdir), images, step=fv.checkpoint, top=fv.top, out=fv.out)
-
-    return cli.run_guarded(body)
+    return cli.command(argv, define_flags, run_command, program="voc_jax.predict")
 
 
 if __name__ == "__main__":

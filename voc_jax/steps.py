@@ -34,7 +34,7 @@ class TrainState:
     rng: jax.Array  # raw uint32 key; dropout uses fold_in(rng, step)
 
 
-def create_state(params: Params, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+def create_state(params: Params, optimizer: optim.Optimizer, seed: int) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -92,9 +92,7 @@ def make_grads(model: flax.linen.Module, labels: Params, start: str = "image") -
 
 def make_train_step(
     model: flax.linen.Module,
-    optimizer: optax.GradientTransformation,
-    labels: Params,
-    schedule: optax.Schedule,
+    optimizer: optim.Optimizer,
     preprocessing: Preprocessing,
     *,
     patch_size: int,
@@ -115,6 +113,7 @@ def make_train_step(
     if unroll is None:
         unroll = jax.default_backend() == "cpu"
 
+    labels, schedule = optimizer.labels, optimizer.schedule
     grads_of = make_grads(model, labels, start="fc6" if inputs == "fc6" else "image")
 
     def update(carry, micro):
@@ -123,7 +122,7 @@ def make_train_step(
         (loss, logits), grads = grads_of(params, x, y, valid, jax.random.fold_in(rng, step))
         _, frozen = optim.split_trainable(params, labels)
         zeros = jax.tree.map(jnp.zeros_like, frozen)
-        updates, opt_state = optimizer.update(optim.merge(grads, zeros), opt_state, params)
+        updates, opt_state = optimizer.tx.update(optim.merge(grads, zeros), opt_state, params)
         new_trainable, _ = optim.split_trainable(optax.apply_updates(params, updates), labels)
         params = optim.merge(new_trainable, frozen)  # frozen leaves: bitwise the same arrays
         use = valid & (y >= 0)
@@ -164,17 +163,12 @@ def make_train_step(
     return train_step
 
 
-def patch_logits(
-    model: flax.linen.Module, params: Params, x: jax.Array, chunk: int, unroll: bool
-) -> jax.Array:
-    """[N, P, P, 3] normalised patches -> [N, C] logits, ``chunk`` patches at a time
-    (``lax.map``) to bound memory, or as straight-line code when ``unroll``."""
+def chunked(fn: Callable[[jax.Array], jax.Array], x: jax.Array, chunk: int, unroll: bool):
+    """``fn`` over the rows of ``x`` [N, ...], ``chunk`` rows at a time (``lax.map``) to bound
+    memory, or as straight-line code when ``unroll`` (XLA's CPU loops are slow)."""
     chunks = x.reshape(-1, chunk, *x.shape[1:])
-    if unroll:
-        logits = jnp.stack([model.apply({"params": params}, c) for c in chunks])
-    else:
-        logits = jax.lax.map(lambda c: model.apply({"params": params}, c), chunks)
-    return logits.reshape(x.shape[0], -1)
+    out = jnp.stack([fn(c) for c in chunks]) if unroll else jax.lax.map(fn, chunks)
+    return out.reshape(x.shape[0], *out.shape[2:])
 
 
 def make_eval_step(
@@ -198,7 +192,8 @@ def make_eval_step(
     def eval_step(params: Params, batch: Batch) -> dict[str, jax.Array]:
         g, k = batch["labels"].shape
         x = network_input(batch, patch_size, preprocessing, model.dtype)
-        logits = patch_logits(model, params, x.reshape(g * k, *x.shape[2:]), batch_size, unroll)
+        x = x.reshape(g * k, *x.shape[2:])
+        logits = chunked(lambda c: model.apply({"params": params}, c), x, batch_size, unroll)
         logits = logits.reshape(g, k, -1)
         out = image_scores(logits, batch["valid"], exponent) | {"image_index": batch["image_index"]}
         if probabilities:
@@ -226,28 +221,12 @@ def make_fc6_step(
     def fc6_step(params: Params, batch: Batch) -> jax.Array:
         g, k = batch["labels"].shape
         x = network_input(batch, patch_size, preprocessing, model.dtype)
-        chunks = x.reshape(-1, batch_size, *x.shape[2:])
 
         def forward(c):
             return model.apply({"params": params}, c, stop="fc6").astype(dtype)
 
-        out = jnp.stack([forward(c) for c in chunks]) if unroll else jax.lax.map(forward, chunks)
-        return out.reshape(g, k, -1)
+        return chunked(forward, x.reshape(g * k, *x.shape[2:]), batch_size, unroll).reshape(
+            g, k, -1
+        )
 
     return fc6_step
-
-
-def jit_eval_step(setup: Any, config: Any, *, probabilities: bool = False) -> Callable:
-    """The jitted evaluation step of a config (``setup``: experiment.ModelSetup)."""
-    from voc_jax import xla_options
-
-    return xla_options.jit(
-        make_eval_step(
-            setup.model,
-            setup.preprocessing,
-            patch_size=config.patches.size,
-            batch_size=config.batch_size,
-            exponent=config.eval.exponent,
-            probabilities=probabilities,
-        )
-    )

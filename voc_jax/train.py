@@ -28,11 +28,15 @@ from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from voc_jax import cli, distributed, experiment, validation
+from voc_jax import cli, distributed, feature_cache, validation
 from voc_jax import evaluate as evaluate_lib
+from voc_jax import workdir as workdir_lib
 from voc_jax.checkpoint import Checkpointer, abstract_like
-from voc_jax.data.pipeline import epoch_dataset, iterate
+from voc_jax.data.pipeline import iterate
+from voc_jax.data.splits import load_splits
+from voc_jax.data.voc import VocDataset
 from voc_jax.errors import ConfigError, DiskFull, is_disk_full
+from voc_jax.experiment import Experiment
 from voc_jax.metric_writer import MetricWriter
 
 log = logging.getLogger("voc_jax.train")
@@ -42,7 +46,7 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Position:
     """Where the data pipeline stands: the next (global) batch to train on. The batches of an
     epoch are a function of (seed, epoch, index), so this is all a resume needs, on any number
@@ -52,7 +56,7 @@ class Position:
     batch: int = 0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class EpochSums:
     """Running sums of the epoch's per-call means, saved with each checkpoint so that the
     epoch summary of a resumed run equals an uninterrupted run's."""
@@ -61,14 +65,23 @@ class EpochSums:
     accuracy: float = 0.0
     calls: int = 0
 
-    def add(self, metrics: dict[str, float]) -> None:
-        self.loss += metrics["loss"]
-        self.accuracy += metrics["accuracy"]
-        self.calls += 1
+    def plus(self, calls: list[dict[str, float]]) -> EpochSums:
+        loss, accuracy = self.loss, self.accuracy
+        for metrics in calls:  # one at a time, in call order: the same float sums on resume
+            loss += metrics["loss"]
+            accuracy += metrics["accuracy"]
+        return EpochSums(loss, accuracy, self.calls + len(calls))
+
+    def means(self) -> dict[str, float]:
+        return {"epoch_loss": self.loss / self.calls, "epoch_accuracy": self.accuracy / self.calls}
 
 
 class StopRequested(Exception):
-    """Ctrl-C or SIGTERM arrived; the loop stops at the next call boundary."""
+    """Ctrl-C or SIGTERM arrived; the loop stopped at a call boundary, at ``progress``."""
+
+    def __init__(self, progress: Any):
+        super().__init__("stop requested")
+        self.progress = progress
 
 
 class _StopFlag:
@@ -96,101 +109,151 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-@dataclasses.dataclass
-class Run:
-    """Everything one training run needs, built once by ``prepare``."""
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where training stands after a call: the train state, the SGD updates done (counted
+    on the host: reading ``state.step`` would wait for the device), the data position and
+    the epoch's running sums. A checkpoint saves exactly this."""
 
-    config: ml_collections.ConfigDict
-    workdir: Path
-    mesh: jax.sharding.Mesh
-    setup: experiment.ModelSetup
-    data: experiment.Splits
     state: Any
+    step: int = 0
+    position: Position = Position()
+    sums: EpochSums = EpochSums()
+
+
+@dataclasses.dataclass(frozen=True)
+class Loop:
+    """What the epoch loop needs, fixed for the whole run."""
+
+    exp: Experiment
+    train_set: VocDataset
     train_step: Any
     checkpointer: Checkpointer
     writer: MetricWriter
-    position: Position
-    sums: EpochSums
     calls_per_epoch: int
     updates_per_call: int
-    features: Any = None  # the training split's feature cache, when config.feature_cache
-    # SGD updates done, counted on the host (reading state.step would wait for the device).
-    step: int = 0
+    features: Any = None  # the training split's feature cache, when feature_cache.enabled
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mesh) -> Run:
-    """Data, model, optimizer and the restored (or fresh) state of a run."""
-    splits = experiment.load_splits(config, workdir)
-    setup = experiment.build_model(config)
-    experiment.save_config(config, workdir)
-    g, k, bs = config.images_per_step, config.patches.per_image, config.batch_size
-    calls_per_epoch = len(splits.train) // g
-    updates_per_call = k // bs
-    if config.num_epochs > 0 and calls_per_epoch == 0:
-        raise ConfigError(f"{len(splits.train)} training images are fewer than images_per_step={g}")
-    steps_per_epoch = calls_per_epoch * updates_per_call
-    state, optimizer, labels, schedule = experiment.make_train_state(config, setup, steps_per_epoch)
-    # From host values (identical on every process): device_put then builds global arrays.
-    state = jax.device_put(jax.device_get(state), experiment.replicated(mesh))
-    features = None
-    if config.feature_cache.enabled and config.num_epochs > 0:
-        from voc_jax import feature_cache
-
-        features = feature_cache.ensure(config, setup, splits.train, workdir)
-    checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep)
-    writer = MetricWriter(workdir, enabled=distributed.is_main())
-    inputs = "fc6" if features is not None else "pixels"
-    run = Run(
-        config=config,
-        workdir=workdir,
-        mesh=mesh,
-        setup=setup,
-        data=splits,
-        state=state,
-        train_step=experiment.jit_train_step(
-            config, setup, optimizer, labels, schedule, inputs=inputs
-        ),
-        checkpointer=checkpointer,
-        writer=writer,
-        position=Position(),
-        sums=EpochSums(),
-        calls_per_epoch=calls_per_epoch,
-        updates_per_call=updates_per_call,
-        features=features,
-    )
-    restore(run)
-    return run
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> int:
+    """One run: validate, assemble the experiment, load the data, restore, train epoch by
+    epoch (saving as it goes), evaluate the test split at the end."""
+    workdir = Path(workdir)
+    validation.validate(config, jax.device_count(), jax.process_count())
+    with distributed.workdir_lock(workdir, "train"):
+        exp = Experiment.build(config)
+        splits = load_splits(exp.data, workdir, train=exp.train.num_epochs > 0)
+        workdir_lib.save_config(config, workdir)
+        calls, updates = calls_per_epoch(exp, len(splits.train))
+        optimizer = exp.optimizer(calls * updates)
+        features = None
+        if exp.cache.enabled and exp.train.num_epochs > 0:
+            features = feature_cache.ensure(exp, splits.train, workdir)
+        loop = Loop(
+            exp=exp,
+            train_set=splits.train,
+            train_step=exp.train_step(optimizer, inputs="pixels" if features is None else "fc6"),
+            checkpointer=Checkpointer(
+                workdir / workdir_lib.CHECKPOINTS, max_to_keep=exp.checkpoint.max_to_keep
+            ),
+            writer=MetricWriter(workdir, enabled=distributed.is_main()),
+            calls_per_epoch=calls,
+            updates_per_call=updates,
+            features=features,
+        )
+        progress = restore(loop, Progress(exp.initial_state(optimizer)))
+        outcome, progress = train_epochs(loop, progress, splits.test, workdir)
+        if outcome != 0:
+            return outcome
+        evaluate_lib.evaluate_and_report(exp, progress.state.params, splits.test, workdir,
+                                         progress.step)  # fmt: skip
+        return 0
 
 
-def restore(run: Run) -> None:
-    """Resume from the newest good checkpoint: state, position, epoch sums; metrics rows past
-    it dropped; a changed global batch refused unless the config allows it."""
-    checkpointer, state = run.checkpointer, run.state
+def calls_per_epoch(exp: Experiment, train_images: int) -> tuple[int, int]:
+    """(jitted calls per epoch, SGD updates per call)."""
+    g = exp.train.images_per_step
+    calls = train_images // g
+    if exp.train.num_epochs > 0 and calls == 0:
+        raise ConfigError(f"{train_images} training images are fewer than images_per_step={g}")
+    return calls, exp.patches.patches_per_image // exp.train.batch_size
+
+
+def train_epochs(
+    loop: Loop, progress: Progress, test_set: VocDataset, workdir: Path
+) -> tuple[int, Progress]:
+    """The epochs still to run, with evaluations between them when asked for: (exit status,
+    where training stopped). Ctrl-C/SIGTERM save and return 130; a non-finite loss 1."""
+    exp = loop.exp
+    with _StopFlag() as stop:
+        try:
+            for epoch in range(progress.position.epoch, exp.train.num_epochs):
+                progress = run_epoch(loop, progress, epoch, stop)
+                every = exp.eval.every_epochs
+                if every and (epoch + 1) % every == 0 and epoch + 1 < exp.train.num_epochs:
+                    evaluate_lib.evaluate_and_report(
+                        exp, progress.state.params, test_set, workdir, progress.step
+                    )
+        except StopRequested as stopped:
+            log.warning("interrupted: saving a checkpoint at step %d", stopped.progress.step)
+            save(loop, stopped.progress)
+            return cli.EXIT_INTERRUPTED, stopped.progress
+        except NonFiniteLoss as e:
+            loop.checkpointer.wait()
+            log.error("%s; stopping. The last good checkpoint is step %s.", e,
+                      loop.checkpointer.latest_step())  # fmt: skip
+            return 1, progress
+        finally:
+            close(loop, progress)
+    return 0, progress
+
+
+def close(loop: Loop, progress: Progress) -> None:
+    """Wait for the last save and close the writers; a full disk is one line."""
+    try:
+        loop.checkpointer.close()
+    except Exception as e:
+        if is_disk_full(e):
+            raise DiskFull(no_space_message(loop, progress.step, e)) from e
+        raise
+    loop.writer.close()
+
+
+def restore(loop: Loop, fresh: Progress) -> Progress:
+    """The newest good checkpoint's progress (or ``fresh``); metrics rows past it dropped,
+    damaged steps moved aside; a changed global batch refused unless the config allows it."""
+    checkpointer, progress = loop.checkpointer, fresh
     if checkpointer.steps():
+        state = fresh.state
         abstract = {
             "params": abstract_like(state.params),
             "train": abstract_like(train_part(state)),
         }
         step, restored = checkpointer.restore(abstract)
-        run.state = state.replace(params=restored["params"], **restored["train"])
         data = restored["data"]
-        run.position = resume_position(run.config, data)
-        run.sums = EpochSums(**data.get("sums", {})) if run.position.batch else EpochSums()
-        run.step = step
+        progress = Progress(
+            state=state.replace(params=restored["params"], **restored["train"]),
+            step=step,
+            position=resume_position(loop.exp, data),
+            sums=EpochSums(**data.get("sums", {})),  # run_epoch resets them at batch 0
+        )
         log.info(
             "resuming from checkpoint step %d (epoch %d, batch %d) in %s",
             step,
-            run.position.epoch,
-            run.position.batch,
+            progress.position.epoch,
+            progress.position.batch,
             checkpointer.directory,
         )
     if distributed.is_main():
         checkpointer.move_damaged_aside()
-    dropped = run.writer.truncate_after(run.step)
+    dropped = loop.writer.truncate_after(progress.step)
     if dropped:
         log.info(
-            "dropped %d metrics rows past step %d (from the interrupted run)", dropped, run.step
+            "dropped %d metrics rows past step %d (from the interrupted run)",
+            dropped,
+            progress.step,
         )
+    return progress
 
 
 def train_part(state: Any) -> dict[str, Any]:
@@ -198,16 +261,16 @@ def train_part(state: Any) -> dict[str, Any]:
     return {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
 
 
-def resume_position(config: ml_collections.ConfigDict, data: dict[str, Any]) -> Position:
+def resume_position(exp: Experiment, data: dict[str, Any]) -> Position:
     """The position to resume from; refuses a changed global batch (``images_per_step``)
     unless ``checkpoint.allow_batch_change``, which then restarts the epoch at the batch
     holding the first image not yet trained on (no image skipped)."""
     epoch, batch = int(data["epoch"]), int(data["batch"])
-    saved = int(data.get("images_per_step", config.images_per_step))
-    now = config.images_per_step
+    now = exp.train.images_per_step
+    saved = int(data.get("images_per_step", now))
     if saved == now:
         return Position(epoch, batch)
-    if not config.checkpoint.allow_batch_change:
+    if not exp.checkpoint.allow_batch_change:
         raise ConfigError(
             f"images_per_step={now} but the checkpoint was written with images_per_step="
             f"{saved}: resuming would skip or repeat part of epoch {epoch + 1}. Keep "
@@ -231,27 +294,27 @@ def resume_position(config: ml_collections.ConfigDict, data: dict[str, Any]) -> 
     return Position(epoch, new_batch)
 
 
-def save(run: Run) -> None:
-    """A checkpoint of the current state and position (collective: every process calls it)."""
-    state = run.state
+def save(loop: Loop, progress: Progress) -> None:
+    """A checkpoint of ``progress`` (collective: every process calls it)."""
+    state = progress.state
     data = {
-        "epoch": run.position.epoch,
-        "batch": run.position.batch,
-        "images_per_step": run.config.images_per_step,
-        "sums": dataclasses.asdict(run.sums),
+        "epoch": progress.position.epoch,
+        "batch": progress.position.batch,
+        "images_per_step": loop.exp.train.images_per_step,
+        "sums": dataclasses.asdict(progress.sums),
     }
     try:
-        run.checkpointer.save(run.step, state.params, train_part(state), data)
+        loop.checkpointer.save(progress.step, state.params, train_part(state), data)
     except Exception as e:
         if is_disk_full(e):
-            raise DiskFull(no_space_message(run, e)) from e
+            raise DiskFull(no_space_message(loop, progress.step, e)) from e
         raise
 
 
-def no_space_message(run: Run, error: BaseException) -> str:
-    good = [s for s in run.checkpointer.steps() if s != run.step]
+def no_space_message(loop: Loop, step: int, error: BaseException) -> str:
+    good = [s for s in loop.checkpointer.steps() if s != step]
     last = f"the last good checkpoint is step {good[-1]}" if good else "no checkpoint was saved"
-    return f"no space left on {run.checkpointer.directory} while saving step {run.step}; {last}"
+    return f"no space left on {loop.checkpointer.directory} while saving step {step}; {last}"
 
 
 class Pending:
@@ -265,13 +328,11 @@ class Pending:
     def add(self, step: int, batch: int, metrics: Any) -> None:
         self.items.append((step, batch, metrics))
 
-    def fetch(self, run: Run, epoch: int) -> dict[str, float] | None:
-        """Host values in call order; the sums updated; NaN/inf stops the run. Returns the
-        latest call's metrics (None when nothing was pending)."""
-        if not self.items:
-            return None
+    def fetch(self, epoch: int) -> list[dict[str, float]]:
+        """Host values of every pending call, in call order, and nothing pending after;
+        a NaN or infinite value stops the run."""
         values = jax.device_get([m for _, _, m in self.items])
-        latest = None
+        fetched = []
         for (step, batch, _), metrics in zip(self.items, values, strict=True):
             metrics = {k: float(v) for k, v in metrics.items()}
             if not all(math.isfinite(v) for v in metrics.values()):
@@ -279,141 +340,89 @@ class Pending:
                     f"non-finite loss {metrics['loss']} at step {step} "
                     f"(epoch {epoch + 1}, batch {batch})"
                 )
-            run.sums.add(metrics)
-            latest = metrics
+            fetched.append(metrics)
         self.items = []
-        return latest
+        return fetched
 
 
-def run_epoch(run: Run, epoch: int, stop: _StopFlag) -> None:
-    config = run.config
-    dataset = epoch_dataset(
-        run.data.train.records,
-        run.data.patch_config,
-        images_per_batch=experiment.local_images(config.images_per_step),
-        train=True,
-        seed=config.seed,
-        epoch=epoch,
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
-        features=run.features,
-    )
-    start = run.position.batch if run.position.epoch == epoch else 0
-    if start == 0:
-        run.sums = EpochSums()
+class RateMeter:
+    """Images and patches per second between two log rows."""
+
+    def __init__(self, images_per_call: int, patches_per_image: int):
+        self.images_per_call, self.patches_per_image = images_per_call, patches_per_image
+        self.start, self.calls = time.perf_counter(), 0
+
+    def tick(self) -> None:
+        self.calls += 1
+
+    def rates(self) -> dict[str, float]:
+        """The rates since the last call of this method (which restarts the count)."""
+        elapsed = time.perf_counter() - self.start
+        images = self.calls * self.images_per_call
+        self.start, self.calls = time.perf_counter(), 0
+        return {
+            "images_per_s": images / elapsed,
+            "patches_per_s": images * self.patches_per_image / elapsed,
+        }
+
+
+def run_epoch(loop: Loop, progress: Progress, epoch: int, stop: _StopFlag) -> Progress:
+    """One epoch from ``progress`` (mid-epoch after a resume): log rows and checkpoints at
+    step multiples, a checkpoint at the end; returns the progress at the next epoch's start."""
+    exp = loop.exp
+    start = progress.position.batch if progress.position.epoch == epoch else 0
+    state, step = progress.state, progress.step
+    sums = progress.sums if start else EpochSums()
     # Batch b depends only on (seed, epoch, b): resume by skipping, on any process count.
-    iterator = iterate(dataset[start:], workers=config.data.workers)
-    sharding = experiment.batch_sharding(run.mesh)
-    bar = tqdm(
-        total=run.calls_per_epoch,
-        initial=start,
-        desc=f"epoch {epoch + 1}/{config.num_epochs}",
-        unit="call",
-        disable=not distributed.is_main(),
-    )
-    pending = Pending()
-    last_log_time, calls_since_log = time.perf_counter(), 0
-    for batch_index in range(start, run.calls_per_epoch):
-        batch = next(iterator)
-        before = run.step
-        run.state, metrics = run.train_step(run.state, experiment.put_batch(batch, sharding))
-        run.step += run.updates_per_call
-        run.position = Position(epoch, batch_index + 1)
-        pending.add(run.step, batch_index, metrics)
-        calls_since_log += 1
+    dataset = exp.dataset(loop.train_set.records, train=True, epoch=epoch, features=loop.features)
+    iterator = iterate(dataset[start:], workers=exp.data.workers)
+    bar = tqdm(total=loop.calls_per_epoch, initial=start, unit="call",
+               desc=f"epoch {epoch + 1}/{exp.train.num_epochs}",
+               disable=not distributed.is_main())  # fmt: skip
+    pending, meter = Pending(), RateMeter(exp.train.images_per_step, exp.patches.patches_per_image)
+    for batch_index in range(start, loop.calls_per_epoch):
+        before = step
+        state, metrics = loop.train_step(state, exp.put_batch(next(iterator)))
+        step += loop.updates_per_call
+        pending.add(step, batch_index, metrics)
+        meter.tick()
         bar.update(1)
-        last = batch_index + 1 == run.calls_per_epoch
-        log_now = crossed(before, run.step, config.log_every_steps) or last
-        save_now = crossed(before, run.step, config.checkpoint.every_steps) and not last
+        last = batch_index + 1 == loop.calls_per_epoch
+        log_now = crossed(before, step, exp.train.log_every_steps) or last
+        save_now = crossed(before, step, exp.checkpoint.every_steps) and not last
         if log_now or save_now or stop.requested:
-            latest = pending.fetch(run, epoch)
+            fetched = pending.fetch(epoch)
+            sums = sums.plus(fetched)
             if log_now:
-                elapsed = time.perf_counter() - last_log_time
-                images = calls_since_log * config.images_per_step
-                rates = {
-                    "images_per_s": images / elapsed,
-                    "patches_per_s": images * config.patches.per_image / elapsed,
-                }
-                run.writer.write(run.step, latest | rates, epoch=epoch + 1)
-                bar.set_postfix(
-                    step=run.step,
-                    loss=f"{latest['loss']:.3f}",
-                    patches_s=f"{rates['patches_per_s']:.0f}",
-                )
-                last_log_time, calls_since_log = time.perf_counter(), 0
+                write_row(loop.writer, bar, step, epoch, fetched[-1] | meter.rates())
+        position = (
+            Position(epoch + 1, 0) if last and stop.requested else Position(epoch, batch_index + 1)
+        )
+        progress = Progress(state, step, position, sums)
         if save_now:
-            save(run)
+            save(loop, progress)
         if stop.requested:
             bar.close()
-            if last:
-                run.position = Position(epoch + 1, 0)
-            raise StopRequested()
+            raise StopRequested(progress)
     bar.close()
-    pending.fetch(run, epoch)
-    if run.sums.calls:
-        run.writer.write(
-            run.step,
-            {"epoch_loss": run.sums.loss / run.sums.calls,
-             "epoch_accuracy": run.sums.accuracy / run.sums.calls},
-            epoch=epoch + 1,
-        )  # fmt: skip
-    run.position = Position(epoch + 1, 0)
-    run.sums = EpochSums()
-    save(run)
-    run.writer.flush()
+    sums = sums.plus(pending.fetch(epoch))
+    if sums.calls:
+        loop.writer.write(step, sums.means(), epoch=epoch + 1)
+    progress = Progress(state, step, Position(epoch + 1, 0), EpochSums())
+    save(loop, progress)
+    loop.writer.flush()
+    return progress
+
+
+def write_row(writer: MetricWriter, bar: tqdm, step: int, epoch: int, row: dict) -> None:
+    writer.write(step, row, epoch=epoch + 1)
+    bar.set_postfix(step=step, loss=f"{row['loss']:.3f}", patches_s=f"{row['patches_per_s']:.0f}")
 
 
 def crossed(before: int, after: int, every: int) -> bool:
     """A multiple of ``every`` lies in (before, after]: the schedule of logs and saves
     depends on the step alone, so a resumed run logs and saves where the original did."""
     return bool(every) and after // every > before // every
-
-
-def run_evaluation(run: Run, dataset: Any | None = None) -> dict[str, Any]:
-    return evaluate_lib.evaluate_and_report(
-        run.state.params, run.setup, dataset or run.data.test, run.config, run.mesh,
-        run.workdir, run.step,
-    )  # fmt: skip
-
-
-def train(run: Run) -> int:
-    config = run.config
-    with _StopFlag() as stop:
-        try:
-            for epoch in range(run.position.epoch, config.num_epochs):
-                run_epoch(run, epoch, stop)
-                every = config.eval.every_epochs
-                if every and (epoch + 1) % every == 0 and epoch + 1 < config.num_epochs:
-                    run_evaluation(run)
-        except StopRequested:
-            log.warning("interrupted: saving a checkpoint at step %d", run.step)
-            save(run)
-            return cli.EXIT_INTERRUPTED
-        except NonFiniteLoss as e:
-            run.checkpointer.wait()
-            log.error("%s; stopping. The last good checkpoint is step %s.", e,
-                      run.checkpointer.latest_step())  # fmt: skip
-            return 1
-        finally:
-            try:
-                run.checkpointer.close()
-            except Exception as e:
-                if is_disk_full(e):
-                    raise DiskFull(no_space_message(run, e)) from e
-                raise
-            run.writer.close()
-    run_evaluation(run)
-    return 0
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> int:
-    """Validate, lock the workdir, prepare and train; evaluate at the end."""
-    workdir = Path(workdir)
-    validation.validate(config, jax.device_count(), jax.process_count())
-    mesh = experiment.make_mesh()
-    with distributed.workdir_lock(workdir, "train"):
-        run = prepare(config, workdir, mesh)
-        return train(run)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -431,21 +440,17 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     )
 
 
+def run_command(fv: flags.FlagValues, positional: list[str]) -> int:
+    if fv.workdir is None or fv.config is None:
+        raise ConfigError("--config FILE and --workdir DIR are both required")
+    distributed.initialize(fv.config)  # before anything touches a device
+    if not distributed.is_main():
+        logging.getLogger().setLevel(logging.WARNING)
+    return train_and_evaluate(fv.config, fv.workdir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    cli.setup_logging()
-
-    def body() -> int:
-        fv, _ = cli.parse(argv, define_flags, program="voc_jax.train")
-        if fv.workdir is None or fv.config is None:
-            raise ConfigError("--config FILE and --workdir DIR are both required")
-        config = fv.config
-        distributed.initialize(config)  # before anything touches a device
-        if not distributed.is_main():
-            logging.getLogger().setLevel(logging.WARNING)
-        return train_and_evaluate(config, fv.workdir)
-
-    return cli.run_guarded(body)
+    return cli.command(argv, define_flags, run_command, program="voc_jax.train")
 
 
 if __name__ == "__main__":

@@ -16,18 +16,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from voc_jax import feature_cache, metrics, optim
+from voc_jax import metrics, optim
 from voc_jax import weights as weights_lib
-from voc_jax.data.patches import CROP_MODES
+from voc_jax.data.patches import CROP_MODES, DIFFICULT_MODES, TEST_SAMPLINGS
+from voc_jax.data.voc import IMAGE_CHECKS
 from voc_jax.errors import ConfigError, WeightsError
-from voc_jax.model import TransferNet
+from voc_jax.model import FC6_PREFIX, TransferNet
 
-CHECK_IMAGES = ("none", "exist", "sizes", "decode")
-DIFFICULT = ("object", "ignore", "exclude")
-TEST_SAMPLING = ("random", "spread")
-SCHEDULES = ("step", "cosine")
 DTYPES = ("float32", "bfloat16")
 CROP_SITES = ("auto", "device", "host")
+CACHE_DTYPES = ("float16", "bfloat16", "float32")  # voc_jax.feature_cache.DTYPES
 
 
 class _Problems:
@@ -95,7 +93,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
     p.check("log_every_steps", _int(1), "must be an integer >= 1")
     p.check("data.max_train_images", _int(0), "must be >= 0 (0: all)")
     p.check("data.max_test_images", _int(0), "must be >= 0 (0: all)")
-    p.check("data.check_images", _one_of(CHECK_IMAGES), f"must be one of {CHECK_IMAGES}")
+    p.check("data.check_images", _one_of(IMAGE_CHECKS), f"must be one of {IMAGE_CHECKS}")
     p.check("data.workers", _int(0), "must be an integer >= 0")
     p.check("data.train_split", lambda v: isinstance(v, str) and v, "must name a split")
     p.check("data.test_split", lambda v: isinstance(v, str) and v, "must name a split")
@@ -118,8 +116,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
     p.check("patches.min_scales", _int(1), "must be an integer >= 1")
     p.check("patches.min_patch_overlap", _number(0, 1), "must be in [0, 1]")
     p.check("patches.min_box_coverage", _number(0, 1, low_open=True), "must be in (0, 1]")
-    p.check("patches.difficult", _one_of(DIFFICULT), f"must be one of {DIFFICULT}")
-    p.check("patches.test_sampling", _one_of(TEST_SAMPLING), f"must be one of {TEST_SAMPLING}")
+    p.check("patches.difficult", _one_of(DIFFICULT_MODES), f"must be one of {DIFFICULT_MODES}")
+    p.check("patches.test_sampling", _one_of(TEST_SAMPLINGS), f"must be one of {TEST_SAMPLINGS}")
     p.check("patches.crop_boxes", _one_of(CROP_MODES), f"must be one of {CROP_MODES}")
     p.check("patches.crops", _one_of(CROP_SITES), f"must be one of {CROP_SITES}")
     p.check(
@@ -135,7 +133,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
     p.check("model.conv1_padding", _int(0), "must be an integer >= 0")
     p.check("model.width", _number(0, 1, low_open=True), "must be in (0, 1]")
     p.check("optim.optimizer", _one_of(optim.OPTIMIZERS), f"must be one of {optim.OPTIMIZERS}")
-    p.check("optim.schedule", _one_of(SCHEDULES), f"must be one of {SCHEDULES}")
+    p.check("optim.schedule", _one_of(optim.SCHEDULES), f"must be one of {optim.SCHEDULES}")
     p.check("optim.learning_rate", _number(0), "must be a finite number >= 0")
     p.check(
         "optim.lr_changes",
@@ -160,6 +158,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
     )
     p.check("eval.every_epochs", _int(0), "must be >= 0")
     p.check("eval.images_per_step", _int(1), "must be an integer >= 1")
+    p.check("feature_cache.dtype", _one_of(CACHE_DTYPES), f"must be one of {CACHE_DTYPES}")
     if p.items:  # the checks below need sane values
         raise ConfigError("config: " + "; ".join(p.items))
 
@@ -220,11 +219,27 @@ def _check_model_and_regexes(config: ml_collections.ConfigDict, p: _Problems) ->
         p.add(f"patches.size={size}: too small for AlexNet's conv and pooling layers (>= 63)")
         return
     paths = optim.param_paths(shapes["params"])
-    for problem in feature_cache.check_config(config, paths):
-        p.add(problem)
-    if config.feature_cache.enabled and jax.process_count() > 1:
-        p.add("feature_cache.enabled=True: the cache is built and read by a single process")
     for key in ("optim.trainable", "optim.no_decay"):
         for pattern in p.get(key):
             if not any(re.fullmatch(pattern, path) for path in paths):
                 p.add(f"{key}: {pattern!r} matches no parameter (paths look like {paths[:3]})")
+    _check_feature_cache(config, paths, p)
+
+
+def _check_feature_cache(config: ml_collections.ConfigDict, paths: list[str], p: _Problems):
+    """The cache holds fc6's output: usable only when nothing up to fc6 trains."""
+    if not config.feature_cache.enabled:
+        return
+    below = [
+        path
+        for path in paths
+        if path.split("/")[0] in FC6_PREFIX
+        and any(re.fullmatch(pattern, path) for pattern in config.optim.trainable)
+    ]
+    if below:
+        p.add(
+            "feature_cache.enabled=True caches fc6's output, so every trainable parameter "
+            f"must be above fc6; optim.trainable makes these trainable: {', '.join(below)}"
+        )
+    if jax.process_count() > 1:
+        p.add("feature_cache.enabled=True: the cache is built and read by a single process")

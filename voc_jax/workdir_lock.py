@@ -11,6 +11,7 @@ out.
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import json
 import logging
@@ -82,8 +83,6 @@ class WorkdirLock:
                 previous.get("pid"),
                 previous.get("host"),
             )
-        import datetime
-
         record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),

@@ -18,10 +18,11 @@ that does not know the option compiles without it, saying so once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -69,6 +70,21 @@ def jit(fun: Callable, **kwargs: Any) -> Any:
     """``jax.jit`` with voc-jax's compile options for the current backend."""
     options = compiler_options()
     return jax.jit(fun, compiler_options=options or None, **kwargs)
+
+
+@contextlib.contextmanager
+def defaults(which: str) -> Iterator[None]:
+    """Jit with ``which`` ("ours" or "xla") inside the block, whatever the environment says:
+    for side-by-side measurements. The switch is read when a function is jitted."""
+    previous = os.environ.get(SWITCH)
+    os.environ[SWITCH] = which
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(SWITCH)
+        else:
+            os.environ[SWITCH] = previous
 
 
 def describe() -> dict[str, Any]:

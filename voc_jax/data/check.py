@@ -18,7 +18,14 @@ from tqdm import tqdm
 
 from voc_jax.classes import VOC_CLASSES
 from voc_jax.data.patches import patch_boxes, patch_labels
-from voc_jax.data.voc import VocDataset, VocError, format_problems, load_dataset, read_class_targets
+from voc_jax.data.voc import (
+    IMAGE_CHECKS,
+    VocDataset,
+    VocError,
+    format_problems,
+    load_dataset,
+    read_class_targets,
+)
 
 
 def class_table(dataset: VocDataset) -> str:
@@ -99,7 +106,9 @@ def compare_with_official(dataset: VocDataset) -> tuple[bool, str] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m voc_jax.data.check", description=__doc__)
+    from voc_jax import cli
+
+    parser = cli.ArgumentParser(prog="python -m voc_jax.data.check", description=__doc__)
     parser.add_argument("root", type=Path, help="the VOC2007 directory (with Annotations/)")
     parser.add_argument("--split", default="trainval", help="ImageSets/Main/<split>.txt")
     parser.add_argument("--strict", action="store_true", help="warnings count as errors")
@@ -110,14 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--images",
-        choices=("auto", "none", "exist", "sizes", "decode"),
+        choices=("auto", *IMAGE_CHECKS),
         default="auto",
         help="how far to check the JPEGs: auto = sizes if JPEGImages/ exists, else none",
     )
-    args = parser.parse_args(argv)
-    from voc_jax import cli
-
-    return cli.run_guarded(lambda: run(args))
+    return cli.argparse_command(argv, parser, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -217,7 +217,7 @@ def download_voc2007(
 def main(argv: Sequence[str] | None = None) -> int:
     from voc_jax import cli
 
-    parser = argparse.ArgumentParser(prog="python -m voc_jax.data.download", description=__doc__)
+    parser = cli.ArgumentParser(prog="python -m voc_jax.data.download", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="where VOCdevkit/ is created")
     parser.add_argument("--cache", type=Path, help="where archives go (default OUT/downloads)")
     parser.add_argument(
@@ -226,14 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a base URL to try instead of the built-in mirrors (repeatable; replaces them)",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per connection")
-    args = parser.parse_args(argv)
 
-    def body() -> int:
+    def body(args: argparse.Namespace) -> int:
         root = download_voc2007(args.out, args.cache, args.mirror or MIRRORS, timeout=args.timeout)
         print(f"VOC 2007 ready at {root}; check it with: python -m voc_jax.data.check {root}")
         return 0
 
-    return cli.run_guarded(body)
+    return cli.argparse_command(argv, parser, body)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ MIN_BOX_COVERAGE = 0.6  # ... and >= 60% of the box area
 IGNORE = -1  # label of a patch training must skip (difficult="ignore")
 
 DifficultMode = Literal["object", "ignore", "exclude"]
+DIFFICULT_MODES = ("object", "ignore", "exclude")
+TEST_SAMPLINGS = ("random", "spread")
 CropMode = Literal["exact", "reference"]
 CROP_MODES = ("exact", "reference")
 
@@ -138,7 +140,7 @@ def patch_labels(
     is_difficult = (
         np.zeros(len(gt_labels), bool) if gt_difficult is None else np.asarray(gt_difficult, bool)
     )
-    if difficult not in ("object", "ignore", "exclude"):
+    if difficult not in DIFFICULT_MODES:
         raise ValueError(f"difficult must be object, ignore or exclude, got {difficult!r}")
     if difficult == "exclude":
         keep = ~is_difficult

@@ -24,6 +24,7 @@ from voc_jax.classes import CLASS_INDEX, VOC_CLASSES
 from voc_jax.errors import DataError
 
 MIN_IMAGE_SIDE = 2  # the patch geometry needs at least two pixels along each axis
+IMAGE_CHECKS = ("none", "exist", "sizes", "decode")  # how far load_dataset checks the JPEGs
 IMAGE_CHECK_CACHE = "image_check.json"  # decoded-and-good images, by path, size and mtime
 
 
@@ -299,7 +300,7 @@ def load_dataset(
     unless ``raise_on_error`` is False (then check ``dataset.errors``).
     """
     root = Path(root)
-    if images not in ("none", "exist", "sizes", "decode"):
+    if images not in IMAGE_CHECKS:
         raise ValueError(f"images must be none, exist, sizes or decode, got {images!r}")
     ids = read_split(root, split)
     problems: list[Problem] = []

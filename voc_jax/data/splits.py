@@ -1,0 +1,121 @@
+"""The splits a run reads: the data root resolved (or the synthetic set generated where that
+was asked for), each split loaded and validated, decoded images remembered in the workdir."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from voc_jax import distributed
+from voc_jax.data.synthetic import generate
+from voc_jax.data.voc import DecodedCache, VocDataset, load_dataset
+from voc_jax.errors import DataError
+from voc_jax.settings import DataSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """The validated training and test splits of a run (``train is test`` when the run does
+    not train)."""
+
+    root: Path
+    train: VocDataset
+    test: VocDataset
+
+
+def resolve_data_root(data: DataSettings, workdir: Path) -> Path:
+    """Where the dataset is, generating the synthetic one only where that was asked for.
+
+    ``data.root`` empty: ``WORKDIR/data/VOC2007``, generated when absent if
+    ``data.synthetic.generate`` (the smoke configs). An explicit ``data.root`` that does not
+    exist is an error naming it (a typo must not quietly train on generated data), unless
+    ``data.generate=True`` asks for the synthetic set to be generated there.
+    """
+    explicit = bool(data.root)
+    root = Path(data.root) if explicit else workdir / "data" / "VOC2007"
+    if root.is_dir():
+        return root
+    wanted = data.generate if explicit else data.synthetic_generate
+    if not wanted:
+        hint = (
+            "; to generate the synthetic dataset there instead, add --config.data.generate=True"
+            if explicit
+            else ""
+        )
+        raise DataError(
+            f"data.root {root} does not exist; point --config.data.root at a VOC2007 directory "
+            f"(python -m voc_jax.data.download --out data/ fetches it){hint}"
+        )
+    if not distributed.is_main():  # process 0 generates; the others wait for it
+        distributed.barrier("synthetic data")
+        return root
+    log.info("generating the synthetic VOC dataset into %s", root)
+    generate(
+        root,
+        data.synthetic,
+        progress=lambda r: tqdm(r, desc="generating synthetic VOC", unit="img"),
+    )
+    distributed.barrier("synthetic data")
+    return root
+
+
+def load_split(
+    data: DataSettings,
+    root: Path,
+    split: str,
+    limit: int,
+    *,
+    decoded: DecodedCache | None = None,
+    need_boxes: bool = False,
+) -> VocDataset:
+    """A validated split; ``need_boxes``: refuse a split in which no image has an object
+    (training on it would only ever see background)."""
+    dataset = load_dataset(
+        root,
+        split,
+        strict=data.strict,
+        images=data.check_images,
+        decoded=decoded,
+        progress=lambda ids: tqdm(ids, desc=f"checking {split}", unit="img", leave=False),
+    )
+    for problem in dataset.warnings:
+        log.warning("%s", problem)
+    if limit:
+        dataset.records = dataset.records[:limit]
+    if not dataset.records:
+        raise DataError(f"{root}: split {split} has no images")
+    if need_boxes and not any(r.num_objects for r in dataset.records):
+        raise DataError(
+            f"{root}: no image of split {split} has an object; every patch would be background"
+        )
+    return dataset
+
+
+def load_splits(data: DataSettings, workdir: Path, *, train: bool) -> Splits:
+    """Resolve (or generate) the data root and load the splits a run needs, validated: the
+    test split always, the training split when ``train``."""
+    root = resolve_data_root(data, workdir)
+    # Images decoded once are remembered in the workdir, saved only when every check passed
+    # (a failed check leaves the workdir as it was).
+    decoded = DecodedCache(workdir if distributed.is_main() else None)
+    test = load_split(data, root, data.test_split, data.max_test_images, decoded=decoded)
+    train_set = test
+    if train:
+        train_set = load_split(
+            data, root, data.train_split, data.max_train_images, decoded=decoded, need_boxes=True
+        )
+    decoded.save()
+    log.info(
+        "data %s: %d %s images, %d %s images",
+        root,
+        len(train_set),
+        data.train_split if train_set is not test else "(no training)",
+        len(test),
+        data.test_split,
+    )
+    return Splits(root, train_set, test)
