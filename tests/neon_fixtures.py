@@ -5,7 +5,7 @@ Python 3's pickler cannot produce a Python 2 pickle (it writes bytes through
 ``str`` as SHORT_BINSTRING/BINSTRING, and arrays exactly as NumPy 1 reduced them,
 ``numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), 'b')`` then BUILD with
 ``(1, shape, dtype, is_fortran, raw bytes)``, dtypes as ``numpy.dtype('f4', 0, 1)`` with
-their 8-tuple state. The layer list follows seed.md (separate Convolution / Bias / Activation /
+their 8-tuple state. The layer list follows docs/reference.md (separate Convolution / Bias / Activation /
 Pooling / Linear / Dropout entries, conv ``W`` (C*R*S, K), linear ``W`` (nout, nin), bias
 ``(n, 1)``, momentum ``states``), built from a torch model with conv1 padding 3.
 """

@@ -160,7 +160,7 @@ def test_chance_map_matches_a_plain_loop():
 
 
 def reference_loop(scores, targets):
-    """seed.md's "Metric" rule, transcribed as plainly as possible: rank by score; an image
+    """docs/reference.md's "Metric" rule, transcribed as plainly as possible: rank by score; an image
     below 1e-6 is neither TP nor FP; recall over every positive image (difficult included);
     all-points AP; 0 when nothing is above the floor."""
     floor = 1e-6

@@ -45,7 +45,7 @@ def test_transfer_net_output_shape_and_head_init():
     head = TransferHead(hidden=1024).init(jax.random.key(0), jnp.zeros((1, 1024)))["params"]
     fc_a, fc_b = head["fc_a"], head["fc_b"]
     assert fc_a["kernel"].shape == (1024, 1024) and fc_b["kernel"].shape == (1024, 21)
-    # N(0, 0.005) with bias 0.1, and N(0, 0.01) with bias 0 (seed.md), over 1M and 21k samples.
+    # N(0, 0.005) with bias 0.1, and N(0, 0.01) with bias 0 (docs/reference.md), over 1M and 21k samples.
     assert abs(float(fc_a["kernel"].std()) - 0.005) < 0.005 * 0.01
     assert abs(float(fc_a["kernel"].mean())) < 3e-5
     np.testing.assert_array_equal(fc_a["bias"], np.full(1024, 0.1, np.float32))

@@ -1,4 +1,4 @@
-"""voc_jax/data/patches.py against plain loops written from seed.md and hand-worked counts."""
+"""voc_jax/data/patches.py against plain loops written from docs/reference.md and hand-worked counts."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ SCALES = P.REFERENCE_SCALES
 
 
 def reference_grid(width, height, scales=SCALES, min_patches=448, min_scales=11):
-    """seed.md, literally: scale by scale, x positions (outer loop) x y positions (inner loop),
+    """docs/reference.md, literally: scale by scale, x positions (outer loop) x y positions (inner loop),
     stop rule after a scale."""
     boxes, scale_of = [], []
     for k, s in enumerate(scales):

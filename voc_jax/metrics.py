@@ -6,7 +6,7 @@ Targets follow the official per-class files: 1 positive, 0 difficult only, -1 ne
   interpolated AP (mean over t = 0, 0.1, ..., 1 of the best precision at recall >= t).
 - ``area``: official difficult handling, all-points AP (area under the monotone precision
   envelope, the VOC 2010+ devkit).
-- ``reference``: what the neon reference computed (seed.md, "Metric"): target 0 counts as
+- ``reference``: what the neon reference computed (docs/reference.md, "Metric"): target 0 counts as
   positive, all-points AP, and an image scoring below 1e-6 is neither a true nor a false
   positive while the positives among such images STAY in the recall denominator (recall =
   TP / all positive images). A class whose every image is below the floor gets AP 0, and the

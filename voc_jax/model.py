@@ -1,6 +1,6 @@
 """AlexNet (single column, no LRN) and the VOC transfer model, in Flax Linen.
 
-Parameter names are the layer names of seed.md so that converted weights, optimizer labels and
+Parameter names are the layer names of docs/reference.md so that converted weights, optimizer labels and
 checkpoints all speak the same language: ``conv1`` .. ``conv5``, ``fc6``, ``fc7`` form the
 backbone, ``fc8`` is the ImageNet classifier and ``head/fc_a``, ``head/fc_b`` the new layers.
 
@@ -179,7 +179,7 @@ class AlexNet(nn.Module):
 
 
 class TransferHead(nn.Module):
-    """The new layers of seed.md: Dense 4096 + ReLU + dropout + Dense num_classes."""
+    """The new layers of docs/reference.md: Dense 4096 + ReLU + dropout + Dense num_classes."""
 
     num_classes: int = 21
     hidden: int = FC_WIDTH

@@ -86,6 +86,20 @@ def _regexes(value: Any) -> bool:
 def validate(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> None:
     """Raise ConfigError listing every problem of ``config`` (nothing read, nothing written)."""
     p = _Problems(config)
+    _check_run_and_data(config, p)
+    _check_patches_and_model(p)
+    _check_optim_and_outputs(p)
+    if p.items:  # the checks below need sane values
+        raise ConfigError("config: " + "; ".join(p.items))
+    _check_divisibility(config, p, device_count, process_count)
+    _check_weights(config, p)
+    if not p.items:
+        _check_model_and_regexes(config, p)
+    if p.items:
+        raise ConfigError("config: " + "; ".join(p.items))
+
+
+def _check_run_and_data(config: ml_collections.ConfigDict, p: _Problems) -> None:
     p.check("seed", _int(0), "must be an integer >= 0")
     p.check("num_epochs", _int(0), "must be an integer >= 0 (0 only evaluates)")
     p.check("batch_size", _int(1), "must be an integer >= 1")
@@ -105,6 +119,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
         lambda v: _int(16)(v) and v >= config.data.synthetic.min_side,
         "must be >= data.synthetic.min_side",
     )
+
+
+def _check_patches_and_model(p: _Problems) -> None:
     p.check("patches.size", _int(1), "must be an integer >= 1 (pixels)")
     p.check(
         "patches.scales",
@@ -132,6 +149,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
     p.check("model.dtype", _one_of(DTYPES), f"must be one of {DTYPES}")
     p.check("model.conv1_padding", _int(0), "must be an integer >= 0")
     p.check("model.width", _number(0, 1, low_open=True), "must be in (0, 1]")
+
+
+def _check_optim_and_outputs(p: _Problems) -> None:
     p.check("optim.optimizer", _one_of(optim.OPTIMIZERS), f"must be one of {optim.OPTIMIZERS}")
     p.check("optim.schedule", _one_of(optim.SCHEDULES), f"must be one of {optim.SCHEDULES}")
     p.check("optim.learning_rate", _number(0), "must be a finite number >= 0")
@@ -159,9 +179,11 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
     p.check("eval.every_epochs", _int(0), "must be >= 0")
     p.check("eval.images_per_step", _int(1), "must be an integer >= 1")
     p.check("feature_cache.dtype", _one_of(CACHE_DTYPES), f"must be one of {CACHE_DTYPES}")
-    if p.items:  # the checks below need sane values
-        raise ConfigError("config: " + "; ".join(p.items))
 
+
+def _check_divisibility(
+    config: ml_collections.ConfigDict, p: _Problems, device_count: int, process_count: int
+) -> None:
     if config.patches.per_image % config.batch_size:
         p.add(
             f"patches.per_image={config.patches.per_image} must be a multiple of "
@@ -173,11 +195,6 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
             p.add(f"{key}={value} must be a multiple of the {device_count} devices")
         if value % process_count:
             p.add(f"{key}={value} must be a multiple of the {process_count} processes")
-    _check_weights(config, p)
-    if not p.items:
-        _check_model_and_regexes(config, p)
-    if p.items:
-        raise ConfigError("config: " + "; ".join(p.items))
 
 
 def _check_weights(config: ml_collections.ConfigDict, p: _Problems) -> None:

@@ -1,4 +1,4 @@
-"""The reference recipe (seed.md): ImageNet AlexNet fine-tuned end to end on VOC 2007
+"""The reference recipe (docs/reference.md): ImageNet AlexNet fine-tuned end to end on VOC 2007
 trainval patches, 448 per image as 7 SGD updates of 64, evaluated on VOC 2007 test.
 
     python -m voc_jax.train --config voc_jax/configs/voc07_alexnet.py --workdir runs/ref \

@@ -1,6 +1,6 @@
 """Read neon model files (.p / .prm): a restricted unpickler and the layer mapping.
 
-A neon file is a Python 2 pickle (protocol 2) of plain dicts, lists and NumPy arrays (seed.md).
+A neon file is a Python 2 pickle (protocol 2) of plain dicts, lists and NumPy arrays (docs/reference.md).
 Unpickling is restricted to exactly what such arrays need: ``numpy.core.multiarray._reconstruct``
 (only for ``numpy.ndarray``), ``numpy.dtype``, ``numpy.core.multiarray.scalar`` and
 ``_codecs.encode``; any other global (``os.system``, ``builtins.eval``, ...) is refused before
@@ -241,7 +241,42 @@ def neon_to_torch_state(obj: Any, path: Path) -> tuple[dict[str, np.ndarray], di
 def _neon_to_torch_state(obj: Any, path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if not isinstance(obj, Mapping) or "model" not in obj:
         raise NeonError(f"{path}: no 'model' key at the top level; not a neon model file")
-    layers = flat_layers(obj["model"], path)
+    convs, linears, problems = _weight_layers(flat_layers(obj["model"], path))
+    if len(convs) != 5:
+        problems.append(f"expected 5 Convolution layers (AlexNet), found {len(convs)}")
+    if len(linears) not in (3, 4):
+        problems.append(
+            "expected 3 Linear layers (fc6, fc7, fc8: an ImageNet AlexNet) or 4 (fc6, fc7 and a "
+            f"transfer head: the reference's VOC model), found {len(linears)}"
+        )
+    if problems:
+        raise NeonError(
+            f"{path}: cannot map the layers ({len(problems)} problems):\n  " + "\n  ".join(problems)
+        )
+    kind = "alexnet" if len(linears) == 3 else "transfer"
+    conv_state, conv1_padding = _conv_state(convs, problems)
+    linear_state, scaled = _linear_state(linears, kind, problems)
+    if problems:
+        raise NeonError(
+            f"{path}: wrong shapes ({len(problems)} problems):\n  " + "\n  ".join(problems)
+        )
+    state = {k: np.ascontiguousarray(v, np.float32) for k, v in (conv_state | linear_state).items()}
+    facts = {
+        "kind": kind,
+        "conv1_padding": conv1_padding,
+        "num_classes": int(linears[-1]["W"].shape[0]),
+        "head_hidden": int(linears[2]["W"].shape[0]) if kind == "transfer" else None,
+        "dropout_scaled": scaled,
+        "neon_version": _plain(obj.get("neon_version")),
+        "epoch_index": _plain(obj.get("epoch_index")),
+        "backend": _plain((obj.get("backend") or {}).get("type")),
+    }
+    return state, facts
+
+
+def _weight_layers(layers: list[Any]) -> tuple[list[dict], list[dict], list[str]]:
+    """(convolutions, linears, problems): each weight layer with its bias (neon stores it as
+    the next layer) and, for a linear layer, the keep probability of a dropout before it."""
     problems: list[str] = []
     convs: list[dict[str, Any]] = []
     linears: list[dict[str, Any]] = []
@@ -275,19 +310,11 @@ def _neon_to_torch_state(obj: Any, path: Path) -> tuple[dict[str, np.ndarray], d
             keep = (layer.get("config") or {}).get("keep", 0.5)
             pending_keep = float(keep)
         # Activation, Pooling, Affine wrappers without params, data layers: no weights.
+    return convs, linears, problems
 
-    if len(convs) != 5:
-        problems.append(f"expected 5 Convolution layers (AlexNet), found {len(convs)}")
-    if len(linears) not in (3, 4):
-        problems.append(
-            "expected 3 Linear layers (fc6, fc7, fc8: an ImageNet AlexNet) or 4 (fc6, fc7 and a "
-            f"transfer head: the reference's VOC model), found {len(linears)}"
-        )
-    if problems:
-        raise NeonError(
-            f"{path}: cannot map the layers ({len(problems)} problems):\n  " + "\n  ".join(problems)
-        )
 
+def _conv_state(convs: list[dict], problems: list[str]) -> tuple[dict[str, np.ndarray], int]:
+    """torch-layout conv1..conv5 weights and conv1's padding (neon's AlexNet pads 3)."""
     state: dict[str, np.ndarray] = {}
     conv1_padding = 3
     in_channels = 3
@@ -318,12 +345,18 @@ def _neon_to_torch_state(obj: Any, path: Path) -> tuple[dict[str, np.ndarray], d
             )
             state[f"{prefix}.bias"] = b.reshape(out_ch)
         in_channels = out_ch
+    return state, conv1_padding
 
+
+def _linear_state(
+    linears: list[dict], kind: str, problems: list[str]
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """torch-layout fc6, fc7 and fc8 (or the transfer head), weights after a neon dropout
+    multiplied by its keep probability; and the names of the layers so scaled."""
+    state: dict[str, np.ndarray] = {}
     n_in = 256 * 6 * 6
-    kind = "alexnet" if len(linears) == 3 else "transfer"
     prefixes = TORCH_LINEAR[:2] + (TORCH_LINEAR[2:] if kind == "alexnet" else HEAD_LINEAR)
     scaled = []
-    facts: dict[str, Any] = {}
     for k, (entry, prefix) in enumerate(zip(linears, prefixes, strict=False)):
         w, b = entry["W"], entry["b"]
         if w.ndim != 2 or w.shape[1] != n_in:
@@ -341,20 +374,7 @@ def _neon_to_torch_state(obj: Any, path: Path) -> tuple[dict[str, np.ndarray], d
         state[f"{prefix}.weight"] = weight
         state[f"{prefix}.bias"] = b.reshape(-1).astype(np.float32)
         n_in = w.shape[0]
-    if problems:
-        raise NeonError(
-            f"{path}: wrong shapes ({len(problems)} problems):\n  " + "\n  ".join(problems)
-        )
-    state = {k: np.ascontiguousarray(v, np.float32) for k, v in state.items()}
-    facts["kind"] = kind
-    facts["conv1_padding"] = conv1_padding
-    facts["num_classes"] = int(linears[-1]["W"].shape[0])
-    facts["head_hidden"] = int(linears[2]["W"].shape[0]) if kind == "transfer" else None
-    facts["dropout_scaled"] = scaled
-    facts["neon_version"] = _plain(obj.get("neon_version"))
-    facts["epoch_index"] = _plain(obj.get("epoch_index"))
-    facts["backend"] = _plain((obj.get("backend") or {}).get("type"))
-    return state, facts
+    return state, scaled
 
 
 def _plain(value: Any) -> Any:

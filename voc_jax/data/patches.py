@@ -2,7 +2,7 @@
 
 Pure NumPy, vectorised over patches (and over patches x boxes for labels). Boxes are
 ``(x0, y0, x1, y1)`` floats in 0-based pixel coordinates; areas are continuous
-``(x1 - x0) * (y1 - y0)``. seed.md is the specification; the docstrings say where it is silent
+``(x1 - x0) * (y1 - y0)``. docs/reference.md is the specification; the docstrings say where it is silent
 and what we chose.
 """
 
@@ -172,7 +172,7 @@ def sample_train(
     More than ``num`` positives: the first ``num`` (large scales first). Otherwise all
     positives plus background drawn at random without replacement. When an image has fewer
     usable patches than ``num`` (very rare; ignored patches are never used) the rest is drawn
-    with replacement. ``shuffle`` mixes positives into all micro-batches (seed.md is silent
+    with replacement. ``shuffle`` mixes positives into all micro-batches (docs/reference.md is silent
     on the order; without it every positive lands in the first micro-batch).
     """
     positives = np.flatnonzero(labels > 0)

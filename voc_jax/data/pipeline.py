@@ -1,22 +1,27 @@
 """The host pipeline (grain): records -> shuffled, decoded, patch-sampled NumPy batches.
 
-One element is one image: the uint8 image padded to a fixed canvas with its true size, and the
-K sampled patch boxes with their labels; the device crops them (voc_jax.data.crops). Every
-random choice comes from grain's per-element generator, derived from the seed, the epoch and
-the element's position, so batches are reproducible and an iterator restored from a saved
-state yields exactly the batches the original would have yielded next.
+One element is one image and its K sampled patches. Every random choice comes from grain's
+per-element generator, derived from the seed, the epoch and the element's position, so batches
+are reproducible and batch ``b`` of an epoch can be recomputed from its index alone.
 
-Batch layout (B images per batch, K patches per image, R row intervals):
-  image         uint8   [B, Hc, Wc, 3]  RGB, top-left aligned, zero padding
-  image_size    int32   [B, 2]          true (height, width) on the canvas
-  boxes         float32 [B, K, 4]       (x0, y0, x1, y1) crop rectangles, canvas pixels
+A batch (B images, K patches per image) holds, whatever the crop site:
   labels        int32   [B, K]          0 background, 1..20 classes, -1 ignored / padding
   valid         bool    [B, K]          a real sampled patch (False only for padding)
   image_index   int32   [B]             index into the records list (-1 for padding)
-  row_intervals float32 [B, R, 2]       distinct intervals for the shared vertical pass
-  row_index     int32   [B, K]          which interval each patch uses
-  col_intervals float32 [B, K, 2]       the other axis of each box
-  transposed    bool    [B]             intervals refer to the transposed (portrait) image
+and, by where the patches are cropped (``PatchConfig.crops``) or whether they come from a
+feature cache:
+- device crops (accelerators): the image and the crop plan, the jitted step crops
+    image         uint8   [B, Hc, Wc, 3]  RGB, top-left aligned, zero padding
+    image_size    int32   [B, 2]          true (height, width) on the canvas
+    boxes         float32 [B, K, 4]       (x0, y0, x1, y1) crop rectangles, canvas pixels
+    row_intervals float32 [B, R, 2]       distinct intervals for the shared vertical pass
+    row_index     int32   [B, K]          which interval each patch uses
+    col_intervals float32 [B, K, 2]       the other axis of each box
+    transposed    bool    [B]             intervals refer to the transposed (portrait) image
+- host crops (the CPU default): the workers crop with PIL
+    patches       uint8   [B, K, P, P, 3]
+- a feature cache (frozen backbone): the sampled patches' cached fc6 rows
+    features      float16/bfloat16/float32 [B, K, D]
 """
 
 from __future__ import annotations
@@ -49,7 +54,9 @@ class PatchConfig:
     min_patch_overlap: float = P.MIN_PATCH_OVERLAP
     min_box_coverage: float = P.MIN_BOX_COVERAGE
     difficult: P.DifficultMode = "object"  # the reference counts difficult boxes as objects
-    shuffle_patches: bool = True  # mix positives over the micro-batches (seed.md is silent)
+    shuffle_patches: bool = (
+        True  # mix positives over the micro-batches (docs/reference.md is silent)
+    )
     test_sampling: Literal["random", "spread"] = "random"  # the reference draws at random
     canvas: tuple[int, int] = (500, 500)  # (Hc, Wc); larger images are scaled down once
     crop_boxes: P.CropMode = "exact"  # exact fractional boxes | reference: int()-truncated

@@ -107,14 +107,36 @@ def parse_annotation(
     xml_path: Path, *, image_path: Path | None = None, strict: bool = False
 ) -> tuple[VocRecord | None, list[Problem]]:
     """One XML file -> (record or None when unusable, problems found)."""
-    problems: list[Problem] = []
     where = str(xml_path)
-
-    def warn(message: str) -> None:
-        problems.append(Problem("error" if strict else "warning", where, message))
-
+    root, problems = _xml_root(xml_path)
+    if root is None:
+        return None, problems
     try:
-        root = SafeET.parse(xml_path).getroot()
+        width, height = _image_size(root)
+    except ValueError as e:
+        return None, [Problem("error", where, f"{e}; cannot place the boxes without it")]
+    objects = _objects(root, where, width, height, strict, problems)
+    if any(p.severity == "error" for p in problems):
+        return None, problems
+    boxes, labels, difficult, truncated = objects
+    record = VocRecord(
+        image_id=xml_path.stem,
+        image_path=image_path if image_path is not None else xml_path,
+        width=width,
+        height=height,
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        labels=np.asarray(labels, np.int32),
+        difficult=np.asarray(difficult, bool),
+        truncated=np.asarray(truncated, bool),
+    )
+    return record, problems
+
+
+def _xml_root(xml_path: Path) -> tuple[ET.Element | None, list[Problem]]:
+    """The parsed root element, or None and the one problem that prevented it."""
+    where = str(xml_path)
+    try:
+        return SafeET.parse(xml_path).getroot(), []
     except ET.ParseError as e:
         line, column = e.position
         return None, [
@@ -125,18 +147,30 @@ def parse_annotation(
     except Exception as e:  # defusedxml refuses entities, DTDs and the like
         return None, [Problem("error", where, f"refused XML ({type(e).__name__}): {e}")]
 
+
+def _image_size(root: ET.Element) -> tuple[int, int]:
+    """(width, height) from <size>; ValueError when missing, not a number or too small."""
     size = root.find("size")
-    try:
-        if size is None:
-            raise ValueError("missing <size>")
-        width, height = int(_number(size, "width")), int(_number(size, "height"))
-        if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
-            raise ValueError(
-                f"<size> {width}x{height} is too small (patches need at least "
-                f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels)"
-            )
-    except ValueError as e:
-        return None, [Problem("error", where, f"{e}; cannot place the boxes without it")]
+    if size is None:
+        raise ValueError("missing <size>")
+    width, height = int(_number(size, "width")), int(_number(size, "height"))
+    if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"<size> {width}x{height} is too small (patches need at least "
+            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels)"
+        )
+    return width, height
+
+
+def _objects(
+    root: ET.Element, where: str, width: int, height: int, strict: bool, problems: list[Problem]
+) -> tuple[list, list, list, list]:
+    """(boxes, labels, difficult, truncated) of the usable objects, 0-based boxes clipped to
+    the image; every problem appended to ``problems`` (clipping is a warning unless
+    ``strict``, an unknown class or a box that is not four numbers an error)."""
+
+    def warn(message: str) -> None:
+        problems.append(Problem("error" if strict else "warning", where, message))
 
     boxes, labels, difficult, truncated = [], [], [], []
     for index, obj in enumerate(root.findall("object")):
@@ -170,20 +204,7 @@ def parse_annotation(
         labels.append(CLASS_INDEX[name])
         difficult.append(_text(obj, "difficult") == "1")
         truncated.append(_text(obj, "truncated") == "1")
-
-    if any(p.severity == "error" for p in problems):
-        return None, problems
-    record = VocRecord(
-        image_id=xml_path.stem,
-        image_path=image_path if image_path is not None else xml_path,
-        width=width,
-        height=height,
-        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
-        labels=np.asarray(labels, np.int32),
-        difficult=np.asarray(difficult, bool),
-        truncated=np.asarray(truncated, bool),
-    )
-    return record, problems
+    return boxes, labels, difficult, truncated
 
 
 def _read_text(path: Path) -> str:
