@@ -107,11 +107,16 @@ def test_resume_from_partial_file(tmp_path):
     assert server.requests == [("trainval.tar", "bytes=7000-")]
 
 
-def test_checksum_mismatch_removes_the_download(tmp_path):
+def test_checksum_mismatch_moves_the_download_aside(tmp_path):
+    """A download failing its MD5 is kept as <name>.bad-md5 (never deleted), and said so."""
     bad = D.Archive("trainval.tar", "0" * 32)
-    with Server({"trainval.tar": TRAINVAL}) as server, pytest.raises(D.ChecksumError, match="MD5"):
+    with (
+        Server({"trainval.tar": TRAINVAL}) as server,
+        pytest.raises(D.ChecksumError, match=r"moved to .*trainval\.tar\.bad-md5"),
+    ):
         D.ensure_archive(bad, tmp_path, [server.url])
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["trainval.tar.bad-md5"]
+    assert (tmp_path / "trainval.tar.bad-md5").read_bytes() == TRAINVAL
 
 
 def test_corrupt_cached_archive_is_moved_aside_never_deleted(tmp_path, capsys):

@@ -100,6 +100,13 @@ def bad_data(tmp: Path, tiny_data_root: Path, change: str) -> Path:
                 a, b = text.index("<object>"), text.index("</object>") + len("</object>")
                 text = text[:a] + text[b:]
             xml_path.write_text(text)
+    elif change == "png16":  # a 16-bit PNG named .jpg: PIL's RGB conversion would clip it white
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(jpeg) as im:
+            width, height = im.size
+        Image.fromarray(np.full((height, width), 1000, np.uint16)).save(jpeg, format="PNG")
     elif change == "non-utf8-split":
         (root / "ImageSets" / "Main" / "trainval.txt").write_bytes(b"000000\n\xff\xfe\n")
     elif change == "bad-class-file":
@@ -137,6 +144,11 @@ TRAIN_CONFIG = [
     (("--config.model.width=0",), "model.width=0"),
     (("--config.feature_cache.enabled=True",), "every trainable parameter must be above fc6"),
     (("--config.feature_cache.dtype=int8",), "feature_cache.dtype='int8'"),
+    (('--config.optim.trainable=("[",)',), "optim.trainable"),  # not a regex: one line
+    (("--config.patches.per_image=100000000",), "one call's patches need 8.9 TiB"),
+    (("--config.model.conv1_padding=99",), "model.conv1_padding=99: must be in [0, 5]"),
+    (("--config.model.head_hidden=10000000",), "model.head_hidden=10000000"),
+    (("--config.num_epochs=0",), "nothing to evaluate"),  # fresh workdir, no init.weights
 ]
 
 
@@ -151,6 +163,7 @@ DATA_ERRORS = [
     ("tiny-image", "too small"),
     ("no-boxes", "no image of split trainval has an object"),
     ("non-utf8-split", "trainval.txt: not UTF-8"),
+    ("png16", "not 8 bits per channel"),
 ]
 
 
@@ -158,7 +171,7 @@ DATA_ERRORS = [
 def test_train_data_errors(tmp_path, tiny_data_root, capsys, change, expect):
     root = bad_data(tmp_path, tiny_data_root, change)
     case = train_case(tmp_path, expect=expect, data=root)
-    if change in ("nan-box", "truncated-jpeg", "tiny-image"):
+    if change in ("nan-box", "truncated-jpeg", "tiny-image", "png16"):
         case.expect = first_id(root)  # the file is named ...
         check_case(case, capsys, also=expect)  # ... with the problem
     else:
@@ -187,8 +200,9 @@ def test_train_more_errors(tmp_path, capsys):
         ({"architecture__conv1_padding": 9}, "conv1_padding=9 is out of range"),
         ({"preprocessing__scale": 255.0}, "preprocessing.scale=255.0 is out of range"),
         ({"preprocessing__std": [0, 1, 1]}, "std must be positive"),
+        ({"preprocessing__std": [float("nan"), 1, 1]}, "must be finite numbers"),
     ],
-    ids=["conv1-padding", "scale", "std"],
+    ids=["conv1-padding", "scale", "std", "std-nan"],
 )
 def test_train_weights_metadata_errors(tmp_path, capsys, changes, expect):
     weights = weights_dir(tmp_path, **changes)
@@ -196,6 +210,68 @@ def test_train_weights_metadata_errors(tmp_path, capsys, changes, expect):
         tmp_path, f"--config.init.weights={weights}", "--config.model.width=1.0", expect=expect
     )
     check_case(case, capsys)
+
+
+def resumable_copy(trained: Path, tmp: Path, keep_until: int | None = None) -> Path:
+    """A copy of a trained workdir; ``keep_until``: its checkpoints past that step removed
+    (what a run stopped there would have left)."""
+    work = tmp / "w"
+    shutil.copytree(trained, work)
+    if keep_until is not None:
+        for step in (work / "checkpoints").iterdir():
+            if step.name.isdigit() and int(step.name) > keep_until:
+                shutil.rmtree(step)
+    return work
+
+
+RESUME_ERRORS = [
+    # (overrides, keep checkpoints until, expected in the one error line)
+    (("--config.model.head_hidden=32",), None, "model.head_hidden: 64 in config.json, 32 now"),
+    (("--config.model.width=0.125",), None, "model.width: 0.0625 in config.json, 0.125 now"),
+    (("--config.optim.optimizer=adamw",), None, "optim.optimizer: 'sgd' in config.json"),
+    (("--config.optim.trainable=('head/.*',)",), None, "optim.trainable"),
+    (
+        ("--config.seed=1",),
+        4,
+        "seed=1 but the checkpoint (epoch 1, batch 2) was written with seed=0",
+    ),
+    (("--config.batch_size=8",), 4, "batch_size=8 but the checkpoint"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "keep_until", "expect"), RESUME_ERRORS, ids=[e for *_, e in RESUME_ERRORS]
+)
+def test_resume_refusals_write_nothing(
+    tmp_path, trained_tiny, tiny_data_root, capsys, overrides, keep_until, expect
+):
+    """A resume that cannot continue the run is refused before anything is written: the
+    config.json, image_check.json, metrics and checkpoints stay as they were."""
+    work = resumable_copy(trained_tiny, tmp_path, keep_until)
+    if "--config.batch_size=8" in overrides:
+        overrides = (*overrides, "--config.patches.per_image=8")
+    root = f"--config.data.root={tiny_data_root}"  # as trained: nothing to generate
+    check_case(Case(train.main, train_args(work, root, *overrides), expect, work), capsys)
+
+
+def test_checkpoints_that_cannot_be_listed_are_refused(
+    tmp_path, trained_tiny, tiny_data_root, capsys
+):
+    work = resumable_copy(trained_tiny, tmp_path)
+    shutil.rmtree(work / "checkpoints")
+    (work / "checkpoints").write_text("not a directory")
+    argv = train_args(work, f"--config.data.root={tiny_data_root}")
+    check_case(Case(train.main, argv, "checkpoints: is not a directory", work), capsys)
+
+
+def test_evaluate_with_a_changed_model_shape_is_refused(tmp_path, trained_tiny, capsys):
+    work = resumable_copy(trained_tiny, tmp_path)
+    argv = ["voc_jax.evaluate", f"--workdir={work}", f"--config={TINY}"]
+    check_case(
+        Case(evaluate.main, [*argv, "--config.model.head_hidden=32"], "cannot evaluate", work),
+        capsys,
+        also="model.head_hidden: 64 in config.json, 32 now",
+    )
 
 
 def test_train_weights_need_the_full_width(tmp_path, capsys):
@@ -301,6 +377,12 @@ def test_convert_errors(tmp_path, capsys, monkeypatch):
             out,
         ),
         Case(
+            converter_main,
+            ["--pth", str(pth), "--out", str(out), "--std", "nan", "1", "1"],
+            "must be finite numbers",
+            out,
+        ),
+        Case(
             converter_main, ["--pth", str(pth), "--out", str(a_file / "sub")], "is a file", a_file
         ),
         Case(
@@ -342,7 +424,7 @@ def test_download_errors(tmp_path, capsys):
         Case(
             download.main,
             ["--out", str(a_file), "--mirror", "http://127.0.0.1:9/"],
-            str(a_file),
+            f"--out {a_file}: is a file, not a directory",  # not "offline?"
             a_file,
         ),
         capsys,

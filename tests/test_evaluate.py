@@ -79,3 +79,44 @@ def test_reference_column_counts_classes_below_the_floor_as_zero():
     assert boat.split(" | ")[2] == "0.00" and "-74.84" in boat
     assert "every image scores below 1e-6 for boat" in table
     assert results["reference"]["map"] == np.mean(results["reference"]["ap"])
+
+
+def test_evaluation_warnings_are_one_log_line_each(tmp_path, trained_tiny, capsys):
+    """Classes without positives on the tiny test split warn: one line each, no source line."""
+    import shutil
+
+    from tests.helpers import call
+
+    work = tmp_path / "w"
+    shutil.copytree(trained_tiny, work)
+    code, _, err = call(evaluate.main, ["voc_jax.evaluate", f"--workdir={work}"], capsys)
+    assert code == 0
+    warned = [line for line in err.splitlines() if "have no positive image" in line]
+    assert warned and all(" WARNING " in line for line in warned)
+    assert "UserWarning" not in err and "mean_average_precision(" not in err
+
+
+def test_sigterm_during_evaluation_is_one_line_and_exit_130(
+    tmp_path, trained_tiny, capsys, monkeypatch
+):
+    """SIGTERM while scoring: "interrupted", status 130, the workdir lock released."""
+    import os
+    import shutil
+    import signal
+    import time
+
+    from tests.helpers import call
+    from voc_jax.workdir_lock import LOCK_FILE
+
+    work = tmp_path / "w"
+    shutil.copytree(trained_tiny, work)
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal arrives first
+        raise AssertionError("SIGTERM did not interrupt")
+
+    monkeypatch.setattr(evaluate, "compute_scores", terminated)
+    code, _, err = call(evaluate.main, ["voc_jax.evaluate", f"--workdir={work}"], capsys)
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    assert not (work / LOCK_FILE).exists()

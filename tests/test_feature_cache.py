@@ -89,7 +89,7 @@ def test_changed_weights_or_scales_rebuild_never_reuse(tmp_path, dataset, caplog
         built.append(cache.directory)
     assert built[0] == built[1]  # the same inputs: reused
     assert len({built[0], built[2], built[3]}) == 3  # other weights, other scales: new caches
-    assert "complete, reused" in caplog.text
+    assert "complete, verified, reused" in caplog.text
     assert len(list((tmp_path / "feature_cache").iterdir())) == 3
 
 
@@ -159,3 +159,93 @@ def test_cached_training_run_matches_the_uncached_one(tmp_path, tiny_data_root, 
         assert results["pixels"][1][protocol]["map"] == pytest.approx(
             results["cached"][1][protocol]["map"], abs=1e-6
         )
+
+
+def damage_cache(directory, how: str) -> None:
+    features = directory / "features.npy"
+    data = bytearray(features.read_bytes())
+    if how == "zeroed":
+        features.write_bytes(bytes(len(data)))
+    elif how == "one-byte":  # in the rows, past the header
+        data[len(data) - 1000] ^= 0x40
+        features.write_bytes(bytes(data))
+    elif how == "truncated":
+        features.write_bytes(bytes(data[: len(data) // 2]))
+    elif how == "bad-header":
+        features.write_bytes(b"NOT NUMPY" + bytes(data[9:]))
+    elif how == "manifest":
+        (directory / "manifest.json").write_text('{"complete": tru')
+    elif how == "digests":
+        (directory / "digests.txt").write_text("")
+
+
+DAMAGE = ["zeroed", "one-byte", "truncated", "bad-header", "manifest", "digests"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_damaged_cache_is_set_aside_and_rebuilt(tmp_path, dataset, how, caplog):
+    """Damage that reuse would otherwise train on (zeroed rows, a flipped byte) or trip over
+    (a truncated file, a broken header, garbled JSON): detected, moved aside, rebuilt."""
+    exp = Experiment.build(frozen_config())
+    reference = feature_cache.ensure(exp, dataset, tmp_path / "ref", progress=False)
+    work = tmp_path / "run"
+    first = feature_cache.ensure(exp, dataset, work, progress=False)
+    damage_cache(first.directory, how)
+    with caplog.at_level(logging.INFO):
+        again = feature_cache.ensure(exp, dataset, work, progress=False)
+    assert "is damaged" in caplog.text and "moved to" in caplog.text
+    aside = [p for p in (work / "feature_cache").iterdir() if ".damaged-" in p.name]
+    assert len(aside) == 1  # kept, never deleted
+    assert again.directory == first.directory
+    np.testing.assert_array_equal(np.asarray(again.features), np.asarray(reference.features))
+
+
+def test_damaged_interrupted_build_is_rebuilt(tmp_path, dataset, monkeypatch, caplog):
+    """A garbled progress.json of an interrupted build: not continued from, rebuilt."""
+    exp = Experiment.build(frozen_config())
+    monkeypatch.setattr(feature_cache, "COMMIT_EVERY", 2)
+    original = feature_cache.candidates_example
+
+    def dying(record, index, *args):
+        if index == 3:
+            raise KeyboardInterrupt
+        return original(record, index, *args)
+
+    monkeypatch.setattr(feature_cache, "candidates_example", dying)
+    with pytest.raises(KeyboardInterrupt):
+        feature_cache.ensure(exp, dataset, tmp_path, progress=False)
+    directory = next(p for p in (tmp_path / "feature_cache").iterdir() if p.is_dir())
+    (directory / "progress.json").write_text("{")
+    monkeypatch.setattr(feature_cache, "candidates_example", original)
+    with caplog.at_level(logging.INFO):
+        cache = feature_cache.ensure(exp, dataset, tmp_path, progress=False)
+    assert "progress.json is unreadable" in caplog.text
+    assert feature_cache.verified_images(cache) == len(dataset.records)
+
+
+def test_full_disk_while_reserving_is_one_line_and_the_build_resumes(
+    tmp_path, tiny_data_root, capsys, monkeypatch
+):
+    """The cache's space is reserved before the first row: a full disk there is one error
+    line (not a SIGBUS from a write into the memory map), and the next run builds it."""
+    import errno
+    import os
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    args = train_args(
+        tmp_path / "w",
+        f"--config.data.root={tiny_data_root}",
+        "--config.optim.trainable=('head/.*',)",
+        "--config.feature_cache.enabled=True",
+        "--config.num_epochs=1",
+    )
+    code, _, err = call(train.main, args, capsys)
+    assert code == 2 and "Traceback" not in err
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "no space left on" in lines[0] and "feature cache" in lines[0]
+    monkeypatch.undo()
+    code, _, _ = call(train.main, args, capsys)
+    assert code == 0

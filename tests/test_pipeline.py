@@ -86,6 +86,17 @@ def test_deterministic_and_reshuffled_per_epoch(records):
     assert_batches_equal([a[0], a[3]], [b[0], b[3]])
 
 
+def test_training_covers_every_image_every_epoch(records):
+    """10 images at 4 per call: 3 calls, the last padded (nothing dropped, every epoch)."""
+    for epoch in (0, 1):
+        ds = epoch_dataset(records, SMALL, images_per_batch=4, train=True, seed=0, epoch=epoch)
+        seen = [int(i) for b in ds for i in b["image_index"]]
+        assert len(ds) == 3 and sorted(seen) == [-1, -1, *range(10)]
+        last = ds[2]
+        padded = last["image_index"] < 0
+        assert not last["valid"][padded].any() and (last["labels"][padded] == P.IGNORE).all()
+
+
 def test_evaluation_covers_every_image_once(records):
     ds = epoch_dataset(records, SMALL, images_per_batch=4, train=False, seed=0)
     seen = [int(i) for b in ds for i in b["image_index"]]
@@ -113,6 +124,14 @@ def test_restored_iterator_continues_exactly(records, workers):
     assert_batches_equal(collect(restored, 3), rest)
     straight = collect(iterate(ds), 5)
     assert_batches_equal(straight[2:], rest)  # workers change nothing
+
+
+def test_images_of_more_than_8_bits_are_refused(tmp_path):
+    """A 16-bit PNG named .jpg: PIL's RGB conversion would clip it to white."""
+    path = tmp_path / "deep.jpg"
+    Image.fromarray(np.full((20, 30), 1000, np.uint16)).save(path, format="PNG")
+    with pytest.raises(ImageError, match=r"deep\.jpg: is a I;16 image, not 8 bits"):
+        decode_image(str(path))
 
 
 def test_decode_odd_files(tmp_path):
@@ -176,7 +195,7 @@ def test_process_shards_tile_the_global_batches(records, train):
         )
         for p in range(2)
     ]
-    assert len(one) == len(shards[0]) == len(shards[1]) == (2 if train else 3)
+    assert len(one) == len(shards[0]) == len(shards[1]) == 3  # 10 images: the last batch padded
     for b in range(len(one)):
         joined = {k: np.concatenate([shards[0][b][k], shards[1][b][k]]) for k in one[b]}
         assert_batches_equal([joined], [one[b]])

@@ -48,7 +48,8 @@ def test_trained_workdir_is_complete(trained_tiny):
     assert steps[-1] == 24 and len(steps) == 6  # every 4 steps, 2 epochs of 12
     data = checkpoint_data(trained_tiny, 24)
     assert data["epoch"] == 2 and data["batch"] == 0 and data["images_per_step"] == 1
-    assert set(data["digest"]) == {"params", "train"}
+    assert set(data["digest"]) == {"params", "train", "data"}
+    assert data["seed"] == 0 and data["batch_size"] == 4  # a mid-epoch resume checks both
     rows = read_metrics(trained_tiny)
     epochs = [r for r in rows if "epoch_loss" in r]
     assert [r["step"] for r in epochs] == [12, 24]
@@ -119,7 +120,12 @@ def test_sigkill_then_resume_is_bitwise_identical_metrics_included(
 
 
 def damage(work: Path, step: int, how: str) -> None:
-    if how == "truncated":  # a write cut short
+    if how == "position":  # the data position edited: a resume would skip images
+        path = work / "checkpoints" / str(step) / "data" / "metadata"
+        data = json.loads(path.read_text())
+        data["batch"] += 1
+        path.write_text(json.dumps(data))
+    elif how == "truncated":  # a write cut short
         for f in (work / "checkpoints" / str(step) / "params").rglob("*"):
             if f.is_file():
                 f.write_bytes(b"")
@@ -133,7 +139,7 @@ def damage(work: Path, step: int, how: str) -> None:
         biggest.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("how", ["truncated", "flipped"])
+@pytest.mark.parametrize("how", ["truncated", "flipped", "position"])
 def test_damaged_latest_checkpoint_is_skipped_and_rewritten(tmp_path, trained_tiny, how, caplog):
     work = copy_of(trained_tiny, tmp_path)
     damage(work, 24, how)
@@ -158,7 +164,11 @@ def test_damaged_latest_checkpoint_is_skipped_and_rewritten(tmp_path, trained_ti
         code = train.main(train_args(work))
     assert code == 0
     text = caplog.text
-    reason = "cannot be read" if how == "truncated" else "do not match the digest"
+    reason = {
+        "truncated": "cannot be read",
+        "flipped": "do not match the digest",
+        "position": "data position does not match the digest",
+    }[how]
     assert "checkpoints/24 skipped: " in text and reason in text
     assert "resuming from checkpoint step 20" in text
     assert "moved damaged checkpoint step 24" in text
@@ -168,6 +178,17 @@ def test_damaged_latest_checkpoint_is_skipped_and_rewritten(tmp_path, trained_ti
     step, params = final_params(work)
     assert step == 24
     assert_trees_equal(params, final_params(trained_tiny)[1])
+
+
+def test_changed_configs_are_all_kept(tmp_path, trained_tiny):
+    """Every different config a workdir ran with stays beside the current one."""
+    work = copy_of(trained_tiny, tmp_path)
+    original = (work / "config.json").read_text()
+    for every in (3, 6):
+        assert train.main(train_args(work, f"--config.log_every_steps={every}")) == 0
+    assert (work / "config.json.old").read_text() == original
+    assert json.loads((work / "config.json.old.2").read_text())["log_every_steps"] == 3
+    assert json.loads((work / "config.json").read_text())["log_every_steps"] == 6
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_data_root, caplog):
@@ -241,6 +262,15 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, trained_tiny, capl
         assert train.main(train_args(work, "--config.num_epochs=0")) == 0
     assert "taking over the stale lock" in caplog.text and "999999999" in caplog.text
     assert not (work / LOCK_FILE).exists()
+
+
+def test_stale_lock_without_a_record_is_taken_over_with_a_warning(tmp_path, trained_tiny, caplog):
+    """A lock file cut short by a kill (no holder recorded) is still reported when taken over."""
+    work = copy_of(trained_tiny, tmp_path)
+    (work / LOCK_FILE).write_text("")
+    with caplog.at_level(logging.WARNING):
+        assert train.main(train_args(work, "--config.num_epochs=0")) == 0
+    assert "taking over the stale lock" in caplog.text and "(unknown)" in caplog.text
 
 
 def mid_epoch_copy(trained: Path, tmp_path: Path) -> Path:

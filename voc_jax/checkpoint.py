@@ -8,8 +8,8 @@ separate item so evaluation and prediction restore them alone
 
 Integrity: orbax writes each step to a temporary directory and renames it when complete, so a
 kill mid-write leaves the previous checkpoints intact. Orbax stores no checksum, so a SHA-256
-digest of every saved array (computed on the host from the state being saved) goes into the
-step's JSON and is checked at restore: a step whose data does not match, or cannot be read,
+digest of every saved array (computed on the host from the state being saved) and of the data
+position goes into the step's JSON and is checked at restore: a step whose data does not match, or cannot be read,
 is skipped with a one-line warning, and training moves it aside (``checkpoints.damaged/``) so
 that the step is written afresh when the run reaches it again. Restores always go against an
 abstract target (shapes, dtypes, shardings).
@@ -18,6 +18,7 @@ abstract target (shapes, dtypes, shardings).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import time
@@ -43,6 +44,11 @@ def digest(tree: Any) -> str:
         h.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|".encode())
         h.update(array.tobytes())
     return h.hexdigest()
+
+
+def json_digest(value: Any) -> str:
+    """SHA-256 of a JSON-able value (the data position: epoch, batch, sums...)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _host(leaf: Any) -> np.ndarray:
@@ -84,7 +90,8 @@ class Checkpointer:
         """Asynchronous; ``wait()`` before exiting. Saving a step twice is a no-op."""
         if step in self.manager.all_steps():
             return
-        data = dict(data) | {"digest": {"params": digest(params), "train": digest(train)}}
+        digests = {"params": digest(params), "train": digest(train), "data": json_digest(data)}
+        data = dict(data) | {"digest": digests}
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -113,6 +120,10 @@ class Checkpointer:
                 raise DamagedCheckpoint(f"no digest for its {name}; not written by this voc-jax")
             if digest(restored[name]) != expected[name]:
                 raise DamagedCheckpoint(f"its {name} do not match the digest saved with them")
+        position = {k: v for k, v in data.items() if k != "digest"}
+        # Checkpoints written before the data position had a digest carry none: accepted.
+        if "data" in expected and json_digest(position) != expected["data"]:
+            raise DamagedCheckpoint("its data position does not match the digest saved with it")
         return {name: restored[name] for name in abstract} | {"data": data}
 
     def restore(

@@ -9,11 +9,15 @@ points, by ``python -m``, and by the tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib.util
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import ml_collections
@@ -66,12 +70,39 @@ def setup_logging(level: int = logging.INFO) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
     except ImportError:  # pragma: no cover
         pass
+    warnings.showwarning = _warning_as_log_line
+
+
+def _warning_as_log_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one log line (not the source line under it)."""
+    logging.getLogger("voc_jax").warning("%s", message)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM acts as Ctrl-C for the whole command (one "interrupted" line, exit 130, the
+    workdir lock released), not a silent death with -15; training's loop installs its own
+    handler, which saves a checkpoint first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_guarded(body: Callable[[], int]) -> int:
-    """Run a command body; user errors and a full disk become one ``error:`` line, exit 2."""
+    """Run a command body; user errors and a full disk become one ``error:`` line, exit 2;
+    Ctrl-C and SIGTERM one ``interrupted`` line, exit 130."""
     try:
-        return body()
+        with sigterm_interrupts():
+            return body()
     except UserError as e:
         return report(str(e))
     except KeyboardInterrupt:

@@ -278,9 +278,11 @@ def evaluate_workdir(
         config = config.copy_and_resolve_references()
         config.data.test_split = split
     with distributed.workdir_lock(workdir, "evaluate"):
+        workdir_lib.check_unchanged(config, workdir, workdir_lib.SHAPE_FIELDS, "evaluate")
         exp = Experiment.build(config)
         found, params = workdir_lib.restore_params(workdir, exp.model.params, step)
         splits = load_splits(exp.data, workdir, train=False)
+        splits.remember_decoded()
         evaluate_and_report(exp, exp.put_params(params), splits.test, workdir, found)
     return 0
 

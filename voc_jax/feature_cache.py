@@ -19,15 +19,23 @@ backbone parameters up to fc6, the preprocessing, the model's width, dtype and c
 the patch geometry and crop settings, the split, and every image file (size and SHA-256). Any
 change gives another directory: a stale cache is never reused, it is rebuilt.
 
-Building is resumable: rows are written in image order, flushed, and only then is the count
-of finished images committed (an atomic rename of ``progress.json``); a rerun after a kill
-continues from there. Its size is computed and checked against the free disk space before
-it starts.
+Building is resumable: rows are written in image order, flushed, and only then are the
+finished images' digests and their count committed (atomic renames of ``digests.txt`` and
+``progress.json``); a rerun after a kill continues from there. Its size is computed, checked
+against the free disk space and reserved (``posix_fallocate``) before the first row: a full
+disk is one error line, never a SIGBUS from a write into the memory map.
+
+Integrity: every image's rows have a SHA-256 digest. A cache is verified before it is reused
+(and the committed part of an interrupted build before it is continued): rows that do not
+match, a truncated or malformed ``features.npy``, unreadable JSON or missing digests make it
+damaged, like a damaged checkpoint: a one-line warning, the directory moved aside
+(``<name>.damaged-<time>``, never deleted), and a fresh build.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -45,17 +53,19 @@ from tqdm import tqdm
 
 from voc_jax.data import pipeline
 from voc_jax.data.voc import VocDataset, VocRecord
-from voc_jax.errors import DiskFull
+from voc_jax.errors import DiskFull, is_disk_full
 from voc_jax.experiment import Experiment
 from voc_jax.model import FC6_PREFIX
 from voc_jax.settings import CacheSettings
+from voc_jax.validation import format_bytes
 from voc_jax.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float16": np.float16, "bfloat16": jnp.bfloat16, "float32": np.float32}
 FEATURES, INDEX, MANIFEST, PROGRESS = "features.npy", "index.npy", "manifest.json", "progress.json"
-VERSION = 1
+DIGESTS = "digests.txt"  # one SHA-256 per finished image's rows, in image order
+VERSION = 2  # 2: per-image digests
 COMMIT_EVERY = 16  # images between commits of the build's progress
 
 
@@ -151,22 +161,166 @@ def ensure(
     exp: Experiment, dataset: VocDataset, workdir: Path, *, progress: bool = True
 ) -> FeatureCache:
     """The cache of ``dataset`` for this experiment's weights and patches: reused when
-    complete, continued when a build was interrupted, built otherwise."""
+    complete and every image's rows match their digests, continued when a build was
+    interrupted, built otherwise; a damaged cache is set aside (never deleted) and rebuilt."""
     records = dataset.records
     description = describe(exp, dataset.split, records)
-    directory = cache_root(exp.cache, workdir) / f"{dataset.split}-{key_of(description)}"
+    root = cache_root(exp.cache, workdir)
+    directory = root / f"{dataset.split}-{key_of(description)}"
     dtype = DTYPES[exp.cache.dtype]
     counts = np.array([len(pipeline.candidates(r, exp.patches)[0]) for r in records], np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     width = int(exp.model.params["fc6"]["kernel"].shape[1])
     cache = FeatureCache(directory, dtype, width, offsets)
-    manifest = directory / MANIFEST
-    if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
-        log.info("feature cache %s: complete, reused (%d rows)", directory, offsets[-1])
-        return cache
-    with WorkdirLock(directory, "feature cache build"):
-        build(exp, records, cache, description, progress=progress)
+    hint = "wait for it, or set --config.feature_cache.dir to another directory"
+    with WorkdirLock(root, "feature cache build", busy_hint=hint):
+        try:
+            done = verified_images(cache, progress=progress)
+        except CacheDamaged as e:
+            set_aside(directory, str(e))
+            done = 0
+        if done == len(records):
+            log.info("feature cache %s: complete, verified, reused (%d rows)", directory,
+                     offsets[-1])  # fmt: skip
+            return cache
+        build(exp, records, cache, description, done, progress=progress)
     return cache
+
+
+class CacheDamaged(Exception):
+    """A cache directory whose files do not hold up (the message says what)."""
+
+
+def verified_images(cache: FeatureCache, *, progress: bool = False) -> int:
+    """How many images' rows are on disk and match their digests: all of them for a complete
+    cache, the committed ones of an interrupted build, 0 when nothing was built. Raises
+    CacheDamaged for anything else: unreadable JSON, a truncated or malformed features.npy,
+    missing digests, rows that do not match them."""
+    directory = cache.directory
+    manifest = _read_json(directory / MANIFEST)
+    if manifest is None:
+        return 0
+    n = len(cache.offsets) - 1
+    if manifest.get("complete"):
+        done = n
+    else:
+        state = _read_json(directory / PROGRESS)
+        done = int(state["images"]) if state and isinstance(state.get("images"), int) else -1
+        if not 0 <= done <= n:
+            raise CacheDamaged(f"{PROGRESS} is missing or unreadable")
+    digests = _read_digests(directory)
+    if len(digests) < done:
+        raise CacheDamaged(f"{DIGESTS} holds {len(digests)} digests for {done} images")
+    features = _open_features(cache, "r")
+    bar = tqdm(total=done, desc="verifying the feature cache", unit="img", leave=False,
+               disable=not progress or done == 0)  # fmt: skip
+    for index in range(done):
+        rows = features[cache.offsets[index] : cache.offsets[index + 1]]
+        if rows_digest(rows) != digests[index]:
+            raise CacheDamaged(f"the rows of image {index} do not match their digest")
+        bar.update(1)
+    bar.close()
+    return done
+
+
+def rows_digest(rows: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(rows)).hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object, None when the file does not exist; CacheDamaged when unreadable."""
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CacheDamaged(f"{path.name} is unreadable ({type(e).__name__})") from e
+    if not isinstance(value, dict):
+        raise CacheDamaged(f"{path.name} is not a JSON object")
+    return value
+
+
+def _read_digests(directory: Path) -> list[str]:
+    path = directory / DIGESTS
+    try:
+        return path.read_text().split() if path.exists() else []
+    except (OSError, UnicodeDecodeError) as e:
+        raise CacheDamaged(f"{DIGESTS} is unreadable") from e
+
+
+def _open_features(cache: FeatureCache, mode: str) -> np.ndarray:
+    """features.npy as a memory map, its header checked against what the cache must hold."""
+    path = cache.directory / FEATURES
+    try:
+        features = np.load(path, mmap_mode=mode)
+    except (OSError, ValueError, EOFError) as e:  # a truncated file, a broken header
+        raise CacheDamaged(f"{FEATURES} cannot be opened ({type(e).__name__}: {e})") from e
+    want = (int(cache.offsets[-1]), cache.width)
+    if features.shape != want or features.dtype != _storage_dtype(cache.dtype):
+        raise CacheDamaged(f"{FEATURES} holds {features.shape} {features.dtype}, not {want}")
+    return features
+
+
+def set_aside(directory: Path, reason: str) -> Path:
+    """Move a damaged cache out of the way (kept for inspection) so it is built afresh."""
+    target = directory.with_name(f"{directory.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    directory.rename(target)
+    log.warning("feature cache %s is damaged (%s): moved to %s; rebuilding", directory, reason,
+                target)  # fmt: skip
+    return target
+
+
+def _create(cache: FeatureCache, description: dict[str, Any]) -> np.ndarray:
+    """A fresh build's files, the space for every row checked and reserved first (writes
+    into a memory map on a full disk would kill the process with SIGBUS)."""
+    directory, storage = cache.directory, _storage_dtype(cache.dtype)
+    size = int(cache.offsets[-1]) * cache.width * storage.itemsize
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if size * 1.02 > free:
+        advice = (
+            " or --config.feature_cache.dtype=float16 (half the size)"
+            if storage.itemsize > 2
+            else ""
+        )
+        raise DiskFull(
+            f"the feature cache needs {format_bytes(size)} in {directory} but only "
+            f"{format_bytes(free)} are free; set --config.feature_cache.dir to a larger "
+            f"disk{advice}"
+        )
+    features = np.lib.format.open_memmap(
+        directory / FEATURES, mode="w+", dtype=storage, shape=(int(cache.offsets[-1]), cache.width)
+    )
+    _reserve(directory / FEATURES)
+    np.save(directory / INDEX, cache.offsets)
+    (directory / DIGESTS).write_text("")
+    _write_json(directory / MANIFEST, description | {"complete": False})
+    _write_json(directory / PROGRESS, {"images": 0})
+    return features
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the file's blocks now: a full disk is an OSError here, not a SIGBUS later."""
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # the file system cannot reserve
+                return
+            if is_disk_full(e):
+                raise DiskFull(
+                    f"no space left on {path.parent} for the feature cache "
+                    f"({format_bytes(os.fstat(f.fileno()).st_size)}); free some or set "
+                    "--config.feature_cache.dir; the build resumes where it stopped"
+                ) from e
+            raise
+
+
+def _resume(cache: FeatureCache, done: int) -> tuple[np.ndarray, list[str]]:
+    """An interrupted build's memory map (its space reserved again) and its first ``done``
+    digests (lines written after the last commit are dropped)."""
+    _reserve(cache.directory / FEATURES)
+    return _open_features(cache, "r+"), _read_digests(cache.directory)[:done]
 
 
 def build(
@@ -174,46 +328,31 @@ def build(
     records: Sequence[VocRecord],
     cache: FeatureCache,
     description: dict[str, Any],
+    done: int = 0,
     *,
     progress: bool = True,
 ) -> None:
-    """Write every candidate's fc6 row, image by image, resumably."""
+    """Write every candidate's fc6 row and each image's digest, image by image, resumably
+    from image ``done``."""
     directory, offsets = cache.directory, cache.offsets
-    total_rows, storage = int(offsets[-1]), _storage_dtype(cache.dtype)
-    size = total_rows * cache.width * storage.itemsize
-    features_path, progress_path = directory / FEATURES, directory / PROGRESS
-    done = 0
-    if features_path.exists() and progress_path.exists():
-        done = int(json.loads(progress_path.read_text())["images"])
-        features = np.load(features_path, mmap_mode="r+")
+    if done:
+        features, digests = _resume(cache, done)
     else:
-        free = shutil.disk_usage(directory).free
-        if size * 1.02 > free:
-            raise DiskFull(
-                f"the feature cache needs {size / 2**30:.2f} GiB in {directory} but only "
-                f"{free / 2**30:.2f} GiB are free; set --config.feature_cache.dir to a larger "
-                "disk or --config.feature_cache.dtype=float16"
-            )
-        features = np.lib.format.open_memmap(
-            features_path, mode="w+", dtype=storage, shape=(total_rows, cache.width)
-        )
-        np.save(directory / INDEX, offsets)
-        _write_json(directory / MANIFEST, description | {"complete": False})
-        _write_json(progress_path, {"images": 0})
+        features, digests = _create(cache, description), []
     log.info(
-        "feature cache %s: %d images, %d candidate patches, %.2f GiB (%s)%s",
+        "feature cache %s: %d images, %d candidate patches, %s (%s)%s",
         directory,
         len(records),
-        total_rows,
-        size / 2**30,
-        np.dtype(storage).name if cache.dtype is not jnp.bfloat16 else "bfloat16",
+        int(offsets[-1]),
+        format_bytes(features.nbytes),
+        exp.cache.dtype,
         f"; continuing after image {done}" if done else "",
     )
     chunk = exp.train.batch_size
     k_pad = int(-(-int((offsets[1:] - offsets[:-1]).max()) // chunk) * chunk)
     step = exp.fc6_step(cache.dtype)
     params = jax.device_put(exp.model.params)
-    started, commit_every = time.perf_counter(), COMMIT_EVERY
+    started = time.perf_counter()
     bar = tqdm(
         total=len(records), initial=done, desc="building the feature cache", unit="img",
         disable=not progress,
@@ -222,27 +361,28 @@ def build(
         example = candidates_example(records[index], index, exp.patches, k_pad)
         out = step(params, {k: np.asarray(v)[None] for k, v in example.items()})
         rows = np.asarray(out[0, : cache.rows(index)])
-        features[offsets[index] : offsets[index + 1]] = (
-            rows.view(np.uint16) if cache.dtype is jnp.bfloat16 else rows
-        )
+        rows = rows.view(np.uint16) if cache.dtype is jnp.bfloat16 else rows
+        features[offsets[index] : offsets[index + 1]] = rows
+        digests.append(rows_digest(rows))
         bar.update(1)
-        if index == done:
-            per_image = time.perf_counter() - started
-            log.info(
-                "feature cache: first image (with compilation) took %.1f s; %d to go",
-                per_image,
-                len(records) - done - 1,
-            )
         finished = index + 1
-        if finished % commit_every == 0 or finished == len(records):
-            features.flush()  # rows on disk before the count that says they are there
-            _write_json(progress_path, {"images": finished})
+        if finished % COMMIT_EVERY == 0 or finished == len(records):
+            _commit(directory, features, digests)
     bar.close()
     del features
     _write_json(
         directory / MANIFEST,
         description | {"complete": True, "seconds": time.perf_counter() - started},
     )
+
+
+def _commit(directory: Path, features: np.ndarray, digests: list[str]) -> None:
+    """Rows and digests on disk before the count that says they are there."""
+    features.flush()
+    tmp = directory / f"{DIGESTS}.tmp"
+    tmp.write_text("".join(d + "\n" for d in digests))
+    os.replace(tmp, directory / DIGESTS)
+    _write_json(directory / PROGRESS, {"images": len(digests)})
 
 
 def candidates_example(

@@ -8,6 +8,7 @@ mean (102.98, 115.95, 122.77), std 1. The pipeline reads this; the user never ty
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +34,12 @@ class Preprocessing:
             value = getattr(self, name)
             if len(value) != 3:
                 raise ValueError(f"{name} must have 3 values (one per channel), got {value!r}")
+        values = (self.scale, *self.mean, *self.std)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            raise ValueError(
+                f"scale, mean and std must be finite numbers, got scale={self.scale!r}, "
+                f"mean={self.mean!r}, std={self.std!r}"
+            )
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std!r}")
 

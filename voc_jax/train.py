@@ -136,16 +136,28 @@ class Loop:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> int:
-    """One run: validate, assemble the experiment, load the data, restore, train epoch by
-    epoch (saving as it goes), evaluate the test split at the end."""
+    """One run: validate, assemble the experiment, load the data, restore (nothing is written
+    before the run is known to proceed), train epoch by epoch (saving as it goes), evaluate
+    the test split at the end."""
     workdir = Path(workdir)
     validation.validate(config, jax.device_count(), jax.process_count())
     with distributed.workdir_lock(workdir, "train"):
+        workdir_lib.check_before_training(config, workdir)
         exp = Experiment.build(config)
         splits = load_splits(exp.data, workdir, train=exp.train.num_epochs > 0)
-        workdir_lib.save_config(config, workdir)
         calls, updates = calls_per_epoch(exp, len(splits.train))
         optimizer = exp.optimizer(calls * updates)
+        checkpointer = Checkpointer(
+            workdir / workdir_lib.CHECKPOINTS, max_to_keep=exp.checkpoint.max_to_keep
+        )
+        progress = restore(exp, checkpointer, Progress(exp.initial_state(optimizer)))
+        # The run proceeds: from here on it writes.
+        workdir_lib.save_config(config, workdir)
+        splits.remember_decoded()
+        if distributed.is_main():
+            checkpointer.move_damaged_aside()
+        writer = MetricWriter(workdir, enabled=distributed.is_main())
+        drop_rows_past(writer, progress.step)
         features = None
         if exp.cache.enabled and exp.train.num_epochs > 0:
             features = feature_cache.ensure(exp, splits.train, workdir)
@@ -153,15 +165,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             exp=exp,
             train_set=splits.train,
             train_step=exp.train_step(optimizer, inputs="pixels" if features is None else "fc6"),
-            checkpointer=Checkpointer(
-                workdir / workdir_lib.CHECKPOINTS, max_to_keep=exp.checkpoint.max_to_keep
-            ),
-            writer=MetricWriter(workdir, enabled=distributed.is_main()),
+            checkpointer=checkpointer,
+            writer=writer,
             calls_per_epoch=calls,
             updates_per_call=updates,
             features=features,
         )
-        progress = restore(loop, Progress(exp.initial_state(optimizer)))
         outcome, progress = train_epochs(loop, progress, splits.test, workdir)
         if outcome != 0:
             return outcome
@@ -171,11 +180,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 
 def calls_per_epoch(exp: Experiment, train_images: int) -> tuple[int, int]:
-    """(jitted calls per epoch, SGD updates per call)."""
-    g = exp.train.images_per_step
-    calls = train_images // g
-    if exp.train.num_epochs > 0 and calls == 0:
-        raise ConfigError(f"{train_images} training images are fewer than images_per_step={g}")
+    """(jitted calls per epoch, SGD updates per call). Every image trains every epoch: the
+    last call is padded when ``images_per_step`` does not divide the images."""
+    calls = -(-train_images // exp.train.images_per_step)
     return calls, exp.patches.patches_per_image // exp.train.batch_size
 
 
@@ -219,41 +226,38 @@ def close(loop: Loop, progress: Progress) -> None:
     loop.writer.close()
 
 
-def restore(loop: Loop, fresh: Progress) -> Progress:
-    """The newest good checkpoint's progress (or ``fresh``); metrics rows past it dropped,
-    damaged steps moved aside; a changed global batch refused unless the config allows it."""
-    checkpointer, progress = loop.checkpointer, fresh
-    if checkpointer.steps():
-        state = fresh.state
-        abstract = {
-            "params": abstract_like(state.params),
-            "train": abstract_like(train_part(state)),
-        }
-        step, restored = checkpointer.restore(abstract)
-        data = restored["data"]
-        progress = Progress(
-            state=state.replace(params=restored["params"], **restored["train"]),
-            step=step,
-            position=resume_position(loop.exp, data),
-            sums=EpochSums(**data.get("sums", {})),  # run_epoch resets them at batch 0
-        )
-        log.info(
-            "resuming from checkpoint step %d (epoch %d, batch %d) in %s",
-            step,
-            progress.position.epoch,
-            progress.position.batch,
-            checkpointer.directory,
-        )
-    if distributed.is_main():
-        checkpointer.move_damaged_aside()
-    dropped = loop.writer.truncate_after(progress.step)
-    if dropped:
-        log.info(
-            "dropped %d metrics rows past step %d (from the interrupted run)",
-            dropped,
-            progress.step,
-        )
+def restore(exp: Experiment, checkpointer: Checkpointer, fresh: Progress) -> Progress:
+    """The newest good checkpoint's progress (or ``fresh``), read only: damaged steps are
+    recorded for ``move_damaged_aside``; a changed global batch, seed or batch size in the
+    middle of an epoch refused."""
+    if not checkpointer.steps():
+        return fresh
+    state = fresh.state
+    abstract = {"params": abstract_like(state.params), "train": abstract_like(train_part(state))}
+    step, restored = checkpointer.restore(abstract)
+    data = restored["data"]
+    progress = Progress(
+        state=state.replace(params=restored["params"], **restored["train"]),
+        step=step,
+        position=resume_position(exp, data),
+        sums=EpochSums(**data.get("sums", {})),  # run_epoch resets them at batch 0
+    )
+    log.info(
+        "resuming from checkpoint step %d (epoch %d, batch %d) in %s",
+        step,
+        progress.position.epoch,
+        progress.position.batch,
+        checkpointer.directory,
+    )
     return progress
+
+
+def drop_rows_past(writer: MetricWriter, step: int) -> None:
+    """Metrics rows past the restored step were written by a run that died before its next
+    checkpoint: a resumed run writes them again."""
+    dropped = writer.truncate_after(step)
+    if dropped:
+        log.info("dropped %d metrics rows past step %d (from the interrupted run)", dropped, step)
 
 
 def train_part(state: Any) -> dict[str, Any]:
@@ -266,6 +270,16 @@ def resume_position(exp: Experiment, data: dict[str, Any]) -> Position:
     unless ``checkpoint.allow_batch_change``, which then restarts the epoch at the batch
     holding the first image not yet trained on (no image skipped)."""
     epoch, batch = int(data["epoch"]), int(data["batch"])
+    if batch:  # mid-epoch: the rest of the epoch's order depends on these
+        for key, now_value in (("seed", exp.train.seed), ("batch_size", exp.train.batch_size)):
+            was = data.get(key, now_value)
+            if was != now_value:
+                raise ConfigError(
+                    f"{key}={now_value} but the checkpoint (epoch {epoch + 1}, batch {batch}) was "
+                    f"written with {key}={was}: the rest of the epoch would not be the batches "
+                    f"the run began with. Keep --config.{key}={was} until the epoch ends, or "
+                    "train in a new --workdir"
+                )
     now = exp.train.images_per_step
     saved = int(data.get("images_per_step", now))
     if saved == now:
@@ -301,6 +315,8 @@ def save(loop: Loop, progress: Progress) -> None:
         "epoch": progress.position.epoch,
         "batch": progress.position.batch,
         "images_per_step": loop.exp.train.images_per_step,
+        "seed": loop.exp.train.seed,
+        "batch_size": loop.exp.train.batch_size,
         "sums": dataclasses.asdict(progress.sums),
     }
     try:

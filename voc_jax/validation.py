@@ -7,6 +7,7 @@ metadata. Every problem is collected and reported at once, each naming its confi
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from voc_jax.model import FC6_PREFIX, TransferNet
 DTYPES = ("float32", "bfloat16")
 CROP_SITES = ("auto", "device", "host")
 CACHE_DTYPES = ("float16", "bfloat16", "float32")  # voc_jax.feature_cache.DTYPES
+MAX_HEAD_HIDDEN = 65536
 
 
 class _Problems:
@@ -47,7 +49,7 @@ class _Problems:
             return
         try:
             good = ok(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, re.error):
             good = False
         if not good:
             self.items.append(f"{key}={value!r}: {want}")
@@ -58,6 +60,10 @@ class _Problems:
 
 def _int(minimum: int) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _int_in(minimum: int, maximum: int) -> Callable[[Any], bool]:
+    return lambda v: _int(minimum)(v) and v <= maximum
 
 
 def _number(low: float, high: float = math.inf, *, low_open=False, high_open=False):
@@ -92,6 +98,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
     if p.items:  # the checks below need sane values
         raise ConfigError("config: " + "; ".join(p.items))
     _check_divisibility(config, p, device_count, process_count)
+    _check_call_size(config, p)
     _check_weights(config, p)
     if not p.items:
         _check_model_and_regexes(config, p)
@@ -144,10 +151,14 @@ def _check_patches_and_model(p: _Problems) -> None:
     )
     p.check("patches.max_rows", _int(0), "must be >= 0 (0: derived from the scales)")
     p.check("model.num_classes", lambda v: v == 21, "must be 21 (background + the 20 classes)")
-    p.check("model.head_hidden", _int(1), "must be an integer >= 1")
+    p.check("model.head_hidden", _int_in(1, MAX_HEAD_HIDDEN), f"must be in [1, {MAX_HEAD_HIDDEN}]")
     p.check("model.dropout_rate", _number(0, 1, high_open=True), "must be in [0, 1)")
     p.check("model.dtype", _one_of(DTYPES), f"must be one of {DTYPES}")
-    p.check("model.conv1_padding", _int(0), "must be an integer >= 0")
+    p.check(
+        "model.conv1_padding",
+        _int_in(0, weights_lib.MAX_CONV1_PADDING),
+        f"must be in [0, {weights_lib.MAX_CONV1_PADDING}] (torchvision pads 2, neon 3)",
+    )
     p.check("model.width", _number(0, 1, low_open=True), "must be in (0, 1]")
 
 
@@ -195,6 +206,38 @@ def _check_divisibility(
             p.add(f"{key}={value} must be a multiple of the {device_count} devices")
         if value % process_count:
             p.add(f"{key}={value} must be a multiple of the {process_count} processes")
+
+
+def _check_call_size(config: ml_collections.ConfigDict, p: _Problems) -> None:
+    """One call's patches must fit in this machine's memory: they are materialised at once
+    (host crops, or the device's normalised float input)."""
+    images = max(config.images_per_step, config.eval.images_per_step)
+    per_image, size = config.patches.per_image, config.patches.size
+    needed = images * per_image * size * size * 3 * 4  # float32 network input
+    memory = physical_memory()
+    if memory and needed > memory:
+        p.add(
+            f"patches.per_image={per_image} at patches.size={size} with {images} image(s) per "
+            f"call: one call's patches need {format_bytes(needed)}, more than this machine's "
+            f"{format_bytes(memory)} of memory"
+        )
+
+
+def physical_memory() -> int:
+    """Bytes of RAM (0 when the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def format_bytes(n: float) -> str:
+    """1.5 KiB, 23.7 GiB, 1.1 TiB: the unit that fits."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 def _check_weights(config: ml_collections.ConfigDict, p: _Problems) -> None:

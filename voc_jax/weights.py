@@ -103,6 +103,7 @@ def save_converted(
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists; pass --force to replace it")
+    check_metadata(metadata, out / METADATA_FILE)
     problems = shape_problems(params, expected_shapes(metadata["architecture"]))
     if problems:
         raise WeightsError(
@@ -132,6 +133,14 @@ def read_metadata(meta_path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{meta_path}: format_version {metadata['format_version']} is newer than this "
             f"voc-jax understands ({FORMAT_VERSION}); upgrade voc-jax"
         )
+    check_metadata(metadata, meta_path)
+    return metadata
+
+
+def check_metadata(metadata: Mapping[str, Any], where: str | os.PathLike[str]) -> None:
+    """The blocks a converted model needs, in range: checked when reading and when writing
+    (a converter given ``--std nan 1 1`` must not write NaN into the metadata)."""
+    meta_path = where
     for key in ("architecture", "preprocessing", "source"):
         if not isinstance(metadata.get(key), dict):
             raise WeightsError(f"{meta_path}: missing the '{key}' block")
@@ -151,7 +160,6 @@ def read_metadata(meta_path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{meta_path}: preprocessing.scale={prep.scale!r} is out of range (0, 1]: it "
             "multiplies 0-255 pixels (1/255 for torchvision weights, 1 for neon)"
         )
-    return metadata
 
 
 def load_converted(path: str | os.PathLike[str]) -> tuple[Params, dict[str, Any]]:

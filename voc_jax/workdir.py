@@ -19,16 +19,102 @@ CONFIG_FILE = "config.json"
 CHECKPOINTS = "checkpoints"
 
 
+# Fields a checkpoint's arrays depend on: a resume (or an evaluation) with another value
+# cannot restore it, so it is refused up front, naming them.
+SHAPE_FIELDS = ("model.num_classes", "model.head_hidden", "model.width")
+STATE_FIELDS = ("optim.optimizer", "optim.trainable")
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """``WORKDIR/config.json`` (process 0); a different earlier one is kept as ``.old``."""
+    """``WORKDIR/config.json`` (process 0); every different earlier one is kept, as
+    ``config.json.old``, ``config.json.old.2``, ...: none is ever overwritten."""
     if not distributed.is_main():
         return
     path = workdir / CONFIG_FILE
     text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
     if path.exists() and path.read_text() != text:
-        log.warning("%s differs from this run's config; keeping the old one as %s.old", path, path)
-        path.replace(path.with_suffix(".json.old"))
-    path.write_text(text)
+        kept = _free_name(workdir / f"{CONFIG_FILE}.old")
+        log.warning("%s differs from this run's config; the old one is kept as %s", path, kept)
+        path.replace(kept)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _free_name(first: Path) -> Path:
+    if not first.exists():
+        return first
+    n = 2
+    while first.with_name(f"{first.name}.{n}").exists():
+        n += 1
+    return first.with_name(f"{first.name}.{n}")
+
+
+def check_before_training(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """What can be refused before anything is read or written: checkpoints that cannot be
+    listed, a resume whose config changed what the checkpoint holds, and an evaluation-only
+    run with nothing to evaluate."""
+    directory = workdir / CHECKPOINTS
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(
+            f"{directory}: is not a directory, so the workdir's checkpoints cannot be listed; "
+            "move it away (or use another --workdir)"
+        )
+    has_checkpoints = directory.is_dir() and bool(_steps(directory))
+    if has_checkpoints:
+        check_unchanged(config, workdir, SHAPE_FIELDS + STATE_FIELDS, "resume")
+    elif config.num_epochs == 0 and not config.init.weights:
+        raise ConfigError(
+            f"num_epochs=0 only evaluates, but {workdir} has no checkpoint and init.weights is "
+            "empty: there is nothing to evaluate. Train first, or pass --config.init.weights"
+        )
+
+
+def check_unchanged(
+    config: ml_collections.ConfigDict, workdir: Path, fields: tuple[str, ...], what: str
+) -> None:
+    """Refuse when ``config`` differs from the workdir's saved config.json in ``fields``."""
+    path = workdir / CONFIG_FILE
+    if not path.is_file():
+        return
+    try:
+        saved = ml_collections.ConfigDict(json.loads(path.read_text()))
+    except ValueError:
+        return  # an unreadable config.json: the checkpoint's own checks still apply
+    changed = []
+    for key in fields:
+        old, new = _get(saved, key), _get(config, key)
+        if old is not _MISSING and _plain(old) != _plain(new):
+            changed.append(f"{key}: {_plain(old)!r} in {path.name}, {_plain(new)!r} now")
+    if changed:
+        raise ConfigError(
+            f"{workdir}: cannot {what} its checkpoints with this config, which changes what "
+            f"they hold ({'; '.join(changed)}); keep the old values or use another --workdir"
+        )
+
+
+_MISSING = object()
+
+
+def _get(config: ml_collections.ConfigDict, key: str):
+    node = config
+    for part in key.split("."):
+        if part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _steps(directory: Path) -> list[int]:
+    checkpointer = Checkpointer(directory, asynchronous=False)
+    try:
+        return checkpointer.steps()
+    finally:
+        checkpointer.close()
 
 
 def load_config(

@@ -37,8 +37,16 @@ def _holder(path: Path) -> dict:
 class WorkdirLock:
     """``with WorkdirLock(workdir, "train"):`` ... ; raises WorkdirBusy if another run holds it."""
 
-    def __init__(self, workdir: str | Path, purpose: str, *, enabled: bool = True):
+    def __init__(
+        self,
+        workdir: str | Path,
+        purpose: str,
+        *,
+        enabled: bool = True,
+        busy_hint: str = "wait for it to finish or use another --workdir",
+    ):
         self.workdir = Path(workdir)
+        self.busy_hint = busy_hint
         self.path = self.workdir / LOCK_FILE
         self.purpose = purpose
         self.enabled = enabled
@@ -50,6 +58,7 @@ class WorkdirLock:
             return
         self._created_workdir = not self.workdir.exists()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        stale = self.path.exists()  # released locks remove their file
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -60,8 +69,7 @@ class WorkdirLock:
                 raise WorkdirBusy(
                     f"{self.workdir} is in use by process {holder.get('pid', '?')} on "
                     f"{holder.get('host', '?')} ({holder.get('purpose', 'a run')} since "
-                    f"{holder.get('since', '?')}); wait for it to finish or use another "
-                    "--workdir"
+                    f"{holder.get('since', '?')}); {self.busy_hint}"
                 ) from None
             # The holder we waited on may have removed the file as it released it: then
             # this lock is on a deleted inode and worthless; take the new file instead.
@@ -73,15 +81,15 @@ class WorkdirLock:
                 break
             os.close(fd)
         previous = _holder(self.path)
-        if previous.get("pid") and (previous.get("pid"), previous.get("host")) != (
-            os.getpid(),
-            socket.gethostname(),
-        ):
+        ours = (os.getpid(), socket.gethostname())
+        if stale and (previous.get("pid"), previous.get("host")) != ours:
+            # A lock file left behind: its holder died without releasing it (a record cut
+            # short by the kill says nothing about who it was).
             log.warning(
                 "taking over the stale lock of %s: process %s on %s is no longer running",
                 self.workdir,
-                previous.get("pid"),
-                previous.get("host"),
+                previous.get("pid", "(unknown)"),
+                previous.get("host", "(unknown)"),
             )
         record = {
             "pid": os.getpid(),

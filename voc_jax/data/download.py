@@ -90,10 +90,11 @@ def fetch(url: str, dest: Path, md5: str, *, timeout: float = 30.0, progress: bo
                 bar.update(len(block))
     got = md5_of(part)
     if got != md5:
-        part.unlink()
+        aside = _free_name(dest.with_name(dest.name + ".bad-md5"))
+        part.replace(aside)
         raise ChecksumError(
-            f"{url}: MD5 {got} does not match the expected {md5}; the partial file was removed, "
-            "run again to download it afresh"
+            f"{url}: MD5 {got} does not match the expected {md5}; the download was moved to "
+            f"{aside} (nothing deleted); run again to download it afresh"
         )
     part.replace(dest)
     return dest
@@ -206,6 +207,9 @@ def download_voc2007(
     timeout: float = 30.0,
 ) -> Path:
     """Everything: ``out/VOCdevkit/VOC2007`` ready for ``voc_jax.data.check``."""
+    for name, path in (("--out", out), ("--cache", cache)):
+        if path is not None and path.exists() and not path.is_dir():
+            raise DownloadError(f"{name} {path}: is a file, not a directory")
     final = out / "VOCdevkit"
     if _is_ours(final / "VOC2007") and (final / "VOC2007").is_dir():
         return final / "VOC2007"

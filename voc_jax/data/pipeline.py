@@ -37,7 +37,7 @@ from PIL import Image
 
 from voc_jax.data import patches as P
 from voc_jax.data.crops import share_intervals
-from voc_jax.data.voc import VocRecord
+from voc_jax.data.voc import ModeError, VocRecord, check_mode
 from voc_jax.errors import DataError
 
 Batch = dict[str, np.ndarray]
@@ -75,12 +75,15 @@ def decode_image(path: str, expected_size: tuple[int, int] | None = None) -> np.
     """RGB uint8 [H, W, 3] from any file PIL reads (grayscale, CMYK, palette, PNG named .jpg)."""
     try:
         with Image.open(path) as im:
+            check_mode(im.mode)
             if im.mode == "RGBA" or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
                 flat = Image.new("RGB", im.size, (0, 0, 0))
                 flat.paste(im, mask=im.getchannel("A"))
                 im = flat
             rgb = np.asarray(im.convert("RGB"))
+    except ModeError as e:
+        raise ImageError(f"{path}: {e}") from e
     except Exception as e:  # PIL raises many types for broken files
         raise ImageError(f"{path}: cannot decode ({type(e).__name__}: {e})") from e
     if expected_size is not None and (rgb.shape[1], rgb.shape[0]) != expected_size:
@@ -300,15 +303,15 @@ def global_order(
 ) -> np.ndarray:
     """[batches, global_batch] record indices of one epoch, the same on every process.
 
-    Training: a fresh permutation every epoch, the last incomplete batch dropped. Evaluation:
-    every record once, in order, padded with -1 to whole batches."""
+    Training: a fresh permutation every epoch; evaluation: every record in order. Either way
+    every record appears once, the last batch padded with -1 (padding elements carry no valid
+    patch: they add nothing to the loss, its gradient or the scores)."""
     if train:
         order = np.random.default_rng(_mix(seed, epoch, 0)).permutation(num_records)
-        order = order[: len(order) - len(order) % global_batch]
     else:
         order = np.arange(num_records)
-        pad = -len(order) % global_batch
-        order = np.concatenate([order, np.full(pad, -1, order.dtype)])
+    pad = -len(order) % global_batch
+    order = np.concatenate([order, np.full(pad, -1, order.dtype)])
     return order.reshape(-1, global_batch)
 
 

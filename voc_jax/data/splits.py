@@ -21,11 +21,17 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Splits:
     """The validated training and test splits of a run (``train is test`` when the run does
-    not train)."""
+    not train), and the images decoded while checking them."""
 
     root: Path
     train: VocDataset
     test: VocDataset
+    decoded: DecodedCache
+
+    def remember_decoded(self) -> None:
+        """Save the decode checks into the workdir (``image_check.json``), once the run is
+        known to proceed: a run that is then refused leaves the workdir as it was."""
+        self.decoded.save()
 
 
 def resolve_data_root(data: DataSettings, workdir: Path) -> Path:
@@ -100,8 +106,8 @@ def load_splits(data: DataSettings, workdir: Path, *, train: bool) -> Splits:
     """Resolve (or generate) the data root and load the splits a run needs, validated: the
     test split always, the training split when ``train``."""
     root = resolve_data_root(data, workdir)
-    # Images decoded once are remembered in the workdir, saved only when every check passed
-    # (a failed check leaves the workdir as it was).
+    # Images decoded once are remembered in the workdir (Splits.remember_decoded), saved only
+    # when every check passed and the run proceeds.
     decoded = DecodedCache(workdir if distributed.is_main() else None)
     test = load_split(data, root, data.test_split, data.max_test_images, decoded=decoded)
     train_set = test
@@ -109,7 +115,6 @@ def load_splits(data: DataSettings, workdir: Path, *, train: bool) -> Splits:
         train_set = load_split(
             data, root, data.train_split, data.max_train_images, decoded=decoded, need_boxes=True
         )
-    decoded.save()
     log.info(
         "data %s: %d %s images, %d %s images",
         root,
@@ -118,4 +123,4 @@ def load_splits(data: DataSettings, workdir: Path, *, train: bool) -> Splits:
         len(test),
         data.test_split,
     )
-    return Splits(root, train_set, test)
+    return Splits(root, train_set, test, decoded)

@@ -248,11 +248,31 @@ def read_class_targets(root: Path, split: str) -> dict[str, np.ndarray] | None:
     return columns
 
 
+# PIL modes of 8 bits per channel, which convert to RGB faithfully. A 16-bit or float image
+# (a PNG named .jpg, say: modes I;16, I, F) would convert by clipping, to a white image.
+EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX",
+                             "CMYK", "YCbCr", "LAB", "HSV"})  # fmt: skip
+
+
+class ModeError(ValueError):
+    """An image whose pixels are not 8 bits per channel."""
+
+
+def check_mode(mode: str) -> None:
+    """Refuse an image whose pixels are not 8 bits per channel (naming the mode)."""
+    if mode not in EIGHT_BIT_MODES:
+        raise ModeError(
+            f"is a {mode} image, not 8 bits per channel: converting it would clip it (a 16-bit "
+            "image turns white); save it as an 8-bit RGB JPEG"
+        )
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the file header, without decoding the pixels."""
     from PIL import Image
 
     with Image.open(path) as im:
+        check_mode(im.mode)
         return im.size
 
 
@@ -262,6 +282,7 @@ def decode_check(path: Path) -> tuple[int, int]:
     from PIL import Image
 
     with Image.open(path) as im:
+        check_mode(im.mode)
         im.load()
         return im.size
 
@@ -357,9 +378,12 @@ def load_dataset(
                     w, h = decode_check(image_path)
                     decoded.add(image_path)
             except Exception as e:  # PIL raises several types for broken files
-                problems.append(
-                    Problem("error", str(image_path), f"does not decode ({type(e).__name__}: {e})")
+                problem = (
+                    str(e)
+                    if isinstance(e, ModeError)
+                    else f"does not decode ({type(e).__name__}: {e})"
                 )
+                problems.append(Problem("error", str(image_path), problem))
                 continue
             if (w, h) != (record.width, record.height):
                 problems.append(
