@@ -14,6 +14,31 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("VOC_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+# The files that take longest (measured: pytest --durations), longest first. scripts/test.sh
+# runs the files on two workers in this order (--no-loadscope-reorder): the long ones start
+# at once on both workers and the many short files fill in at the end, instead of a
+# two-minute file starting last.
+LONGEST_FIRST = (
+    "test_benchmark.py",
+    "test_neon.py",
+    "test_transfer_demo.py",
+    "test_train.py",
+    "test_distributed.py",
+    "test_errors.py",
+    "test_steps.py",
+    "test_xla_options.py",
+    "test_feature_cache.py",
+    "test_model.py",
+    "test_alexnet_to_flax.py",
+    "test_weights.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory) -> Path:
     """One persistent XLA compilation cache for the whole run, in pytest's temporary directory

@@ -1,0 +1,64 @@
+"""voc_jax/workdir.py: config.json history, refusals before a resume, params-only restores."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from tests.configs import tiny
+from voc_jax import workdir
+from voc_jax.errors import CheckpointError, ConfigError
+
+
+def test_save_config_keeps_every_earlier_config(tmp_path):
+    config = tiny.get_config()
+    for seed in (0, 0, 1, 2):
+        config.seed = seed
+        workdir.save_config(config, tmp_path)
+    seeds = {
+        name: json.loads((tmp_path / name).read_text())["seed"]
+        for name in ("config.json", "config.json.old", "config.json.old.2")
+    }
+    assert seeds == {"config.json": 2, "config.json.old": 0, "config.json.old.2": 1}
+    assert not (tmp_path / "config.json.old.3").exists()  # an unchanged config moves nothing
+
+
+def test_check_unchanged_names_each_field_with_both_values(tmp_path):
+    config = tiny.get_config()
+    workdir.save_config(config, tmp_path)
+    workdir.check_unchanged(config, tmp_path, workdir.SHAPE_FIELDS, "resume")  # same: fine
+    config.model.head_hidden = 32
+    config.optim.trainable = ("head/.*",)
+    fields = workdir.SHAPE_FIELDS + workdir.STATE_FIELDS
+    with pytest.raises(ConfigError) as e:
+        workdir.check_unchanged(config, tmp_path, fields, "resume")
+    message = str(e.value)
+    assert "model.head_hidden: 64 in config.json, 32 now" in message
+    assert "optim.trainable: ['.*'] in config.json, ['head/.*'] now" in message
+    config.log_every_steps = 7  # not what a checkpoint holds: not refused
+    config.model.head_hidden, config.optim.trainable = 64, (".*",)
+    workdir.check_unchanged(config, tmp_path, fields, "resume")
+
+
+def test_before_training(tmp_path):
+    config = tiny.get_config()
+    config.num_epochs = 0
+    with pytest.raises(ConfigError, match="nothing to evaluate"):
+        workdir.check_before_training(config, tmp_path)
+    config.num_epochs = 2
+    workdir.check_before_training(config, tmp_path)  # a fresh training: fine
+    (tmp_path / "checkpoints").write_text("")
+    with pytest.raises(CheckpointError, match="is not a directory"):
+        workdir.check_before_training(config, tmp_path)
+
+
+def test_restore_params_without_checkpoints_gives_the_initial_weights(tmp_path, caplog):
+    initial = {"w": np.ones(3, np.float32)}
+    with caplog.at_level(logging.WARNING):
+        step, params = workdir.restore_params(tmp_path, initial)
+    assert step == 0 and params is initial and "evaluating the initial weights" in caplog.text
+    with pytest.raises(CheckpointError, match="no checkpoints/ directory"):
+        workdir.restore_params(tmp_path, initial, step=4)
