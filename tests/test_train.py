@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import re
 import shutil
 import signal
 import subprocess
@@ -320,6 +321,31 @@ def test_full_disk_is_one_line_naming_the_last_good_checkpoint(
     line = next(x for x in err.splitlines() if x.startswith("error:"))
     assert f"no space left on {work / 'checkpoints'}" in line
     assert "the last good checkpoint is step 20" in line
+
+
+@pytest.mark.slow
+def test_a_really_full_disk_is_one_line_and_leaves_no_partial_checkpoint(tmp_path, tiny_data_root):
+    """A workdir on a 7 MB tmpfs fills up during the second epoch: orbax's background threads
+    fail; the run ends with exactly one error line (no orbax tracebacks) and removes the
+    failed save's temporary directory."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=7m", "tmpfs", str(small)], capture_output=True
+    )
+    if mounted.returncode != 0:  # not root: the monkeypatched full-disk test above remains
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        result = run(train_cmd(small / "w", f"--config.data.root={tiny_data_root}"))
+        assert result.returncode == 2, result.stderr[-3000:]
+        for noise in ("Traceback", " ERROR ", "Event loop is closed"):
+            assert noise not in result.stderr, result.stderr[-3000:]
+        errors = re.findall(r"error: [^\r\n]*", result.stderr)
+        assert len(errors) == 1 and f"no space left on {small / 'w' / 'checkpoints'}" in errors[0]
+        assert "the last good checkpoint is step" in errors[0]
+        assert not list((small / "w" / "checkpoints").glob("*orbax-checkpoint-tmp*"))
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
 
 
 def test_zero_epochs_only_evaluates_and_evaluation_is_deterministic(tmp_path, trained_tiny, capsys):

@@ -17,6 +17,7 @@ abstract target (shapes, dtypes, shardings).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -68,6 +69,7 @@ class Checkpointer:
     def __init__(self, directory: str | Path, *, max_to_keep: int = 3, asynchronous: bool = True):
         self.directory = Path(directory).absolute()
         self.damaged: list[int] = []  # steps found unreadable or mismatched by restore
+        self._closed = False
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -170,9 +172,31 @@ class Checkpointer:
         self.damaged = []
         return moved
 
-    def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+    def discard_unfinished(self) -> list[Path]:
+        """Remove the temporary directories of saves that failed (a full disk): they are
+        incomplete by construction, never a checkpoint, and they hold the space. Background
+        writes are waited for first (their failure is the one being reported)."""
+        with contextlib.suppress(Exception):  # the disk-full error the caller reports
+            self.manager.wait_until_finished()
+        self.close(quiet=True)  # joins orbax's background threads before their files go
+        removed = []
+        for path in self.directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        return removed
+
+    def close(self, *, quiet: bool = False) -> None:
+        """Wait for the last save and release orbax's threads; once (later calls do nothing).
+        ``quiet``: after a failure, whose error is reported elsewhere."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.manager.wait_until_finished()
+            self.manager.close()
+        except Exception:
+            if not quiet:
+                raise
 
 
 def abstract_like(tree: Any) -> Any:

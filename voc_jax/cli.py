@@ -59,6 +59,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     if not any(isinstance(h, _StderrHandler) for h in root.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.addFilter(_disk_full_noise)
         root.addHandler(handler)
     root.setLevel(level)
     # orbax and absl are chatty at INFO; their warnings still show.
@@ -71,6 +72,34 @@ def setup_logging(level: int = logging.INFO) -> None:
     except ImportError:  # pragma: no cover
         pass
     warnings.showwarning = _warning_as_log_line
+    if not getattr(sys.excepthook, "_voc_jax", False):
+        sys.excepthook = _quiet_closed_loop_hook(sys.excepthook)
+
+
+def _quiet_closed_loop_hook(original: Callable) -> Callable:
+    """tensorstore completes a failed background write's future from its own thread and
+    prints the error through ``sys.excepthook`` when orbax's asyncio loop is already closed:
+    dozens of "Event loop is closed" tracebacks after an error voc-jax reports in one line.
+    Those (and only those) are dropped; every other exception prints as before."""
+
+    def hook(kind, value, tb):
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        original(kind, value, tb)
+
+    hook._voc_jax = True
+    return hook
+
+
+def _disk_full_noise(record: logging.LogRecord) -> bool:
+    """Drop another library's error records about a full disk (orbax logs one traceback per
+    background thread that failed to write): the command ends with one ``error:`` line that
+    says it, naming the directory and the last good checkpoint. Other errors still show."""
+    if record.levelno < logging.ERROR or record.name.startswith("voc_jax"):
+        return True
+    if record.exc_info and record.exc_info[1] is not None and is_disk_full(record.exc_info[1]):
+        return False
+    return not is_disk_full(Exception(record.getMessage()))
 
 
 def _warning_as_log_line(message, category, filename, lineno, file=None, line=None) -> None:

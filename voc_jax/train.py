@@ -221,7 +221,7 @@ def close(loop: Loop, progress: Progress) -> None:
         loop.checkpointer.close()
     except Exception as e:
         if is_disk_full(e):
-            raise DiskFull(no_space_message(loop, progress.step, e)) from e
+            raise disk_full(loop, progress.step) from e
         raise
     loop.writer.close()
 
@@ -323,14 +323,18 @@ def save(loop: Loop, progress: Progress) -> None:
         loop.checkpointer.save(progress.step, state.params, train_part(state), data)
     except Exception as e:
         if is_disk_full(e):
-            raise DiskFull(no_space_message(loop, progress.step, e)) from e
+            raise disk_full(loop, step=progress.step) from e
         raise
 
 
-def no_space_message(loop: Loop, step: int, error: BaseException) -> str:
+def disk_full(loop: Loop, step: int) -> DiskFull:
+    """The one-line error for a full disk; the failed save's temporary files removed."""
+    loop.checkpointer.discard_unfinished()
     good = [s for s in loop.checkpointer.steps() if s != step]
     last = f"the last good checkpoint is step {good[-1]}" if good else "no checkpoint was saved"
-    return f"no space left on {loop.checkpointer.directory} while saving step {step}; {last}"
+    return DiskFull(
+        f"no space left on {loop.checkpointer.directory} while saving step {step}; {last}"
+    )
 
 
 class Pending:
