@@ -46,7 +46,8 @@ def env_with_devices(n: int) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data") / "VOC2007"
-    # 9 trainval images: 2 global batches of 4, one dropped; 5 test images: a padded batch.
+    # 9 trainval images: 3 global batches of 4, the last padded (process 1's half of it is all
+    # padding); 5 test images: a padded batch.
     return generate(root, SyntheticConfig(num_trainval=9, num_test=5, min_side=100, max_side=150))
 
 
@@ -104,11 +105,11 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, data_root):
     single = run_one_process(one, data_root)
     assert single.returncode == 0, single.stderr[-4000:]
 
-    # 2 calls of 4 images, each 2 updates (8 patches per image, 4 per micro-batch)
-    assert checkpoint_steps(two) == checkpoint_steps(one) == [4]
+    # 3 calls of 4 images (every image trains), each 2 updates (8 patches, 4 per micro-batch)
+    assert checkpoint_steps(two) == checkpoint_steps(one) == [6]
     _, params_two = final_params(two)
     _, params_one = final_params(one)
-    data_two, data_one = checkpoint_data(two, 4), checkpoint_data(one, 4)
+    data_two, data_one = checkpoint_data(two, 6), checkpoint_data(one, 6)
     assert {k: v for k, v in data_two.items() if k not in ("digest", "sums")} == {
         k: v for k, v in data_one.items() if k not in ("digest", "sums")
     }
@@ -118,8 +119,8 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, data_root):
 
     # Evaluation: every test image scored exactly once (5 images over a global batch of 4),
     # the same scores as the single process, files written once (by process 0).
-    scores_two = np.load(two / "eval" / "4" / "scores.npz")
-    scores_one = np.load(one / "eval" / "4" / "scores.npz")
+    scores_two = np.load(two / "eval" / "6" / "scores.npz")
+    scores_one = np.load(one / "eval" / "6" / "scores.npz")
     assert list(scores_two["image_ids"]) == [f"{i:06d}" for i in range(9, 14)]
     np.testing.assert_allclose(scores_two["power"], scores_one["power"], rtol=1e-4, atol=1e-7)
     # Only process 0 logs the table.
@@ -131,8 +132,8 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, data_root):
     shutil.copytree(two, resumed)
     more = run_one_process(resumed, data_root, "--config.num_epochs=2")
     assert more.returncode == 0, more.stderr[-4000:]
-    assert "resuming from checkpoint step 4" in more.stderr
-    assert checkpoint_steps(resumed)[-1] == 8
+    assert "resuming from checkpoint step 6" in more.stderr
+    assert checkpoint_steps(resumed)[-1] == 12
     config = json.loads((resumed / "config.json").read_text())
     assert config["images_per_step"] == 4
 

@@ -72,20 +72,21 @@ def setup_logging(level: int = logging.INFO) -> None:
     except ImportError:  # pragma: no cover
         pass
     warnings.showwarning = _warning_as_log_line
-    if not getattr(sys.excepthook, "_voc_jax", False):
-        sys.excepthook = _quiet_closed_loop_hook(sys.excepthook)
+    if not getattr(sys.unraisablehook, "_voc_jax", False):
+        sys.unraisablehook = _quiet_closed_loop_hook(sys.unraisablehook)
 
 
 def _quiet_closed_loop_hook(original: Callable) -> Callable:
-    """tensorstore completes a failed background write's future from its own thread and
-    prints the error through ``sys.excepthook`` when orbax's asyncio loop is already closed:
-    dozens of "Event loop is closed" tracebacks after an error voc-jax reports in one line.
-    Those (and only those) are dropped; every other exception prints as before."""
+    """tensorstore completes a failed background write's future from its own thread and,
+    when orbax's asyncio loop is already closed, reports the error as "unraisable": dozens of
+    "Event loop is closed" tracebacks after an error voc-jax reports in one line (a full
+    disk). Those, and only those, are dropped; everything else goes to the original hook."""
 
-    def hook(kind, value, tb):
+    def hook(unraisable) -> None:
+        value = unraisable.exc_value
         if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
             return
-        original(kind, value, tb)
+        original(unraisable)
 
     hook._voc_jax = True
     return hook
