@@ -249,3 +249,36 @@ def test_full_disk_while_reserving_is_one_line_and_the_build_resumes(
     monkeypatch.undo()
     code, _, _ = call(train.main, args, capsys)
     assert code == 0
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_too_little_disk_is_said_in_units_that_fit(tmp_path, dataset, dtype, monkeypatch):
+    """Not "needs 0.00 GiB"; and the float16 advice only where it would help."""
+    import shutil
+    from collections import namedtuple
+
+    from voc_jax.errors import DiskFull
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 1024))
+    exp = Experiment.build(frozen_config(**{"feature_cache.dtype": dtype}))
+    with pytest.raises(DiskFull) as e:
+        feature_cache.ensure(exp, dataset, tmp_path, progress=False)
+    message = str(e.value)
+    assert " KiB in " in message and "only 1.0 KiB are free" in message
+    assert ("feature_cache.dtype=float16" in message) == (dtype == "float32")
+
+
+def test_a_cache_directory_in_use_says_which_setting_to_change(tmp_path, dataset):
+    """Two trainings sharing feature_cache.dir: the second is told about that directory, not
+    about --workdir."""
+    from voc_jax.errors import WorkdirBusy
+    from voc_jax.workdir_lock import WorkdirLock
+
+    exp = Experiment.build(frozen_config(**{"feature_cache.dir": str(tmp_path / "shared")}))
+    with (
+        WorkdirLock(tmp_path / "shared", "feature cache build"),
+        pytest.raises(WorkdirBusy) as e,
+    ):
+        feature_cache.ensure(exp, dataset, tmp_path / "other_workdir", progress=False)
+    assert "--config.feature_cache.dir" in str(e.value) and "--workdir" not in str(e.value)

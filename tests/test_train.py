@@ -181,6 +181,23 @@ def test_damaged_latest_checkpoint_is_skipped_and_rewritten(tmp_path, trained_ti
     assert_trees_equal(params, final_params(trained_tiny)[1])
 
 
+def test_every_image_trains_every_epoch_and_a_batch_change_resumes_at_a_real_batch():
+    """6 images at 4 a call: 2 calls (the last padded), not 1 with 2 images dropped; a resume
+    from image 5 at the new size lands on batch 1, which exists (it used to be past the end)."""
+    from types import SimpleNamespace
+
+    exp = SimpleNamespace(
+        train=SimpleNamespace(images_per_step=4, batch_size=4, seed=0),
+        patches=SimpleNamespace(patches_per_image=8),
+        checkpoint=SimpleNamespace(allow_batch_change=True),
+    )
+    calls, updates = train.calls_per_epoch(exp, 6)
+    assert (calls, updates) == (2, 2)
+    data = {"epoch": 0, "batch": 5, "images_per_step": 1, "seed": 0, "batch_size": 4}
+    position = train.resume_position(exp, data)
+    assert position == train.Position(0, 1) and position.batch < calls
+
+
 def test_changed_configs_are_all_kept(tmp_path, trained_tiny):
     """Every different config a workdir ran with stays beside the current one."""
     work = copy_of(trained_tiny, tmp_path)
