@@ -63,6 +63,51 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
+def compiled_flops(fn: Callable, *args) -> float:
+    """XLA's own count of the floating-point operations of one call of a jitted function
+    (its compiled cost analysis; nothing runs)."""
+    analysis = fn.lower(*args).compile().cost_analysis()
+    if isinstance(analysis, list):  # older jax: one dict per program
+        analysis = analysis[0]
+    return float((analysis or {}).get("flops", 0.0))
+
+
+def matmul_peak(args: argparse.Namespace) -> tuple[float, int, float]:
+    """(FLOP/s, n, seconds) of a large float32 matrix product through XLA on this backend:
+    the physical limit a convolution network's step is measured against."""
+    import jax.numpy as jnp
+
+    n = 512 if args.quick else 4096
+    rng = np.random.default_rng(0)
+    a = jax.device_put(rng.standard_normal((n, n), np.float32))
+    b = jax.device_put(rng.standard_normal((n, n), np.float32))
+    dot = jax.jit(jnp.dot)
+    seconds = median_time(lambda: dot(a, b).block_until_ready(), max(args.repeats, 3))
+    return 2.0 * n**3 / seconds, n, seconds
+
+
+def add_peak_fractions(rows: list[dict], args: argparse.Namespace) -> list[dict]:
+    """Each row with a FLOP count gets its achieved GFLOP/s and that as a fraction of the
+    GEMM peak measured in this run; the peak itself is a row."""
+    counted = [r for r in rows if r.get("flops")]
+    if not counted:
+        return rows
+    peak, n, seconds = matmul_peak(args)
+    for r in counted:
+        per_call = r.get("seconds") or args.batch / r["patches_per_s"]
+        r["gflops_per_s"] = r["flops"] / per_call / 1e9
+        r["fraction_of_peak"] = r["flops"] / per_call / peak
+    peak_row = {
+        "section": "peak",
+        "what": f"float32 matrix product {n}x{n} through XLA: {peak / 1e9:.0f} GFLOP/s, the peak "
+        "the fractions are of",
+        "patches_per_s": 0.0,
+        "gflops_per_s": peak / 1e9,
+        "seconds": seconds,
+    }
+    return [*rows, peak_row]
+
+
 def dataset_records(args: argparse.Namespace) -> tuple[list[VocRecord], str]:
     root = Path(args.data) if args.data else SHARED_SUBSET
     if root.is_dir():
@@ -322,18 +367,20 @@ def bench_train(records, config, args) -> list[dict]:
     ours = {}
     variants = jax_variants()
     for name, trainable in (("full", (".*",)), ("frozen", ("head/.*",))):
-        runners, steps_ = {}, {}
+        runners, steps_, flops = {}, {}, {}
         for defaults in variants:
             cfg, _, state, step = jax_train_step(records, args, trainable, defaults)
             if batches is None:
                 batches = device_batches(records, cfg, args, 2)
             runners[defaults] = Stepper(state, step, batches)
             steps_[defaults] = step
+            flops[defaults] = compiled_flops(step, state, batches[0])
         if host_crops_apply():
             cfg, _, state, step = jax_train_step(records, args, trainable, "ours")
             host_batches = device_batches(records, cfg, args, 2, crops="host")
             runners["host"] = Stepper(state, step, host_batches)
             runners["pil"] = host_crop_runner(records, cfg, args)
+            flops["host"] = compiled_flops(step, state, host_batches[0])
         runners["torch"] = torch_train_runner(args, frozen=name == "frozen")
         t = interleaved_medians(runners, args.repeats)
         ours[name] = t["ours"]
@@ -350,6 +397,7 @@ def bench_train(records, config, args) -> list[dict]:
                     "patches_per_s": n / ours[f"{name}_host"],
                     "seconds": ours[f"{name}_host"],
                     "crop_seconds": t["pil"],
+                    "flops": flops["host"],
                     "ratio_vs_baseline": t["torch"] / ours[f"{name}_host"],
                     "voc_epoch_s": VOC_TRAIN_PATCHES / (n / ours[f"{name}_host"]),
                 }
@@ -368,6 +416,7 @@ def bench_train(records, config, args) -> list[dict]:
                     "seconds": t[defaults],
                     "ratio_vs_baseline": t["torch"] / t[defaults],
                     "compilations": steps_[defaults]._cache_size(),
+                    "flops": flops[defaults],
                     "voc_epoch_s": VOC_TRAIN_PATCHES / (n / t[defaults]),
                 }
             )
@@ -380,6 +429,8 @@ def bench_train(records, config, args) -> list[dict]:
                 "step": name,
                 "patches_per_s": n / t["torch"],
                 "seconds": t["torch"],
+                # the same network, loss and update on cropped tensors: XLA's count of them
+                "flops": flops.get("host", flops["ours"]),
                 "voc_epoch_s": VOC_TRAIN_PATCHES / (n / t["torch"]),
             }
         )
@@ -430,10 +481,12 @@ def bench_eval(records, config, args) -> list[dict]:
     batches = device_batches(records, cfg, args, 2)
     runners = {}
     variants = jax_variants()
+    flops = {}
     for defaults in variants:
         with xla_options.defaults(defaults):
             fn = exp.eval_step()  # the production path (chunks of --batch)
         runners[defaults] = lambda fn=fn: jax.block_until_ready(fn(params, batches[0]))
+        flops[defaults] = compiled_flops(fn, params, batches[0])
     torch.manual_seed(0)
     from voc_jax.convert import torch_models
 
@@ -452,6 +505,7 @@ def bench_eval(records, config, args) -> list[dict]:
         host_batches = device_batches(records, cfg, args, 2, crops="host")
         runners["host"] = lambda: jax.block_until_ready(fn(params, host_batches[0]))
         runners["pil"] = host_crop_runner(records, cfg, args)
+        flops["host"] = compiled_flops(fn, params, host_batches[0])
     t = interleaved_medians(runners, args.repeats)
     rows = []
     if "host" in t:
@@ -464,6 +518,7 @@ def bench_eval(records, config, args) -> list[dict]:
                 "variant": "host",
                 "patches_per_s": args.batch / seconds,
                 "seconds": seconds,
+                "flops": flops["host"],
                 "ratio_vs_baseline": t["torch"] / seconds,
                 "voc_test_pass_s": VOC_TEST_PATCHES / (args.batch / seconds),
             }
@@ -476,6 +531,8 @@ def bench_eval(records, config, args) -> list[dict]:
                 "what": f"JAX eval step, {args.batch} patches incl. crops ({text})",
                 "variant": defaults,
                 "patches_per_s": args.batch / t[defaults],
+                "seconds": t[defaults],
+                "flops": flops[defaults],
                 "ratio_vs_baseline": t["torch"] / t[defaults],
                 "voc_test_pass_s": VOC_TEST_PATCHES / (args.batch / t[defaults]),
             }
@@ -486,6 +543,8 @@ def bench_eval(records, config, args) -> list[dict]:
             "what": "PyTorch forward + softmax on cropped tensors",
             "variant": "torch",
             "patches_per_s": args.batch / t["torch"],
+            "seconds": t["torch"],
+            "flops": flops.get("host", flops["ours"]),
             "voc_test_pass_s": VOC_TEST_PATCHES / (args.batch / t["torch"]),
         }
     )
@@ -735,6 +794,10 @@ NOTES = (  # (row field, how it reads in the table's notes)
     ("cache_speedup", lambda v, r: f"{v:.1f}x faster than the uncached frozen epoch"),
     ("verify_vs_cached_epoch", lambda v, r: f"{100 * v:.2f}% of a cached epoch"),
     (
+        "fraction_of_peak",
+        lambda v, r: f"{r['gflops_per_s']:.0f} GFLOP/s, {100 * v:.0f}% of the GEMM peak",
+    ),
+    (
         "ratio_vs_eval_pass",
         lambda v, r: (
             f"{v:.2f}x the time of an evaluation pass; {r['cache_bytes'] / 2**20:.0f} "
@@ -803,6 +866,7 @@ def main() -> int:
         if name not in SECTIONS:
             parser.error(f"unknown section {name!r}; choose from {', '.join(SECTIONS)}")
         rows += SECTIONS[name](records, config, args)
+    rows = add_peak_fractions(rows, args)
     from voc_jax import xla_options
 
     env = {
