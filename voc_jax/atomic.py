@@ -1,4 +1,5 @@
-"""Write a directory all-or-nothing, so a failing run never leaves a half-written output."""
+"""Never lose a good output: directories written all-or-nothing, and free names for files
+set aside."""
 
 from __future__ import annotations
 
@@ -37,3 +38,13 @@ def atomic_directory(out: str | os.PathLike[str], *, overwrite: bool = False) ->
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def free_name(path: Path, first_number: int = 1) -> Path:
+    """``path``, or ``path.<first_number>``, ``path.<first_number + 1>``, ... whichever does
+    not exist yet: where a file set aside goes, never over another one."""
+    candidate, n = path, first_number
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}.{n}")
+        n += 1
+    return candidate

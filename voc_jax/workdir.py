@@ -11,6 +11,7 @@ from typing import Any
 import ml_collections
 
 from voc_jax import distributed
+from voc_jax.atomic import free_name
 from voc_jax.checkpoint import Checkpointer, abstract_like
 from voc_jax.errors import CheckpointError, ConfigError, DataError
 
@@ -33,21 +34,12 @@ def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     path = workdir / CONFIG_FILE
     text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
     if path.exists() and path.read_text() != text:
-        kept = _free_name(workdir / f"{CONFIG_FILE}.old")
+        kept = free_name(workdir / f"{CONFIG_FILE}.old", first_number=2)
         log.warning("%s differs from this run's config; the old one is kept as %s", path, kept)
         path.replace(kept)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
-
-
-def _free_name(first: Path) -> Path:
-    if not first.exists():
-        return first
-    n = 2
-    while first.with_name(f"{first.name}.{n}").exists():
-        n += 1
-    return first.with_name(f"{first.name}.{n}")
 
 
 def check_before_training(config: ml_collections.ConfigDict, workdir: Path) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from voc_jax.atomic import free_name
 from voc_jax.errors import UserError
 
 
@@ -90,7 +91,7 @@ def fetch(url: str, dest: Path, md5: str, *, timeout: float = 30.0, progress: bo
                 bar.update(len(block))
     got = md5_of(part)
     if got != md5:
-        aside = _free_name(dest.with_name(dest.name + ".bad-md5"))
+        aside = free_name(dest.with_name(dest.name + ".bad-md5"))
         part.replace(aside)
         raise ChecksumError(
             f"{url}: MD5 {got} does not match the expected {md5}; the download was moved to "
@@ -111,7 +112,7 @@ def ensure_archive(
         actual = md5_of(dest)
         if actual == archive.md5:
             return dest
-        aside = _free_name(dest.with_name(dest.name + ".bad-md5"))
+        aside = free_name(dest.with_name(dest.name + ".bad-md5"))
         dest.replace(aside)
         set_aside = (
             f"{dest} has MD5 {actual}, not the expected {archive.md5}: moved it to {aside} "
@@ -134,15 +135,6 @@ def ensure_archive(
         "and run this again: it will be verified and extracted without downloading. Tried: "
         + "; ".join(failures)
     )
-
-
-def _free_name(path: Path) -> Path:
-    """``path``, or ``path.1``, ``path.2`` ... whichever does not exist yet."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}.{n}")
-    return candidate
 
 
 def extract(archives: Sequence[Path], out: Path) -> Path:
