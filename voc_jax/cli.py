@@ -92,15 +92,28 @@ def _quiet_closed_loop_hook(original: Callable) -> Callable:
     return hook
 
 
+# What a thread pool says when work reaches it after it was shut down: a consequence of an
+# earlier failure (orbax's background threads racing the teardown after a full disk), never
+# the cause, which voc-jax reports itself.
+_AFTER_SHUTDOWN = "cannot schedule new futures after"
+
+
 def _disk_full_noise(record: logging.LogRecord) -> bool:
     """Drop another library's error records about a full disk (orbax logs one traceback per
-    background thread that failed to write): the command ends with one ``error:`` line that
-    says it, naming the directory and the last good checkpoint. Other errors still show."""
+    background thread that failed to write) and about work refused by a pool already shut
+    down in the teardown that follows: the command ends with one ``error:`` line that says
+    it, naming the directory and the last good checkpoint. Other errors still show."""
     if record.levelno < logging.ERROR or record.name.startswith("voc_jax"):
         return True
-    if record.exc_info and record.exc_info[1] is not None and is_disk_full(record.exc_info[1]):
+    error = record.exc_info[1] if record.exc_info else None
+    if error is not None and (is_disk_full(error) or _after_shutdown(error)):
         return False
-    return not is_disk_full(Exception(record.getMessage()))
+    message = record.getMessage()
+    return not (is_disk_full(Exception(message)) or _AFTER_SHUTDOWN in message)
+
+
+def _after_shutdown(error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) and str(error).startswith(_AFTER_SHUTDOWN)
 
 
 def _warning_as_log_line(message, category, filename, lineno, file=None, line=None) -> None:
