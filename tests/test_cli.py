@@ -47,3 +47,32 @@ def test_other_library_errors_still_show(stderr_log):
 def test_voc_jax_errors_are_never_filtered(stderr_log):
     _log_error("voc_jax.train", RuntimeError("cannot schedule new futures after shutdown"))
     assert "cannot schedule new futures" in stderr_log()
+
+
+def _orbax_error(message: str) -> None:
+    logging.getLogger("orbax.checkpoint").error("background save failed: %s", message)
+
+
+def test_orbax_errors_are_held_and_dropped_when_the_command_ends_with_a_full_disk(stderr_log):
+    def body() -> int:
+        _orbax_error("No ArrayMetadata found for process_index=0")
+        raise cli.DiskFull("no space left on /w/checkpoints while saving step 20")
+
+    assert cli.run_guarded(body) == 2
+    err = stderr_log()
+    assert err.strip().splitlines() == [
+        "error: no space left on /w/checkpoints while saving step 20"
+    ]
+    _orbax_error("a thread finishing after the command")  # still dropped
+    assert stderr_log() == ""
+
+
+def test_orbax_errors_are_printed_when_the_command_ends_otherwise(stderr_log):
+    def body() -> int:
+        _orbax_error("a failure voc-jax did not report")
+        return 0
+
+    assert cli.run_guarded(body) == 0
+    assert "a failure voc-jax did not report" in stderr_log()
+    _orbax_error("later")  # not held once the command is over
+    assert "later" in stderr_log()

@@ -13,6 +13,7 @@ import contextlib
 import difflib
 import importlib.util
 import logging
+import os
 import signal
 import sys
 import threading
@@ -60,6 +61,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         handler.addFilter(_disk_full_noise)
+        handler.addFilter(HELD)
         root.addHandler(handler)
     root.setLevel(level)
     # orbax and absl are chatty at INFO; their warnings still show.
@@ -116,6 +118,47 @@ def _after_shutdown(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and str(error).startswith(_AFTER_SHUTDOWN)
 
 
+class _HeldLibraryErrors(logging.Filter):
+    """Holds orbax's error records until the command ends. orbax's background threads log
+    every failure of an asynchronous save (a full disk: one traceback per thread, in forms
+    that vary from run to run: ENOSPC, missing array metadata, a pool already shut down), and
+    the same failure reaches voc-jax as an exception at the next save or wait. When the
+    command ends with a full disk (one ``error:`` line naming the last good checkpoint), the
+    held records, and any that follow, are dropped; otherwise they are printed then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+        self.active = False  # inside a command
+        self.dropping = False  # after a command that ended with a full disk
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or not _from_orbax(record):
+            return True
+        if self.active:
+            self.held.append(record)
+            return False
+        return not self.dropping
+
+    def start(self) -> None:
+        self.held, self.active, self.dropping = [], True, False
+
+    def end(self, *, disk_full: bool) -> None:
+        held, self.held, self.active = self.held, [], False
+        if disk_full:
+            self.dropping = True
+            return
+        for record in held:
+            logging.getLogger(record.name).handle(record)
+
+
+def _from_orbax(record: logging.LogRecord) -> bool:
+    return record.name.startswith("orbax") or f"{os.sep}orbax{os.sep}" in (record.pathname or "")
+
+
+HELD = _HeldLibraryErrors()
+
+
 def _warning_as_log_line(message, category, filename, lineno, file=None, line=None) -> None:
     """A Python warning as one log line (not the source line under it)."""
     logging.getLogger("voc_jax").warning("%s", message)
@@ -143,21 +186,27 @@ def sigterm_interrupts() -> Iterator[None]:
 def run_guarded(body: Callable[[], int]) -> int:
     """Run a command body; user errors and a full disk become one ``error:`` line, exit 2;
     Ctrl-C and SIGTERM one ``interrupted`` line, exit 130."""
+    HELD.start()
+    disk_full = False
     try:
         with sigterm_interrupts():
             return body()
     except UserError as e:
+        disk_full = isinstance(e, DiskFull)
         return report(str(e))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
         if is_disk_full(e):
+            disk_full = True
             where = getattr(e, "filename", None) or "the disk"
             return report(str(DiskFull(f"no space left on {where} ({first_line(e)})")))
         if isinstance(e, OSError) and e.filename:  # permissions, a file where a directory goes
             return report(f"{e.filename}: {e.strerror or first_line(e)}")
         raise
+    finally:
+        HELD.end(disk_full=disk_full)
 
 
 def config_file_in(argv: Sequence[str], name: str = "config") -> str | None:
