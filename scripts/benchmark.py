@@ -477,7 +477,7 @@ def bench_eval(records, config, args) -> list[dict]:
 
     cfg = train_config(args, (".*",))
     exp = Experiment.build(cfg)
-    params = exp.model.params
+    params = exp.model.variables  # what the evaluation step applies
     batches = device_batches(records, cfg, args, 2)
     runners = {}
     variants = jax_variants()
@@ -607,7 +607,7 @@ def bench_cache(records, config, args) -> list[dict]:
     cfg.patches.max_rows = grid_rows(cfg.patches.scales)
     cfg.feature_cache.enabled = True
     exp = Experiment.build(cfg)
-    params = exp.model.params
+    params = exp.model.variables  # what the evaluation step applies
     subset = VocDataset(Path("."), "bench", list(records[:n]), [])
     work = Path(tempfile.mkdtemp(prefix="voc-jax-cache-"))
     start = time.perf_counter()
@@ -637,13 +637,13 @@ def bench_cache(records, config, args) -> list[dict]:
         step = exp.train_step(optimizer, inputs=inputs)
         ds = epoch_dataset(
             subset.records, pc, images_per_batch=1, train=True, seed=0,
-            features=cache if inputs == "fc6" else None,
+            features=cache if inputs == "prefix" else None,
         )  # fmt: skip
         device = [jax.device_put(b) for b in ds]
         return Stepper(state, step, device), len(device)
 
     pixels, calls = epoch_runner("pixels")
-    cached, _ = epoch_runner("fc6")
+    cached, _ = epoch_runner("prefix")
     t = interleaved_medians({"pixels": pixels, "cached": cached}, max(args.repeats, calls))
     # What reuse costs: every image's rows read and checked against its digest, once a run.
     start = time.perf_counter()
@@ -735,7 +735,7 @@ def bench_profile(records, config, args) -> list[dict]:
         {
             "jax_forward": lambda: jax.block_until_ready(forward(params, x)),
             "torch_forward": torch_forward,
-            "jax_grad": lambda: jax.block_until_ready(grads(params, x, y, valid, key)),
+            "jax_grad": lambda: jax.block_until_ready(grads(params, {}, x, y, valid, key)),
             "torch_grad": torch_backward,
         },
         args.repeats,

@@ -67,8 +67,8 @@ def final_params(workdir: Path, step: int | None = None):
     from voc_jax.experiment import Experiment
 
     exp = Experiment.build(workdir_lib.load_config(workdir))
-    found, params = workdir_lib.restore_params(workdir, exp.model.params, step)
-    return found, jax.tree.map(np.asarray, params)
+    found, variables = workdir_lib.restore_variables(workdir, exp.model.variables, step)
+    return found, jax.tree.map(np.asarray, variables["params"])
 
 
 def checkpoint_data(workdir: Path, step: int) -> dict:

@@ -88,7 +88,8 @@ def torch_outputs(model: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray, np
     ],
 )
 def test_logits_and_fc7_match_torch(converted, torch_model, size):
-    params, metadata = weights.load_converted(converted)
+    variables, metadata = weights.load_converted(converted)
+    params = variables["params"]
     model = weights.classifier_from_metadata(metadata)
     x = np.random.default_rng(1).standard_normal((2, *size, 3)).astype(np.float32)
     want_logits, want_fc7 = torch_outputs(torch_model, x)
@@ -114,6 +115,7 @@ def test_metadata(converted, pth):
         "conv1_padding": 2,
         "input_size": 224,
         "num_classes": 1000,
+        "width": 1.0,
     }
     assert meta["preprocessing"]["channel_order"] == "RGB"
     np.testing.assert_allclose(meta["preprocessing"]["mean"], [0.485, 0.456, 0.406])
@@ -124,7 +126,7 @@ def test_metadata(converted, pth):
 
 def test_fc6_is_permuted_to_hwc(torch_model):
     state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
-    params, _ = converter.torch_to_flax(state, "mem")
+    params = converter.torch_to_flax(state, "mem")[0]["params"]
     w = state["classifier.1.weight"]  # (4096, 256*6*6), input index c*36 + h*6 + w
     c, h, col, out = 17, 4, 2, 123
     assert params["fc6"]["kernel"][(h * 6 + col) * 256 + c, out] == w[out, c * 36 + h * 6 + col]
@@ -137,10 +139,10 @@ def test_verify_catches_a_wrong_layout(pth, tmp_path, monkeypatch, capsys):
     """Without the fc6 permutation the logits differ: --verify exits 1 and writes nothing."""
     original = converter.torch_to_flax
 
-    def unpermuted(state, source):
-        params, n = original(state, source)
-        params["fc6"]["kernel"] = np.ascontiguousarray(state["classifier.1.weight"].T)
-        return params, n
+    def unpermuted(state, source, arch="alexnet"):
+        variables, n, width = original(state, source, arch)
+        variables["params"]["fc6"]["kernel"] = np.ascontiguousarray(state["classifier.1.weight"].T)
+        return variables, n, width
 
     monkeypatch.setattr(converter, "torch_to_flax", unpermuted)
     out = tmp_path / "out"

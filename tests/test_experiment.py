@@ -54,9 +54,11 @@ def test_training_and_evaluation_draw_from_their_own_seeds(exp, tiny_data_root):
 def test_the_steps_it_makes_run(exp, tiny_data_root):
     records = load_dataset(tiny_data_root, "trainval").records
     config = tiny.get_config()
-    scores = exp.eval_step()(exp.model.params, first_batch(config, records, train=False))
+    scores = exp.eval_step()(exp.model.variables, first_batch(config, records, train=False))
     assert scores["power"].shape == (1, 20)
-    fc6 = exp.fc6_step(np.float32)(exp.model.params, first_batch(config, records, train=False))
+    fc6 = exp.prefix_step(np.float32)(
+        exp.model.variables, first_batch(config, records, train=False)
+    )
     assert fc6.shape == (1, 8, 256)
     optimizer = exp.optimizer(10)
     state = jax.tree.map(jax.numpy.copy, exp.initial_state(optimizer))

@@ -51,19 +51,19 @@ def test_cached_step_equals_the_uncached_frozen_step(tmp_path, dataset):
     np.testing.assert_array_equal(pixels["labels"], cached["labels"])
     assert cached["features"].shape == (1, config.patches.per_image, 256)
     results = {}
-    for inputs, batch in (("pixels", pixels), ("fc6", cached)):
+    for inputs, batch in (("pixels", pixels), ("prefix", cached)):
         _, state, step, _ = setup_step(config, inputs=inputs)
         state, metrics = step(state, batch)
         results[inputs] = (jax.tree.map(np.asarray, state.params), float(metrics["loss"]))
-    assert results["pixels"][1] == pytest.approx(results["fc6"][1], rel=1e-5)
+    assert results["pixels"][1] == pytest.approx(results["prefix"][1], rel=1e-5)
     for a, b in zip(
         jax.tree.leaves(results["pixels"][0]["head"]),
-        jax.tree.leaves(results["fc6"][0]["head"]),
+        jax.tree.leaves(results["prefix"][0]["head"]),
         strict=True,
     ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # The cached rows are the network's own fc6 activations of those patches.
-    fc6 = exp.fc6_step(np.float32)(exp.model.params, pixels)
+    fc6 = exp.prefix_step(np.float32)(exp.model.variables, pixels)
     np.testing.assert_allclose(cached["features"], np.asarray(fc6), rtol=1e-5, atol=1e-5)
 
 

@@ -68,38 +68,36 @@ def test_width_multiplies_every_backbone_width():
 
 
 def test_fc6_halves_compose_to_the_whole_network_dropout_included():
-    """stop="fc6" then start="fc6" is the network: the cached-features path relies on it, with
+    """stop="prefix" then start="prefix" (AlexNet: fc6) is the network: the cache relies on it, with
     the same dropout masks for the same rng."""
     model = TransferNet(width=NARROW, head_hidden=32)
     x = jax.random.normal(jax.random.key(1), (3, 64, 64, 3))
     params = model.init(jax.random.key(0), x)["params"]
-    fc6 = model.apply({"params": params}, x, stop="fc6")
+    fc6 = model.apply({"params": params}, x, stop="prefix")
     assert fc6.shape == (3, 256) and bool((fc6 >= 0).all())  # after ReLU, before dropout
-    for deterministic in (True, False):
+    for train in (False, True):
         rngs = {"dropout": jax.random.key(7)}
-        whole = model.apply({"params": params}, x, deterministic=deterministic, rngs=rngs)
-        halves = model.apply(
-            {"params": params}, fc6, start="fc6", deterministic=deterministic, rngs=rngs
-        )
+        whole = model.apply({"params": params}, x, train=train, rngs=rngs)
+        halves = model.apply({"params": params}, fc6, start="prefix", train=train, rngs=rngs)
         np.testing.assert_array_equal(whole, halves)
 
 
-def test_dropout_only_when_not_deterministic():
+def test_dropout_only_in_training_mode():
     model = TransferNet(num_classes=5, head_hidden=32, width=NARROW)
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
     params = model.init(jax.random.key(0), x)["params"]
     eval_a = model.apply({"params": params}, x)
-    eval_b = model.apply({"params": params}, x, deterministic=True)
+    eval_b = model.apply({"params": params}, x, train=False)
     np.testing.assert_array_equal(eval_a, eval_b)
     train = [
-        model.apply({"params": params}, x, deterministic=False, rngs={"dropout": jax.random.key(s)})
+        model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(s)})
         for s in (1, 1, 2)
     ]
     np.testing.assert_array_equal(train[0], train[1])  # same rng, same mask
     assert not np.allclose(train[0], train[2])  # another rng, another mask
     assert not np.allclose(train[0], eval_a)
     with pytest.raises(Exception, match="dropout"):  # training needs an rng
-        model.apply({"params": params}, x, deterministic=False)
+        model.apply({"params": params}, x, train=True)
 
 
 @pytest.mark.slow  # compiles a network per case
@@ -111,7 +109,7 @@ def test_dropout_is_inverted():
     want = head.apply({"params": params}, x)
     keys = jax.random.split(jax.random.key(2), 4000)
     samples = jax.vmap(
-        lambda k: head.apply({"params": params}, x, deterministic=False, rngs={"dropout": k})
+        lambda k: head.apply({"params": params}, x, train=True, rngs={"dropout": k})
     )(keys)
     spread = float(samples.std(0).max()) / np.sqrt(len(keys))
     np.testing.assert_allclose(samples.mean(0), want, atol=5 * spread)

@@ -89,7 +89,8 @@ def test_imported_alexnet_matches_torch(
         result = run_cli("--neon", str(src), "--out", str(out), "--verify")
         assert result.returncode == 0, result.stderr
         assert "verify at 224x224" in result.stdout
-    params, metadata = weights.load_converted(out)
+    variables, metadata = weights.load_converted(out)
+    params = variables["params"]
     assert metadata["architecture"] == {
         "name": "alexnet",
         "conv1_padding": 3,
@@ -139,7 +140,8 @@ def test_transfer_model_with_head_is_imported_whole(tmp_path, capsys):
     )
     assert code == 0, err
     assert "verify at 227x227" in stdout
-    params, metadata = weights.load_converted(out)
+    variables, metadata = weights.load_converted(out)
+    params = variables["params"]
     arch = metadata["architecture"]
     assert (arch["name"], arch["num_classes"], arch["head_hidden"]) == ("transfer", 21, 512)
     assert metadata["source"]["dropout_scaled_layers"] == ["Linear_1", "Linear_2", "Linear_3"]
@@ -148,8 +150,8 @@ def test_transfer_model_with_head_is_imported_whole(tmp_path, capsys):
     with jax.default_matmul_precision("highest"):
         got = net.apply({"params": params}, x)
     np.testing.assert_allclose(np.asarray(got), torch_logits(model, x), rtol=1e-4, atol=1e-5)
-    # transfer_params keeps a transfer model's own head (the reference's trained VOC model).
-    kept = weights.transfer_params(params, metadata, num_classes=21, head_hidden=512)
+    # transfer_variables keeps a transfer model's own head (the reference's trained VOC model).
+    kept = weights.transfer_variables(params, metadata, num_classes=21, head_hidden=512)["params"]
     np.testing.assert_array_equal(kept["head"]["fc_b"]["kernel"], params["head"]["fc_b"]["kernel"])
 
 

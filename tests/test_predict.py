@@ -65,9 +65,9 @@ def test_predictor_scores_are_the_evaluation_pooling(trained_tiny, tiny_data_roo
 
     config = workdir.load_config(trained_tiny)
     exp = Experiment.build(config)
-    _, params = workdir.restore_params(trained_tiny, exp.model.params)
+    _, variables = workdir.restore_variables(trained_tiny, exp.model.variables)
     image = next((tiny_data_root / "JPEGImages").glob("*.jpg"))
-    result = predict.Predictor(exp, params)(image)
+    result = predict.Predictor(exp, variables)(image)
     np.testing.assert_allclose(result["probs"].sum(-1), 1.0, rtol=1e-5)
     want = (result["probs"][:, 1:] ** config.eval.exponent).sum(0)
     np.testing.assert_allclose(result["scores"], want, rtol=1e-5, atol=1e-12)

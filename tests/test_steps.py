@@ -112,7 +112,7 @@ def test_eval_step_scores_every_image(records):
     exp = Experiment.build(config)
     eval_step = exp.eval_step()
     config.images_per_step = 2
-    out = eval_step(exp.model.params, first_batch(config, records, train=False))
+    out = eval_step(exp.model.variables, first_batch(config, records, train=False))
     assert out["power"].shape == (2, 20) and out["image_index"].tolist() == [0, 1]
     assert np.isfinite(np.asarray(out["power"])).all()
 

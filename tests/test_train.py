@@ -428,7 +428,7 @@ def test_smoke_config_trains_only_the_head_of_converted_weights(tmp_path, conver
     from voc_jax import weights
 
     _, params = final_params(work)
-    converted, _ = weights.load_converted(converted_random_alexnet)
+    converted = weights.load_converted(converted_random_alexnet)[0]["params"]
     for layer in ("conv1", "conv5", "fc6", "fc7"):
         np.testing.assert_array_equal(params[layer]["kernel"], converted[layer]["kernel"])
     head = weights.init_head(21, 512, seed=0)

@@ -39,7 +39,8 @@ def saved(tmp_path, alexnet_params) -> Path:
 
 @pytest.mark.slow  # full-size AlexNet files
 def test_roundtrip(saved, alexnet_params):
-    params, meta = weights.load_converted(saved)
+    variables, meta = weights.load_converted(saved)
+    params = variables["params"]
     assert meta["format"] == weights.FORMAT_NAME and meta["architecture"]["num_classes"] == 10
     for (path, a), b in zip(
         jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(alexnet_params), strict=True
@@ -102,11 +103,13 @@ def test_load_errors_name_the_file(tmp_path, saved, alexnet_params):
 
 
 @pytest.mark.slow  # full-size AlexNet files
-def test_transfer_params_take_backbone_and_seeded_head(saved):
-    converted, meta = weights.load_converted(saved)
-    a = weights.transfer_params(converted, meta, seed=0)
-    b = weights.transfer_params(converted, meta, seed=0)
-    c = weights.transfer_params(converted, meta, seed=1)
+def test_transfer_variables_take_backbone_and_seeded_head(saved):
+    variables, meta = weights.load_converted(saved)
+    assert list(variables) == ["params"]  # AlexNet: no BatchNorm statistics
+    converted = variables["params"]
+    a = weights.transfer_variables(variables, meta, seed=0)["params"]
+    b = weights.transfer_variables(variables, meta, seed=0)["params"]
+    c = weights.transfer_variables(variables, meta, seed=1)["params"]
     assert "fc8" not in a
     np.testing.assert_array_equal(a["conv3"]["kernel"], converted["conv3"]["kernel"])
     np.testing.assert_array_equal(a["fc7"]["bias"], converted["fc7"]["bias"])
@@ -116,7 +119,7 @@ def test_transfer_params_take_backbone_and_seeded_head(saved):
     model = TransferNet(conv1_padding=meta["architecture"]["conv1_padding"])
     logits = model.apply({"params": a}, jnp.zeros((1, 64, 64, 3)))
     assert logits.shape == (1, 21)
-    with_fc8 = weights.transfer_params(converted, meta, keep_fc8=True)
+    with_fc8 = weights.transfer_variables(variables, meta, keep_classifier=True)["params"]
     np.testing.assert_array_equal(with_fc8["fc8"]["kernel"], converted["fc8"]["kernel"])
 
 
@@ -127,11 +130,11 @@ def test_transfer_weights_keep_their_head(tmp_path, alexnet_params):
     meta = METADATA | {"architecture": {"name": "transfer", "conv1_padding": 3, "num_classes": 21}}
     path = weights.save_converted(tmp_path / "t", params, meta)
     converted, meta = weights.load_converted(path)
-    tp = weights.transfer_params(converted, meta, seed=0)
+    tp = weights.transfer_variables(converted, meta, seed=0)["params"]
     np.testing.assert_array_equal(tp["head"]["fc_b"]["kernel"], head["fc_b"]["kernel"])
-    fresh = weights.transfer_params(converted, meta, seed=0, keep_head=False)
+    fresh = weights.transfer_variables(converted, meta, seed=0, keep_head=False)["params"]
     assert not np.array_equal(fresh["head"]["fc_b"]["kernel"], head["fc_b"]["kernel"])
     with pytest.raises(weights.WeightsError, match="head"):
-        weights.transfer_params(converted, meta, num_classes=5)
-    with pytest.raises(weights.WeightsError, match="not the ImageNet classifier"):
+        weights.transfer_variables(converted, meta, num_classes=5)
+    with pytest.raises(weights.WeightsError, match="not an ImageNet classifier"):
         weights.classifier_from_metadata(meta)

@@ -55,10 +55,10 @@ def test_before_training(tmp_path):
         workdir.check_before_training(config, tmp_path)
 
 
-def test_restore_params_without_checkpoints_gives_the_initial_weights(tmp_path, caplog):
-    initial = {"w": np.ones(3, np.float32)}
+def test_restore_without_checkpoints_gives_the_initial_weights(tmp_path, caplog):
+    initial = {"params": {"w": np.ones(3, np.float32)}}
     with caplog.at_level(logging.WARNING):
-        step, params = workdir.restore_params(tmp_path, initial)
-    assert step == 0 and params is initial and "evaluating the initial weights" in caplog.text
+        step, variables = workdir.restore_variables(tmp_path, initial)
+    assert step == 0 and variables is initial and "evaluating the initial weights" in caplog.text
     with pytest.raises(CheckpointError, match="no checkpoints/ directory"):
-        workdir.restore_params(tmp_path, initial, step=4)
+        workdir.restore_variables(tmp_path, initial, step=4)

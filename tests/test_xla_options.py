@@ -81,14 +81,14 @@ def test_step_gradients_against_float64(trainable, monkeypatch):
     labels = optim.trainable_labels(params, trainable)
     grads_of = steps.make_grads(model, labels)
     key = jax.random.key(1)
-    ours = xla_options.jit(grads_of)(params, x, y, valid, key)[1]
+    ours = xla_options.jit(grads_of)(params, {}, x, y, valid, key)[1]
     monkeypatch.setenv(xla_options.SWITCH, "xla")
-    default = xla_options.jit(grads_of)(params, x, y, valid, key)[1]
+    default = xla_options.jit(grads_of)(params, {}, x, y, valid, key)[1]
     with jax.enable_x64():
         model64 = TransferNet(dropout_rate=0.0, dtype=jnp.float64)
         params64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
         exact = jax.jit(steps.make_grads(model64, labels))(
-            params64, x.astype(np.float64), y, valid, key
+            params64, {}, x.astype(np.float64), y, valid, key
         )[1]
         exact = jax.tree.map(np.asarray, exact)
     ours_err, default_err = relative_errors(ours, exact), relative_errors(default, exact)

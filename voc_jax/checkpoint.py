@@ -4,7 +4,7 @@ A checkpoint holds the parameters, the rest of the train state (optimizer state,
 and, as JSON, where the data pipeline stands (epoch, batch, the global batch size, the epoch's
 running sums) so a resumed run sees exactly the batches it would have seen. Parameters are a
 separate item so evaluation and prediction restore them alone
-(``voc_jax.workdir.restore_params``), without building an optimizer.
+(``voc_jax.workdir.restore_variables``), without building an optimizer.
 
 Integrity: orbax writes each step to a temporary directory and renames it when complete, so a
 kill mid-write leaves the previous checkpoints intact. Orbax stores no checksum, so a SHA-256
@@ -33,7 +33,7 @@ import orbax.checkpoint as ocp
 from voc_jax.errors import CheckpointError, first_line
 
 log = logging.getLogger(__name__)
-ITEMS = ("params", "train", "data")
+ITEMS = ("params", "batch_stats", "train", "data")  # batch_stats: networks with BatchNorm
 DAMAGED_DIR = "checkpoints.damaged"
 
 
@@ -88,20 +88,21 @@ class Checkpointer:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def save(self, step: int, params: Any, train: Any, data: dict[str, Any]) -> None:
-        """Asynchronous; ``wait()`` before exiting. Saving a step twice is a no-op."""
+    def save(
+        self, step: int, params: Any, train: Any, data: dict[str, Any], batch_stats: Any = None
+    ) -> None:
+        """Asynchronous; ``wait()`` before exiting. Saving a step twice is a no-op.
+        ``batch_stats`` (BatchNorm's statistics) is its own item, saved when there are any."""
         if step in self.manager.all_steps():
             return
-        digests = {"params": digest(params), "train": digest(train), "data": json_digest(data)}
+        trees = {"params": params} | ({"batch_stats": batch_stats} if batch_stats else {})
+        trees["train"] = train
+        digests = {name: digest(tree) for name, tree in trees.items()}
+        digests["data"] = json_digest(data)
         data = dict(data) | {"digest": digests}
+        args = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
         self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                train=ocp.args.StandardSave(train),
-                data=ocp.args.JsonSave(data),
-            ),
-            force=True,
+            step, args=ocp.args.Composite(data=ocp.args.JsonSave(data), **args), force=True
         )
 
     def wait(self) -> None:
@@ -132,7 +133,7 @@ class Checkpointer:
         self, abstract: dict[str, Any], step: int | None = None
     ) -> tuple[int, dict[str, Any]]:
         """(step, {item: tree, 'data': dict}) for the items of ``abstract`` (a subset of
-        'params' and 'train', abstract trees), from ``step`` or the newest good checkpoint.
+        'params', 'batch_stats' and 'train', abstract trees), from ``step`` or the newest good checkpoint.
         A step that cannot be read or fails its digest is skipped with a warning (and
         recorded in ``self.damaged``); an explicit ``step`` that fails is an error."""
         if step is not None and step not in self.steps():

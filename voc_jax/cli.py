@@ -221,14 +221,15 @@ def config_file_in(argv: Sequence[str], name: str = "config") -> str | None:
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
     """``get_config()`` of a config file, with a clear error when it cannot be loaded."""
-    file = Path(path.split(":", 1)[0])
+    file_part, _, argument = path.partition(":")
+    file = Path(file_part)
     if not file.is_file():
         raise ConfigError(f"--config {file}: no such config file (see voc_jax/configs/)")
     spec = importlib.util.spec_from_file_location(f"_voc_jax_config_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-        return module.get_config()
+        return module.get_config(argument) if argument else module.get_config()
     except Exception as e:
         raise ConfigError(f"--config {file}: cannot be loaded ({first_line(e)})") from e
 

@@ -56,17 +56,18 @@ PROTOCOL_NAMES = {
 
 
 def compute_scores(
-    exp: Experiment, params: Any, records: Sequence[VocRecord], *, progress: bool = True
+    exp: Experiment, variables: Any, records: Sequence[VocRecord], *, progress: bool = True
 ) -> dict[str, np.ndarray]:
-    """{'power'|'mean'|'max': [N, 20]} image scores, one row per record, in record order."""
+    """{'power'|'mean'|'max': [N, 20]} image scores, one row per record, in record order.
+    ``variables``: the params (and BatchNorm statistics) to score with."""
     dataset = exp.dataset(records, train=False)
     step = exp.eval_step()
-    params = exp.put_params(params)
+    variables = exp.put_params(variables)
     out = {k: np.full((len(records), len(VOC_CLASSES)), np.nan) for k in ("power", "mean", "max")}
     iterator = iterate(dataset, workers=exp.data.workers)
     for _ in tqdm(range(len(dataset)), desc="evaluating", unit="batch", disable=not progress):
         # Every process's images, gathered on every process (padding has image_index -1).
-        result = distributed.to_host(step(params, exp.put_batch(next(iterator))))
+        result = distributed.to_host(step(variables, exp.put_batch(next(iterator))))
         keep = result["image_index"] >= 0
         for pooling in out:
             out[pooling][result["image_index"][keep]] = result[pooling][keep]
@@ -193,7 +194,7 @@ def is_voc2007_test(root: Path, split: str, n_images: int) -> bool:
 
 def evaluate(
     exp: Experiment,
-    params: Any,
+    variables: Any,
     dataset: VocDataset,
     out_dir: Path,
     *,
@@ -202,7 +203,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Scores + APs for ``dataset``; files into ``out_dir`` when ``write``."""
     records = dataset.records
-    scores = compute_scores(exp, params, records, progress=progress)
+    scores = compute_scores(exp, variables, records, progress=progress)
     targets = np.stack([r.targets() for r in records])
     results = ap_results(scores["power"], targets, exp.eval.protocols)
     extra = {
@@ -252,12 +253,12 @@ def write_outputs(
 
 
 def evaluate_and_report(
-    exp: Experiment, params: Any, dataset: VocDataset, workdir: Path, step: int
+    exp: Experiment, variables: Any, dataset: VocDataset, workdir: Path, step: int
 ) -> dict[str, Any]:
     """Evaluate into ``WORKDIR/eval/<step>/`` and print the table (process 0)."""
     out_dir = workdir / "eval" / str(step)
     main = distributed.is_main()
-    summary = evaluate(exp, params, dataset, out_dir, progress=main, write=main)
+    summary = evaluate(exp, variables, dataset, out_dir, progress=main, write=main)
     if main:
         print(f"\nAP on {summary['split']} ({summary['images']} images), step {step}:")
         print(summary["table"])
@@ -280,10 +281,10 @@ def evaluate_workdir(
     with distributed.workdir_lock(workdir, "evaluate"):
         workdir_lib.check_unchanged(config, workdir, workdir_lib.SHAPE_FIELDS, "evaluate")
         exp = Experiment.build(config)
-        found, params = workdir_lib.restore_params(workdir, exp.model.params, step)
+        found, variables = workdir_lib.restore_variables(workdir, exp.model.variables, step)
         splits = load_splits(exp.data, workdir, train=False)
         splits.remember_decoded()
-        evaluate_and_report(exp, exp.put_params(params), splits.test, workdir, found)
+        evaluate_and_report(exp, exp.put_params(variables), splits.test, workdir, found)
     return 0
 
 

@@ -1,7 +1,7 @@
 """One experiment, assembled once: ``Experiment.build(config)`` reads the (already validated)
 config into typed settings and builds what every command shares: the patch settings, the
 model with its initial parameters and preprocessing, the device mesh and shardings, and the
-jitted train, evaluation and fc6 steps. ``train``, ``evaluate``, ``predict``, the feature
+jitted train, evaluation and prefix (feature cache) steps. ``train``, ``evaluate``, ``predict``, the feature
 cache, the benchmark and the tests all start here; below it nothing sees a ``ConfigDict``.
 """
 
@@ -33,38 +33,47 @@ EVAL_SEED_OFFSET = 1_000_003  # test sampling draws from seed + this, apart from
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Model:
-    """The transfer network, its initial parameters (converted weights with a fresh head, or
-    a fresh init), the preprocessing those weights expect, and where they came from."""
+    """The transfer network, its initial parameters and BatchNorm statistics (converted
+    weights with a fresh head, or a fresh init), the preprocessing those weights expect, and
+    where they came from."""
 
     module: TransferNet
     params: Any
     preprocessing: Preprocessing
     source: dict[str, Any]
+    batch_stats: Any = dataclasses.field(default_factory=dict)  # {} without BatchNorm
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """What ``module.apply`` and the evaluation and prefix steps take."""
+        return steps.variables(self.params, self.batch_stats)
 
 
 def build_model(m: settings.ModelSettings, init: settings.InitSettings, seed: int) -> Model:
-    """TransferNet and its initial params: from converted weights or from scratch."""
+    """TransferNet and its initial variables: from converted weights or from scratch."""
     dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
     if init.weights:
-        if m.width != 1.0:
-            raise ConfigError(
-                f"model.width={m.width}: converted weights are the real AlexNet (width 1.0)"
-            )
         converted, metadata = weights_lib.load_converted(init.weights)
-        has_head = metadata["architecture"]["name"] == "transfer"
-        params = weights_lib.transfer_params(
+        block = metadata["architecture"]
+        arch, width = weights_lib.backbone_of(block), float(block.get("width", 1.0))
+        if (arch, width) != (m.arch, m.width):
+            raise ConfigError(
+                f"init.weights={init.weights}: {arch} of width {width:g}, but the config says "
+                f"model.arch={m.arch}, model.width={m.width:g}"
+            )
+        variables = weights_lib.transfer_variables(
             converted,
             metadata,
             num_classes=m.num_classes,
             head_hidden=m.head_hidden,
             seed=seed,
-            keep_head=bool(init.keep_head and has_head),
+            keep_head=bool(init.keep_head and block["name"] == "transfer"),
         )
-        conv1_padding = int(metadata["architecture"]["conv1_padding"])
+        conv1_padding = int(block.get("conv1_padding", m.conv1_padding))
         prep = weights_lib.preprocessing_of(metadata)
         source = {"weights": str(init.weights), **metadata["source"]}
     else:
-        conv1_padding, prep, params = m.conv1_padding, init.scratch_preprocessing, None
+        conv1_padding, prep, variables = m.conv1_padding, init.scratch_preprocessing, None
         source = {"weights": None, "kind": "scratch"}
     module = TransferNet(
         num_classes=m.num_classes,
@@ -73,14 +82,17 @@ def build_model(m: settings.ModelSettings, init: settings.InitSettings, seed: in
         head_hidden=m.head_hidden,
         dtype=dtype,
         width=m.width,
+        arch=m.arch,
+        bn_update=m.bn_update,
     )
-    if params is None:
+    if variables is None:
         size = m.patch_size
         # One compiled program (an eager init compiles every initialiser op on its own).
         init_fn = jax.jit(module.init)
-        params = init_fn(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3)))["params"]
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
-    return Model(module, params, prep, source)
+        variables = init_fn(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3)))
+    variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), dict(variables))
+    stats = variables.get("batch_stats", {})
+    return Model(module, variables["params"], prep, source, stats)
 
 
 def patch_config(config: ml_collections.ConfigDict) -> PatchConfig:
@@ -217,13 +229,15 @@ class Experiment:
     def initial_state(self, optimizer: optim.Optimizer) -> steps.TrainState:
         """The fresh train state, replicated over the mesh (from host values, identical on
         every process, so device_put builds global arrays)."""
-        state = steps.create_state(self.model.params, optimizer, self.train.seed)
+        m = self.model
+        state = steps.create_state(m.params, optimizer, self.train.seed, m.batch_stats)
         return jax.device_put(jax.device_get(state), self.replicated)
 
     def train_step(
         self, optimizer: optim.Optimizer, *, inputs: str = "pixels", unroll: bool | None = None
     ) -> Callable:
-        """The jitted train step, the state donated (``inputs="fc6"``: the feature cache's)."""
+        """The jitted train step, the state donated (``inputs="prefix"``: the feature
+        cache's rows instead of pixels)."""
         m = self.model
         fn = steps.make_train_step(
             m.module,
@@ -252,10 +266,11 @@ class Experiment:
         )
         return xla_options.jit(fn)
 
-    def fc6_step(self, dtype: Any) -> Callable:
-        """The jitted fc6 step: every patch's fc6 activations in ``dtype`` (the cache's)."""
+    def prefix_step(self, dtype: Any) -> Callable:
+        """The jitted prefix step: every patch's activations at the backbone's frozen prefix
+        (AlexNet, VGG-16: fc6; ResNet-50: the pooled features) in ``dtype`` (the cache's)."""
         m = self.model
-        fn = steps.make_fc6_step(
+        fn = steps.make_prefix_step(
             m.module,
             m.preprocessing,
             patch_size=self.settings.model.patch_size,

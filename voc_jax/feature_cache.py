@@ -1,4 +1,6 @@
-"""A cache of fc6 activations for every candidate patch: the frozen backbone computed once.
+"""A cache of the frozen prefix's activations for every candidate patch: the frozen backbone
+computed once. The prefix is the backbone's (voc_jax.models): AlexNet and VGG-16 up to fc6
+after its ReLU, ResNet-50 up to the 2048 pooled features; AlexNet's words below hold for each.
 
 With conv1-fc6 frozen (Oquab et al.'s variant, ``voc07_frozen.py``), every epoch recomputes
 the same fc6 activations for the same candidate patches: an image's candidates are fixed
@@ -15,7 +17,8 @@ no decoding, no chunk layer, readable by anything that reads NumPy; tensorstore 
 array_record would add a storage layer without adding a feature this access pattern uses.
 
 The cache lives in a directory named by a digest of everything its content depends on: the
-backbone parameters up to fc6, the preprocessing, the model's width, dtype and conv1 padding,
+architecture, its parameters (and BatchNorm statistics) up to the prefix, the preprocessing,
+the model's width, dtype and conv1 padding,
 the patch geometry and crop settings, the split, and every image file (size and SHA-256). Any
 change gives another directory: a stale cache is never reused, it is rebuilt.
 
@@ -49,13 +52,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from tqdm import tqdm
 
 from voc_jax.data import pipeline
 from voc_jax.data.voc import VocDataset, VocRecord
 from voc_jax.errors import DiskFull, is_disk_full
 from voc_jax.experiment import Experiment
-from voc_jax.model import FC6_PREFIX
 from voc_jax.settings import CacheSettings
 from voc_jax.validation import format_bytes
 from voc_jax.workdir_lock import WorkdirLock
@@ -74,14 +77,20 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def backbone_digest(params: Any) -> str:
-    """SHA-256 of the parameters the cached activations depend on (conv1..fc6)."""
+def backbone_digest(variables: dict[str, Any], prefix_layers: Sequence[str]) -> str:
+    """SHA-256 of the variables the cached activations depend on: the frozen prefix's
+    parameters and BatchNorm statistics (AlexNet: conv1..fc6; ResNet-50: everything up to
+    the pooled features)."""
     h = hashlib.sha256()
-    for layer in FC6_PREFIX:
-        for leaf in ("kernel", "bias"):
-            value = np.ascontiguousarray(np.asarray(params[layer][leaf], np.float32))
-            h.update(f"{layer}/{leaf}|{value.shape}|".encode())
-            h.update(value.tobytes())
+    for collection in ("params", "batch_stats"):
+        tree = variables.get(collection) or {}
+        for layer in prefix_layers:
+            if layer not in tree:
+                continue
+            for path, leaf in sorted(traverse_util.flatten_dict(tree[layer], sep="/").items()):
+                value = np.ascontiguousarray(np.asarray(leaf, np.float32))
+                h.update(f"{collection}/{layer}/{path}|{value.shape}|".encode())
+                h.update(value.tobytes())
     return h.hexdigest()
 
 
@@ -90,9 +99,10 @@ def describe(exp: Experiment, split: str, records: Sequence[VocRecord]) -> dict[
     patch_cfg, model = exp.patches, exp.settings.model
     return {
         "version": VERSION,
-        "backbone": backbone_digest(exp.model.params),
+        "backbone": backbone_digest(exp.model.variables, exp.model.module.backbone.prefix_layers),
         "preprocessing": exp.model.preprocessing.to_dict(),
         "model": {
+            "arch": model.arch,
             "width": model.width,
             "dtype": model.dtype,
             "conv1_padding": exp.model.module.conv1_padding,
@@ -170,7 +180,7 @@ def ensure(
     dtype = DTYPES[exp.cache.dtype]
     counts = np.array([len(pipeline.candidates(r, exp.patches)[0]) for r in records], np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
-    width = int(exp.model.params["fc6"]["kernel"].shape[1])
+    width = exp.model.module.backbone.prefix_width(exp.settings.model.width)
     cache = FeatureCache(directory, dtype, width, offsets)
     hint = "wait for it, or set --config.feature_cache.dir to another directory"
     with WorkdirLock(root, "feature cache build", busy_hint=hint):
@@ -350,8 +360,8 @@ def build(
     )
     chunk = exp.train.batch_size
     k_pad = int(-(-int((offsets[1:] - offsets[:-1]).max()) // chunk) * chunk)
-    step = exp.fc6_step(cache.dtype)
-    params = jax.device_put(exp.model.params)
+    step = exp.prefix_step(cache.dtype)
+    variables = jax.device_put(exp.model.variables)
     started = time.perf_counter()
     bar = tqdm(
         total=len(records), initial=done, desc="building the feature cache", unit="img",
@@ -359,7 +369,7 @@ def build(
     )  # fmt: skip
     for index in range(done, len(records)):
         example = candidates_example(records[index], index, exp.patches, k_pad)
-        out = step(params, {k: np.asarray(v)[None] for k, v in example.items()})
+        out = step(variables, {k: np.asarray(v)[None] for k, v in example.items()})
         rows = np.asarray(out[0, : cache.rows(index)])
         rows = rows.view(np.uint16) if cache.dtype is jnp.bfloat16 else rows
         features[offsets[index] : offsets[index + 1]] = rows

@@ -56,8 +56,8 @@ class Predictor:
     """One image -> every candidate patch's class probabilities and the image scores, through
     the evaluation step (the same crops, chunked forward and pooling as evaluation)."""
 
-    def __init__(self, exp: Experiment, params):
-        self.params = jax.device_put(params)
+    def __init__(self, exp: Experiment, variables):
+        self.variables = jax.device_put(variables)  # params (and BatchNorm statistics)
         self.patch_cfg, self.chunk = exp.patches, exp.train.batch_size
         self._step = exp.eval_step(probabilities=True)
 
@@ -77,7 +77,7 @@ class Predictor:
         all_boxes = np.concatenate([boxes, np.repeat(boxes[:1], padded - n, 0)])
         valid = np.arange(padded) < n
         example = example_from_boxes(rgb, all_boxes, np.full(padded, -1), valid, 0, c)
-        out = self._step(self.params, {k: np.asarray(v)[None] for k, v in example.items()})
+        out = self._step(self.variables, {k: np.asarray(v)[None] for k, v in example.items()})
         probs = np.asarray(out["probs"][0, :n])
         scores = np.asarray(out["power"][0])
         return {"image": rgb, "boxes": boxes, "probs": probs, "scores": scores}
@@ -140,8 +140,8 @@ def predict_images(
     """Predict every image; a bad one is reported (one error line) and the rest go on;
     exit status 2 at the end if any failed."""
     exp = Experiment.build(workdir_lib.load_config(workdir))
-    found, params = workdir_lib.restore_params(workdir, exp.model.params, step)
-    predictor = Predictor(exp, params)
+    found, variables = workdir_lib.restore_variables(workdir, exp.model.variables, step)
+    predictor = Predictor(exp, variables)
     out_dir = Path(out) if out else workdir / "predict"
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0

@@ -49,6 +49,8 @@ class ModelSettings:
     conv1_padding: int  # from scratch only; converted weights carry their own
     width: float
     patch_size: int  # the network's input side
+    arch: str = "alexnet"  # voc_jax.models.ARCHITECTURES
+    bn_update: bool = False  # BatchNorm: batch statistics in training, updated and saved
 
 
 @dataclasses.dataclass(frozen=True)

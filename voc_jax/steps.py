@@ -32,15 +32,25 @@ class TrainState:
     params: Params
     opt_state: Any
     rng: jax.Array  # raw uint32 key; dropout uses fold_in(rng, step)
+    batch_stats: Any  # BatchNorm's running statistics ({} for a network without BatchNorm)
 
 
-def create_state(params: Params, optimizer: optim.Optimizer, seed: int) -> TrainState:
+def create_state(
+    params: Params, optimizer: optim.Optimizer, seed: int, batch_stats: Any = None
+) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=optimizer.init(params),
         rng=jax.random.PRNGKey(seed),
+        batch_stats=batch_stats or {},
     )
+
+
+def variables(params: Params, batch_stats: Any) -> dict[str, Any]:
+    """The collections ``apply`` takes: params, and BatchNorm statistics where there are any
+    (an AlexNet's variables stay ``{"params": ...}``)."""
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
 def network_input(batch: Batch, patch_size: int, preprocessing: Preprocessing, dtype) -> jax.Array:
@@ -68,22 +78,25 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array, valid: jax.Array)
 
 
 def make_grads(model: flax.linen.Module, labels: Params, start: str = "image") -> Callable:
-    """(params, x, y, valid, dropout rng) -> ((loss, logits), gradients of the trainable
-    leaves): the gradients are taken for trainable leaves only, so XLA drops the backward pass
-    through frozen layers. ``start="fc6"``: x are cached fc6 activations (feature cache)."""
+    """(params, batch_stats, x, y, valid, dropout rng) -> ((loss, (logits, batch_stats)),
+    gradients of the trainable leaves): the gradients are taken for trainable leaves only, so
+    XLA drops the backward pass through frozen layers. ``start="prefix"``: x are the frozen
+    prefix's cached activations (feature cache). BatchNorm statistics come back updated when
+    the model updates them (``bn_update``), unchanged otherwise."""
+    update_stats = bool(getattr(model, "bn_update", False)) and start == "image"
 
-    def grads_of(params, x, y, valid, rng):
+    def grads_of(params, batch_stats, x, y, valid, rng):
         trainable, frozen = optim.split_trainable(params, labels)
 
         def loss_fn(trainable_params):
-            logits = model.apply(
-                {"params": optim.merge(trainable_params, frozen)},
-                x,
-                deterministic=False,
-                rngs={"dropout": rng},
-                start=start,
-            )
-            return masked_cross_entropy(logits, y, valid), logits
+            inputs = variables(optim.merge(trainable_params, frozen), batch_stats)
+            kwargs = {"train": True, "rngs": {"dropout": rng}, "start": start}
+            if update_stats and batch_stats:
+                logits, changed = model.apply(inputs, x, mutable=["batch_stats"], **kwargs)
+                stats = changed["batch_stats"]
+            else:
+                logits, stats = model.apply(inputs, x, **kwargs), batch_stats
+            return masked_cross_entropy(logits, y, valid), (logits, stats)
 
         return jax.value_and_grad(loss_fn, has_aux=True)(trainable)
 
@@ -102,8 +115,9 @@ def make_train_step(
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The un-jitted step; jit it with the state donated.
 
-    ``inputs="fc6"``: the batch holds cached fc6 activations (``features`` [G, K, D]) instead
-    of images and boxes; the same updates run from fc6's dropout on (voc_jax.feature_cache).
+    ``inputs="prefix"``: the batch holds the frozen prefix's cached activations (``features``
+    [G, K, D]) instead of images and boxes; the same updates run from there on
+    (voc_jax.feature_cache).
 
     ``unroll`` traces the micro-batch updates as straight-line code instead of a
     ``lax.scan``. Default: on the CPU backend only, where XLA runs a loop body several times
@@ -114,12 +128,15 @@ def make_train_step(
         unroll = jax.default_backend() == "cpu"
 
     labels, schedule = optimizer.labels, optimizer.schedule
-    grads_of = make_grads(model, labels, start="fc6" if inputs == "fc6" else "image")
+    if inputs not in ("pixels", "prefix"):
+        raise ValueError(f"inputs must be pixels or prefix, not {inputs!r}")
+    grads_of = make_grads(model, labels, start="prefix" if inputs == "prefix" else "image")
 
     def update(carry, micro):
-        params, opt_state, step, rng = carry
+        params, opt_state, step, rng, stats = carry
         x, y, valid = micro
-        (loss, logits), grads = grads_of(params, x, y, valid, jax.random.fold_in(rng, step))
+        key = jax.random.fold_in(rng, step)
+        (loss, (logits, stats)), grads = grads_of(params, stats, x, y, valid, key)
         _, frozen = optim.split_trainable(params, labels)
         zeros = jax.tree.map(jnp.zeros_like, frozen)
         updates, opt_state = optimizer.tx.update(optim.merge(grads, zeros), opt_state, params)
@@ -134,10 +151,10 @@ def make_train_step(
             "learning_rate": schedule(step),
             "grad_norm": optax.tree.norm(grads),
         }
-        return (params, opt_state, step + 1, rng), metrics
+        return (params, opt_state, step + 1, rng, stats), metrics
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        if inputs == "fc6":
+        if inputs == "prefix":
             x = batch["features"].astype(model.dtype)
         else:
             x = network_input(batch, patch_size, preprocessing, model.dtype)
@@ -146,7 +163,7 @@ def make_train_step(
             _micro_batches(batch["labels"], batch_size),
             _micro_batches(batch["valid"], batch_size),
         )
-        carry = (state.params, state.opt_state, state.step, state.rng)
+        carry = (state.params, state.opt_state, state.step, state.rng, state.batch_stats)
         if unroll:
             outputs = []
             for t in range(micro[0].shape[0]):
@@ -155,10 +172,10 @@ def make_train_step(
             metrics = jax.tree.map(lambda *v: jnp.stack(v), *outputs)
         else:
             carry, metrics = jax.lax.scan(update, carry, micro)
-        params, opt_state, step, rng = carry
+        params, opt_state, step, rng, stats = carry
         summary = {k: v.mean() for k, v in metrics.items()}
         summary["learning_rate"] = metrics["learning_rate"][-1]
-        return TrainState(step, params, opt_state, rng), summary
+        return TrainState(step, params, opt_state, rng, stats), summary
 
     return train_step
 
@@ -181,7 +198,7 @@ def make_eval_step(
     unroll: bool | None = None,
     probabilities: bool = False,
 ) -> Callable[[Params, Batch], dict[str, jax.Array]]:
-    """(params, batch) -> {'power'|'mean'|'max': [G, C] image scores, 'image_index': [G]}
+    """(variables, batch) -> {'power'|'mean'|'max': [G, C] image scores, 'image_index': [G]}
     and, with ``probabilities``, the patch softmax 'probs' [G, K, 1 + C] (predictions and
     score maps use it: one code path scores patches). ``unroll`` (default: on CPU, as for the
     train step) traces the chunks as straight-line code, since XLA's CPU loops run an
@@ -189,11 +206,11 @@ def make_eval_step(
     if unroll is None:
         unroll = jax.default_backend() == "cpu"
 
-    def eval_step(params: Params, batch: Batch) -> dict[str, jax.Array]:
+    def eval_step(variables: dict[str, Any], batch: Batch) -> dict[str, jax.Array]:
         g, k = batch["labels"].shape
         x = network_input(batch, patch_size, preprocessing, model.dtype)
         x = x.reshape(g * k, *x.shape[2:])
-        logits = chunked(lambda c: model.apply({"params": params}, c), x, batch_size, unroll)
+        logits = chunked(lambda c: model.apply(variables, c), x, batch_size, unroll)
         logits = logits.reshape(g, k, -1)
         out = image_scores(logits, batch["valid"], exponent) | {"image_index": batch["image_index"]}
         if probabilities:
@@ -203,7 +220,7 @@ def make_eval_step(
     return eval_step
 
 
-def make_fc6_step(
+def make_prefix_step(
     model: flax.linen.Module,
     preprocessing: Preprocessing,
     *,
@@ -212,21 +229,22 @@ def make_fc6_step(
     dtype: Any = jnp.float16,
     unroll: bool | None = None,
 ) -> Callable[[Params, Batch], jax.Array]:
-    """(params, batch) -> [G, K, D] fc6 activations (after ReLU, before dropout) of every patch
-    of the batch, in ``dtype``: what the feature cache stores. The evaluation step's crops and
-    chunked forward, stopped at fc6."""
+    """(variables, batch) -> [G, K, D] activations of the backbone's frozen prefix (AlexNet,
+    VGG-16: fc6 after its ReLU; ResNet-50: the pooled features) for every patch of the batch,
+    in ``dtype``: what the feature cache stores. The evaluation step's crops and chunked
+    forward, stopped at the prefix."""
     if unroll is None:
         unroll = jax.default_backend() == "cpu"
 
-    def fc6_step(params: Params, batch: Batch) -> jax.Array:
+    def prefix_step(variables: dict[str, Any], batch: Batch) -> jax.Array:
         g, k = batch["labels"].shape
         x = network_input(batch, patch_size, preprocessing, model.dtype)
 
         def forward(c):
-            return model.apply({"params": params}, c, stop="fc6").astype(dtype)
+            return model.apply(variables, c, stop="prefix").astype(dtype)
 
         return chunked(forward, x.reshape(g * k, *x.shape[2:]), batch_size, unroll).reshape(
             g, k, -1
         )
 
-    return fc6_step
+    return prefix_step

@@ -28,7 +28,7 @@ from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from voc_jax import cli, distributed, feature_cache, validation
+from voc_jax import cli, distributed, feature_cache, steps, validation
 from voc_jax import evaluate as evaluate_lib
 from voc_jax import workdir as workdir_lib
 from voc_jax.checkpoint import Checkpointer, abstract_like
@@ -164,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         loop = Loop(
             exp=exp,
             train_set=splits.train,
-            train_step=exp.train_step(optimizer, inputs="pixels" if features is None else "fc6"),
+            train_step=exp.train_step(optimizer, inputs="pixels" if features is None else "prefix"),
             checkpointer=checkpointer,
             writer=writer,
             calls_per_epoch=calls,
@@ -174,8 +174,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         outcome, progress = train_epochs(loop, progress, splits.test, workdir)
         if outcome != 0:
             return outcome
-        evaluate_lib.evaluate_and_report(exp, progress.state.params, splits.test, workdir,
-                                         progress.step)  # fmt: skip
+        evaluate_lib.evaluate_and_report(exp, model_variables(progress.state), splits.test,
+                                         workdir, progress.step)  # fmt: skip
         return 0
 
 
@@ -199,7 +199,7 @@ def train_epochs(
                 every = exp.eval.every_epochs
                 if every and (epoch + 1) % every == 0 and epoch + 1 < exp.train.num_epochs:
                     evaluate_lib.evaluate_and_report(
-                        exp, progress.state.params, test_set, workdir, progress.step
+                        exp, model_variables(progress.state), test_set, workdir, progress.step
                     )
         except StopRequested as stopped:
             log.warning("interrupted: saving a checkpoint at step %d", stopped.progress.step)
@@ -234,10 +234,13 @@ def restore(exp: Experiment, checkpointer: Checkpointer, fresh: Progress) -> Pro
         return fresh
     state = fresh.state
     abstract = {"params": abstract_like(state.params), "train": abstract_like(train_part(state))}
+    if state.batch_stats:
+        abstract["batch_stats"] = abstract_like(state.batch_stats)
     step, restored = checkpointer.restore(abstract)
     data = restored["data"]
+    stats = restored.get("batch_stats", state.batch_stats)
     progress = Progress(
-        state=state.replace(params=restored["params"], **restored["train"]),
+        state=state.replace(params=restored["params"], batch_stats=stats, **restored["train"]),
         step=step,
         position=resume_position(exp, data),
         sums=EpochSums(**data.get("sums", {})),  # run_epoch resets them at batch 0
@@ -258,6 +261,11 @@ def drop_rows_past(writer: MetricWriter, step: int) -> None:
     dropped = writer.truncate_after(step)
     if dropped:
         log.info("dropped %d metrics rows past step %d (from the interrupted run)", dropped, step)
+
+
+def model_variables(state: Any) -> dict[str, Any]:
+    """What evaluation applies the model to: the params and any BatchNorm statistics."""
+    return steps.variables(state.params, state.batch_stats)
 
 
 def train_part(state: Any) -> dict[str, Any]:
@@ -320,7 +328,9 @@ def save(loop: Loop, progress: Progress) -> None:
         "sums": dataclasses.asdict(progress.sums),
     }
     try:
-        loop.checkpointer.save(progress.step, state.params, train_part(state), data)
+        loop.checkpointer.save(
+            progress.step, state.params, train_part(state), data, batch_stats=state.batch_stats
+        )
     except Exception as e:
         if is_disk_full(e):
             raise disk_full(loop, step=progress.step) from e

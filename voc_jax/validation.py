@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from voc_jax import metrics, optim
+from voc_jax import metrics, models, optim
 from voc_jax import weights as weights_lib
 from voc_jax.data.patches import CROP_MODES, DIFFICULT_MODES, TEST_SAMPLINGS
 from voc_jax.data.voc import IMAGE_CHECKS
 from voc_jax.errors import ConfigError, WeightsError
-from voc_jax.model import FC6_PREFIX, TransferNet
+from voc_jax.model import TransferNet
 
 DTYPES = ("float32", "bfloat16")
 CROP_SITES = ("auto", "device", "host")
@@ -160,6 +160,8 @@ def _check_patches_and_model(p: _Problems) -> None:
         f"must be in [0, {weights_lib.MAX_CONV1_PADDING}] (torchvision pads 2, neon 3)",
     )
     p.check("model.width", _number(0, 1, low_open=True), "must be in (0, 1]")
+    p.check("model.arch", _one_of(models.ARCHITECTURES), f"must be one of {models.ARCHITECTURES}")
+    p.check("model.bn_update", lambda v: isinstance(v, bool), "must be True or False")
 
 
 def _check_optim_and_outputs(p: _Problems) -> None:
@@ -244,8 +246,6 @@ def _check_weights(config: ml_collections.ConfigDict, p: _Problems) -> None:
     weights_dir = config.init.weights
     if not weights_dir:
         return
-    if config.model.width != 1.0:
-        p.add(f"model.width={config.model.width}: converted weights are the full AlexNet (1.0)")
     meta = Path(weights_dir) / weights_lib.METADATA_FILE
     if not meta.is_file():
         p.add(
@@ -256,9 +256,22 @@ def _check_weights(config: ml_collections.ConfigDict, p: _Problems) -> None:
         )
         return
     try:
-        weights_lib.read_metadata(meta)
+        metadata = weights_lib.read_metadata(meta)
     except WeightsError as e:
         p.add(f"init.weights: {e}")
+        return
+    block = metadata["architecture"]
+    arch, width = weights_lib.backbone_of(block), float(block.get("width", 1.0))
+    if arch != config.model.arch:
+        p.add(
+            f"init.weights={weights_dir}: {arch} weights, but model.arch={config.model.arch!r}; "
+            f"pass --config.model.arch={arch} (or use a voc07_{arch} config)"
+        )
+    if width != config.model.width:
+        p.add(
+            f"init.weights={weights_dir}: weights of width {width:g}, but model.width="
+            f"{config.model.width:g}; pass --config.model.width={width:g}"
+        )
 
 
 def _check_model_and_regexes(config: ml_collections.ConfigDict, p: _Problems) -> None:
@@ -269,14 +282,19 @@ def _check_model_and_regexes(config: ml_collections.ConfigDict, p: _Problems) ->
         conv1_padding=m.conv1_padding,
         head_hidden=m.head_hidden,
         width=m.width,
+        arch=m.arch,
     )
-    size = config.patches.size
+    size, b = config.patches.size, models.backbone(m.arch)
     try:
+        if size < b.min_patch:
+            raise ValueError
         shapes = jax.eval_shape(
             model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
         )
     except Exception:  # the conv stack leaves nothing of too small an input
-        p.add(f"patches.size={size}: too small for AlexNet's conv and pooling layers (>= 63)")
+        p.add(
+            f"patches.size={size}: too small for {m.arch}'s conv and pooling layers (>= {b.min_patch})"
+        )
         return
     paths = optim.param_paths(shapes["params"])
     for key in ("optim.trainable", "optim.no_decay"):
@@ -287,19 +305,27 @@ def _check_model_and_regexes(config: ml_collections.ConfigDict, p: _Problems) ->
 
 
 def _check_feature_cache(config: ml_collections.ConfigDict, paths: list[str], p: _Problems):
-    """The cache holds fc6's output: usable only when nothing up to fc6 trains."""
+    """The cache holds the frozen prefix's output (AlexNet, VGG-16: fc6; ResNet-50: the
+    pooled features): usable only when nothing in that prefix trains or changes."""
     if not config.feature_cache.enabled:
         return
+    b = models.backbone(config.model.arch)
     below = [
         path
         for path in paths
-        if path.split("/")[0] in FC6_PREFIX
+        if path.split("/")[0] in b.prefix_layers
         and any(re.fullmatch(pattern, path) for pattern in config.optim.trainable)
     ]
     if below:
         p.add(
-            "feature_cache.enabled=True caches fc6's output, so every trainable parameter "
-            f"must be above fc6; optim.trainable makes these trainable: {', '.join(below)}"
+            f"feature_cache.enabled=True caches {config.model.arch}'s {b.cached} output, so "
+            f"every trainable parameter must be above {b.cached}; optim.trainable makes these "
+            f"trainable: {', '.join(below)}"
+        )
+    if b.has_batch_norm and config.model.bn_update:
+        p.add(
+            "feature_cache.enabled=True with model.bn_update=True: updated BatchNorm statistics "
+            "change the cached features; keep the pretrained statistics (bn_update=False)"
         )
     if jax.process_count() > 1:
         p.add("feature_cache.enabled=True: the cache is built and read by a single process")

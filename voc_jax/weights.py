@@ -1,14 +1,17 @@
 """Converted weights on disk: one directory with ``params.msgpack`` and ``metadata.json``.
 
 This module is the only place that reads or writes that format. The converter writes it,
-training and evaluation read it. Loading is strict: every tensor the model needs must be
-present with the right shape and nothing else may be there, and all problems are reported at
-once by name, because a silently half-loaded backbone trains for hours and then disappoints.
+training and evaluation read it. ``params.msgpack`` holds the model's variables: ``params``
+and, for a network with BatchNorm, ``batch_stats`` (format 1, AlexNet only, held the params
+tree alone and still loads). Loading is strict: every tensor the model needs must be present
+with the right shape and nothing else may be there, and all problems are reported at once by
+name, because a silently half-loaded backbone trains for hours and then disappoints.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,28 +22,39 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
+from voc_jax import models
 from voc_jax.atomic import atomic_directory
 from voc_jax.errors import WeightsError
-from voc_jax.model import BACKBONE_LAYERS, AlexNet, TransferHead
+from voc_jax.model import TransferHead
+from voc_jax.models.alexnet import MAX_CONV1_PADDING
 from voc_jax.preprocessing import Preprocessing
 
 PARAMS_FILE = "params.msgpack"
 METADATA_FILE = "metadata.json"
 FORMAT_NAME = "voc-jax-converted-weights"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the file holds {params, batch_stats}; 1: the params tree alone
 
 Params = dict[str, Any]
-MAX_CONV1_PADDING = 5  # torchvision uses 2, neon 3; a kernel of 11 makes more meaningless
+Variables = dict[str, Any]  # {"params": ..., "batch_stats": ...} (batch_stats only with BN)
+STATS = "batch_stats"
 
 
-def flatten(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested dict -> {'conv1/kernel': array, ...}."""
-    return traverse_util.flatten_dict(dict(params), sep="/")
+def flatten(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """Variables (or a params tree) -> {'conv1/kernel': array, 'batch_stats/bn1/mean': ...}:
+    parameter paths bare, the statistics under their collection's name."""
+    tree = dict(variables)
+    if "params" in tree:
+        stats = tree.get(STATS) or {}
+        flat = traverse_util.flatten_dict(dict(tree["params"]), sep="/")
+        return flat | {
+            f"{STATS}/{k}": v for k, v in traverse_util.flatten_dict(dict(stats), sep="/").items()
+        }
+    return traverse_util.flatten_dict(tree, sep="/")
 
 
-def shape_problems(params: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]]) -> list[str]:
+def shape_problems(tree: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]]) -> list[str]:
     """Every missing, unexpected and mis-shaped entry of a flat tree, one line each."""
-    flat = flatten(params)
+    flat = flatten(tree)
     problems = []
     for name in sorted(expected.keys() - flat.keys()):
         problems.append(f"missing {name}: expected shape {tuple(expected[name])}")
@@ -53,44 +67,80 @@ def shape_problems(params: Mapping[str, Any], expected: Mapping[str, tuple[int, 
     return problems
 
 
-def expected_alexnet_shapes(num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
-    """Flat parameter shapes of AlexNet (independent of the input size and conv1 padding)."""
+def classifier_shapes(
+    arch: str, num_classes: int = 1000, width: float = 1.0
+) -> dict[str, tuple[int, ...]]:
+    """Flat variable shapes of an ImageNet classifier (independent of the input size)."""
+    side = max(models.backbone(arch).min_patch, 64)
     shapes = jax.eval_shape(
-        AlexNet(num_classes=num_classes).init,
+        models.build(arch, num_classes, width=width).init,
         jax.random.key(0),
-        jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32),
+        jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32),
     )
-    return {k: tuple(v.shape) for k, v in flatten(shapes["params"]).items()}
+    return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
 
 
-def expected_head_shapes(num_classes: int, hidden: int) -> dict[str, tuple[int, ...]]:
+def expected_alexnet_shapes(num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
+    return classifier_shapes("alexnet", num_classes)
+
+
+def expected_head_shapes(num_classes: int, hidden: int, features: int = 4096) -> dict:
     shapes = jax.eval_shape(
         TransferHead(num_classes=num_classes, hidden=hidden).init,
         jax.random.key(0),
-        jax.ShapeDtypeStruct((1, 4096), jnp.float32),
+        jax.ShapeDtypeStruct((1, features), jnp.float32),
     )
     return {f"head/{k}": tuple(v.shape) for k, v in flatten(shapes["params"]).items()}
 
 
-def expected_shapes(architecture: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Shapes for the architecture block of a metadata file ('alexnet' or 'transfer')."""
+def backbone_of(architecture: Mapping[str, Any]) -> str:
+    """The backbone of an architecture block (a transfer model names it; format 1: AlexNet)."""
     name = architecture.get("name")
-    if name == "alexnet":
-        return expected_alexnet_shapes(int(architecture.get("num_classes", 1000)))
+    return architecture.get("backbone", "alexnet") if name == "transfer" else name
+
+
+def backbone_shapes(arch: str, width: float) -> dict[str, tuple[int, ...]]:
+    """The classifier's shapes without its classifier layer: what a transfer model keeps."""
+    b = models.backbone(arch)
+    return {k: v for k, v in classifier_shapes(arch, 1000, width).items() if _layer(k) in b.layers}
+
+
+def _layer(flat_name: str) -> str:
+    parts = flat_name.split("/")
+    return parts[1] if parts[0] == STATS else parts[0]
+
+
+def expected_shapes(architecture: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Shapes for the architecture block of a metadata file (a classifier or 'transfer')."""
+    name = architecture.get("name")
+    width = float(architecture.get("width", 1.0))
+    if name in models.ARCHITECTURES:
+        return classifier_shapes(name, int(architecture.get("num_classes", 1000)), width)
     if name == "transfer":
-        backbone = {
-            k: v for k, v in expected_alexnet_shapes().items() if k.split("/")[0] in BACKBONE_LAYERS
-        }
+        arch = backbone_of(architecture)
+        if arch not in models.ARCHITECTURES:
+            raise WeightsError(f"unknown backbone {arch!r}; expected one of {models.ARCHITECTURES}")
         head = expected_head_shapes(
-            int(architecture["num_classes"]), int(architecture.get("head_hidden", 4096))
+            int(architecture["num_classes"]),
+            int(architecture.get("head_hidden", 4096)),
+            models.backbone(arch).head_width(width),
         )
-        return backbone | head
-    raise WeightsError(f"unknown architecture name {name!r}; expected 'alexnet' or 'transfer'")
+        return backbone_shapes(arch, width) | head
+    raise WeightsError(
+        f"unknown architecture name {name!r}; expected 'transfer' or one of "
+        f"{', '.join(models.ARCHITECTURES)}"
+    )
+
+
+def as_variables(tree: Mapping[str, Any]) -> Variables:
+    """Variables from variables or from a bare params tree (format 1, older callers)."""
+    tree = dict(tree)
+    return tree if "params" in tree else {"params": tree}
 
 
 def save_converted(
     out_dir: str | os.PathLike[str],
-    params: Mapping[str, Any],
+    variables: Mapping[str, Any],
     metadata: Mapping[str, Any],
     *,
     overwrite: bool = False,
@@ -104,14 +154,15 @@ def save_converted(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists; pass --force to replace it")
     check_metadata(metadata, out / METADATA_FILE)
-    problems = shape_problems(params, expected_shapes(metadata["architecture"]))
+    variables = as_variables(variables)
+    problems = shape_problems(variables, expected_shapes(metadata["architecture"]))
     if problems:
         raise WeightsError(
             f"{out}: refusing to write inconsistent params:\n  " + "\n  ".join(problems)
         )
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        numpy_params = jax.tree.map(lambda a: np.asarray(a, np.float32), dict(params))
-        (tmp / PARAMS_FILE).write_bytes(serialization.msgpack_serialize(numpy_params))
+        numpy_variables = jax.tree.map(lambda a: np.asarray(a, np.float32), variables)
+        (tmp / PARAMS_FILE).write_bytes(serialization.msgpack_serialize(numpy_variables))
         full_metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata}
         (tmp / METADATA_FILE).write_text(json.dumps(full_metadata, indent=2) + "\n")
     return out
@@ -145,8 +196,19 @@ def check_metadata(metadata: Mapping[str, Any], where: str | os.PathLike[str]) -
         if not isinstance(metadata.get(key), dict):
             raise WeightsError(f"{meta_path}: missing the '{key}' block")
     arch = metadata["architecture"]
+    backbone = backbone_of(arch)
+    if backbone not in models.ARCHITECTURES:
+        raise WeightsError(
+            f"{meta_path}: architecture {arch.get('name')!r} (backbone {backbone!r}) is not one "
+            f"of {', '.join(models.ARCHITECTURES)} or 'transfer'"
+        )
+    width = arch.get("width", 1.0)
+    if not isinstance(width, int | float) or not (math.isfinite(width) and 0 < width <= 1):
+        raise WeightsError(f"{meta_path}: architecture.width={width!r} is out of range (0, 1]")
     padding = arch.get("conv1_padding")
-    if not isinstance(padding, int) or not 0 <= padding <= MAX_CONV1_PADDING:
+    if backbone == "alexnet" and (
+        not isinstance(padding, int) or not 0 <= padding <= MAX_CONV1_PADDING
+    ):
         raise WeightsError(
             f"{meta_path}: architecture.conv1_padding={padding!r} is out of range "
             f"(0..{MAX_CONV1_PADDING}; torchvision 2, neon 3)"
@@ -162,8 +224,8 @@ def check_metadata(metadata: Mapping[str, Any], where: str | os.PathLike[str]) -
         )
 
 
-def load_converted(path: str | os.PathLike[str]) -> tuple[Params, dict[str, Any]]:
-    """Read a converter output directory: (params as nested NumPy dict, metadata)."""
+def load_converted(path: str | os.PathLike[str]) -> tuple[Variables, dict[str, Any]]:
+    """Read a converter output directory: (variables as nested NumPy dicts, metadata)."""
     root = Path(path)
     meta_path, params_path = root / METADATA_FILE, root / PARAMS_FILE
     for p in (meta_path, params_path):
@@ -173,45 +235,50 @@ def load_converted(path: str | os.PathLike[str]) -> tuple[Params, dict[str, Any]
             )
     metadata = read_metadata(meta_path)
     try:
-        params = serialization.msgpack_restore(params_path.read_bytes())
+        tree = serialization.msgpack_restore(params_path.read_bytes())
     except Exception as e:  # msgpack raises several unrelated types on corrupt input
         raise WeightsError(f"{params_path}: cannot be decoded ({type(e).__name__}: {e})") from e
-    if not isinstance(params, dict):
-        raise WeightsError(f"{params_path}: expected a parameter tree, got {type(params).__name__}")
+    if not isinstance(tree, dict):
+        raise WeightsError(f"{params_path}: expected a parameter tree, got {type(tree).__name__}")
+    variables = (
+        as_variables(tree) if int(metadata.get("format_version", 1)) >= 2 else {"params": tree}
+    )
     try:
         expected = expected_shapes(metadata["architecture"])
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"{meta_path}: bad architecture block ({e})") from e
-    problems = shape_problems(params, expected)
+    problems = shape_problems(variables, expected)
     if problems:
         raise WeightsError(
             f"{params_path}: does not match its metadata:\n  " + "\n  ".join(problems)
         )
-    return params, metadata
+    return variables, metadata
 
 
 def preprocessing_of(metadata: Mapping[str, Any]) -> Preprocessing:
     return Preprocessing.from_dict(metadata["preprocessing"])
 
 
-def classifier_from_metadata(metadata: Mapping[str, Any], **overrides: Any) -> AlexNet:
-    """The ImageNet AlexNet that converted 'alexnet' weights plug into."""
+def classifier_from_metadata(metadata: Mapping[str, Any], **overrides: Any):
+    """The ImageNet classifier that converted weights plug into."""
     arch = metadata["architecture"]
-    if arch["name"] != "alexnet":
-        raise WeightsError(f"weights are a {arch['name']!r} model, not the ImageNet classifier")
-    fields = {"num_classes": int(arch["num_classes"]), "conv1_padding": int(arch["conv1_padding"])}
-    return AlexNet(**(fields | overrides))
+    if arch["name"] not in models.ARCHITECTURES:
+        raise WeightsError(f"weights are a {arch['name']!r} model, not an ImageNet classifier")
+    fields: dict[str, Any] = {"width": float(arch.get("width", 1.0))}
+    if arch["name"] == "alexnet":
+        fields["conv1_padding"] = int(arch["conv1_padding"])
+    return models.build(arch["name"], int(arch["num_classes"]), **(fields | overrides))
 
 
-def init_head(num_classes: int, hidden: int, seed: int) -> Params:
+def init_head(num_classes: int, hidden: int, seed: int, features: int = 4096) -> Params:
     """A freshly initialised transfer head (the reference's initialisers), from a seed."""
     variables = jax.jit(TransferHead(num_classes=num_classes, hidden=hidden).init)(
-        jax.random.key(seed), jnp.zeros((1, 4096), jnp.float32)
+        jax.random.key(seed), jnp.zeros((1, features), jnp.float32)
     )
     return jax.tree.map(np.asarray, variables["params"])
 
 
-def transfer_params(
+def transfer_variables(
     converted: Mapping[str, Any],
     metadata: Mapping[str, Any],
     *,
@@ -219,33 +286,49 @@ def transfer_params(
     head_hidden: int = 4096,
     seed: int = 0,
     keep_head: bool | None = None,
-    keep_fc8: bool = False,
-) -> Params:
-    """TransferNet params: backbone from converted weights, head fresh from ``seed``.
+    keep_classifier: bool = False,
+) -> Variables:
+    """TransferNet variables: the backbone (and its BatchNorm statistics) from converted
+    weights, the head fresh from ``seed``.
 
     ``keep_head`` (default: when the file has one) takes the head from a converted transfer
     model instead, e.g. the reference's published VOC model; its shape must match.
-    ``keep_fc8`` also carries the ImageNet fc8 along (unused by TransferNet, handy for
-    comparing the two classifiers from one tree).
+    ``keep_classifier`` also carries the ImageNet classifier (fc8, fc) along (unused by
+    TransferNet, handy for comparing the two classifiers from one tree).
     """
-    has_head = "head" in converted
+    converted = as_variables(converted)
+    source = converted["params"]
+    arch_block = metadata["architecture"]
+    arch, width = backbone_of(arch_block), float(arch_block.get("width", 1.0))
+    b = models.backbone(arch)
+    has_head = "head" in source
     keep_head = has_head if keep_head is None else keep_head
     if keep_head and not has_head:
         raise WeightsError("keep_head=True but the converted weights have no transfer head")
-    params: Params = {name: dict(converted[name]) for name in BACKBONE_LAYERS}
+    params: Params = {name: source[name] for name in b.layers}
     if keep_head:
-        head = {k: dict(v) for k, v in converted["head"].items()}
+        params["head"] = {k: dict(v) for k, v in source["head"].items()}
     else:
-        head = init_head(num_classes, head_hidden, seed)
-    params["head"] = head
+        params["head"] = init_head(num_classes, head_hidden, seed, b.head_width(width))
+    variables: Variables = {"params": params}
+    if converted.get(STATS):
+        variables[STATS] = {k: v for k, v in converted[STATS].items() if k in b.layers}
     expected = expected_shapes(
-        {"name": "transfer", "num_classes": num_classes, "head_hidden": head_hidden}
+        {
+            "name": "transfer",
+            "backbone": arch,
+            "width": width,
+            "num_classes": num_classes,
+            "head_hidden": head_hidden,
+        }
     )
-    problems = shape_problems(params, expected)
+    problems = shape_problems(variables, expected)
     if problems:
         raise WeightsError("transfer params do not fit TransferNet:\n  " + "\n  ".join(problems))
-    if keep_fc8:
-        if "fc8" not in converted:
-            raise WeightsError("keep_fc8=True but the converted weights have no fc8")
-        params["fc8"] = dict(converted["fc8"])
-    return params
+    if keep_classifier:
+        if b.classifier_layer not in source:
+            raise WeightsError(
+                f"keep_classifier=True but the converted weights have no {b.classifier_layer}"
+            )
+        params[b.classifier_layer] = dict(source[b.classifier_layer])
+    return variables

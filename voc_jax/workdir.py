@@ -22,7 +22,9 @@ CHECKPOINTS = "checkpoints"
 
 # Fields a checkpoint's arrays depend on: a resume (or an evaluation) with another value
 # cannot restore it, so it is refused up front, naming them.
-SHAPE_FIELDS = ("model.num_classes", "model.head_hidden", "model.width")
+# Config fields added after workdirs were first written, with the value older runs had.
+LATER_FIELDS = {"model.arch": "alexnet", "model.bn_update": False}
+SHAPE_FIELDS = ("model.arch", "model.num_classes", "model.head_hidden", "model.width")
 STATE_FIELDS = ("optim.optimizer", "optim.trainable")
 
 
@@ -120,13 +122,21 @@ def load_config(
     path = workdir / CONFIG_FILE
     if not path.exists():
         raise ConfigError(f"{path}: not found; is {workdir} a training workdir?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    for key, value in LATER_FIELDS.items():  # a workdir trained before these existed
+        block, name = key.split(".")
+        if block in config and name not in config[block]:
+            config[block][name] = value
+    return config
 
 
-def restore_params(workdir: Path, initial: Any, step: int | None = None) -> tuple[int, Any]:
-    """(step, params) of a checkpoint of ``workdir``, without the optimizer state: the newest
-    good one, or ``step``. With no checkpoint at all (and no step asked for), ``initial``
-    (step 0): the converted model itself."""
+def restore_variables(
+    workdir: Path, initial: dict[str, Any], step: int | None = None
+) -> tuple[int, dict[str, Any]]:
+    """(step, variables) of a checkpoint of ``workdir``, without the optimizer state: the
+    newest good one, or ``step``; the params, and BatchNorm's statistics where ``initial``
+    has any. With no checkpoint at all (and no step asked for), ``initial`` (step 0): the
+    converted model itself."""
     directory = workdir / CHECKPOINTS
     if not directory.is_dir():
         if step is None:
@@ -138,7 +148,8 @@ def restore_params(workdir: Path, initial: Any, step: int | None = None) -> tupl
         if step is None and not checkpointer.steps():
             log.warning("no checkpoint in %s: evaluating the initial weights", workdir)
             return 0, initial
-        found, restored = checkpointer.restore({"params": abstract_like(initial)}, step)
+        abstract = {name: abstract_like(tree) for name, tree in initial.items() if tree}
+        found, restored = checkpointer.restore(abstract, step)
     finally:
         checkpointer.close()
-    return found, restored["params"]
+    return found, {name: restored[name] for name in abstract}

@@ -64,14 +64,22 @@ def get_config() -> ml_collections.ConfigDict:
     # scales can need, 2 * sum(ceil(scale)) (86 for the reference's 13 scales)
 
     c.model = ml_collections.ConfigDict()
+    # The backbone: alexnet | vgg16 | resnet50 (voc07_vgg16.py, voc07_resnet50.py); converted
+    # weights must be of this architecture (and width)
+    c.model.arch = "alexnet"
     c.model.num_classes = 21  # background + 20
     c.model.head_hidden = 4096  # the new Dense layer's width
     c.model.dropout_rate = 0.5
     c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
     c.model.conv1_padding = 2  # only for training from scratch; weights carry their own
-    # Multiplier on every backbone channel and hidden width: 1.0 is AlexNet (and the only
-    # value converted weights fit); the tests train a 1/16-wide network from scratch.
+    # Multiplier on every backbone channel and hidden width: 1.0 is the real network (and
+    # what ImageNet weights are); the tests train a 1/16-wide network from scratch.
     c.model.width = 1.0
+    # BatchNorm (ResNet-50 only): False keeps the pretrained statistics in training too (an
+    # update sees 64 patches of ONE image, a poor sample for batch statistics); True uses
+    # batch statistics when training and updates the running ones (torch's momentum 0.1),
+    # which are then checkpointed. Scale and bias train as optim.trainable says either way.
+    c.model.bn_update = False
 
     c.init = ml_collections.ConfigDict()
     c.init.weights = ""  # converter output directory; empty = train from scratch

@@ -1,11 +1,17 @@
-"""Convert pretrained AlexNet weights into a voc-jax (Flax) parameter directory.
+"""Convert pretrained ImageNet weights (AlexNet, VGG-16, ResNet-50) into a voc-jax (Flax)
+weights directory.
 
-Sources: torchvision's IMAGENET1K_V1 weights (downloaded through torchvision's weights API),
-a local torchvision-layout state dict (.pth), or a neon model file (.p/.prm, read with a
-restricted unpickler: an ImageNet AlexNet, or the reference's trained VOC transfer model with
-its head; neon's momentum buffers, the 'states', are ignored). The output directory holds ``params.msgpack`` and
-``metadata.json`` (source, sha256, architecture, the preprocessing the weights expect); it is
-written atomically. ``--verify`` runs torch and Flax on one random batch and compares logits.
+Sources: torchvision's weights API (``--torchvision``: AlexNet and VGG-16 IMAGENET1K_V1,
+ResNet-50 IMAGENET1K_V2 by default, ``--torchvision IMAGENET1K_V1`` for its older weights), a
+local torchvision-layout state dict (``--pth``), or, for AlexNet, a neon model file (.p/.prm,
+read with a restricted unpickler: an ImageNet AlexNet, or the reference's trained VOC transfer
+model with its head; neon's momentum buffers, the 'states', are ignored). Every key and shape
+is checked, nothing may be left over; BatchNorm's running mean and variance go into the
+``batch_stats`` collection and ``num_batches_tracked`` is dropped. A narrower network of the
+same layout (fewer channels) is read too: its width is recorded. The output directory holds
+``params.msgpack`` and ``metadata.json`` (source, sha256, architecture, the preprocessing the
+weights expect); it is written atomically. ``--verify`` runs torch and Flax on one random
+batch and compares logits.
 
 Exit codes: 0 done, 1 verification above tolerance, 2 bad input (nothing written).
 """
@@ -24,15 +30,22 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from voc_jax import cli
+from voc_jax import cli, models
 from voc_jax import weights as weights_lib
+from voc_jax.convert import layout
 from voc_jax.errors import UserError
-from voc_jax.model import ALEXNET_LAYERS, POOLED_SIZE
+from voc_jax.models.alexnet import ALEXNET_LAYERS, POOLED_SIZE
 from voc_jax.preprocessing import NEON, TORCHVISION, Preprocessing
 
-# torchvision AlexNet state-dict prefixes of our layer names (voc_jax.model's layer table).
+# torchvision AlexNet state-dict prefixes of our layer names (the neon import's transfer model).
 TORCH_LAYER_NAMES = {layer.name: layer.torch_name for layer in ALEXNET_LAYERS}
 POOLED = POOLED_SIZE  # fc6 reads a 256 x 6 x 6 map
+# torchvision's weights enum and default weights of each architecture.
+TORCHVISION_WEIGHTS = {
+    "alexnet": ("AlexNet_Weights", "IMAGENET1K_V1"),
+    "vgg16": ("VGG16_Weights", "IMAGENET1K_V1"),
+    "resnet50": ("ResNet50_Weights", "IMAGENET1K_V2"),
+}
 
 
 class ConversionError(UserError):
@@ -79,12 +92,28 @@ def load_state_dict(path: Path) -> dict[str, np.ndarray]:
     return state
 
 
-def fetch_torchvision() -> tuple[dict[str, np.ndarray], Path, dict[str, Any]]:
-    """Download (or reuse torch hub's cached copy of) torchvision's IMAGENET1K_V1 AlexNet."""
-    import torch
-    from torchvision.models import AlexNet_Weights
+def torchvision_weights(arch: str, name: str | None):
+    """torchvision's weights entry for ``arch`` (``name``: IMAGENET1K_V1, ...; None: ours)."""
+    import torchvision.models
 
-    weights = AlexNet_Weights.IMAGENET1K_V1
+    enum_name, default = TORCHVISION_WEIGHTS[arch]
+    enum = getattr(torchvision.models, enum_name)
+    try:
+        return enum[name or default]
+    except KeyError:
+        available = ", ".join(member.name for member in enum)
+        raise ConversionError(
+            f"--torchvision {name}: {arch} has no such weights; available: {available}"
+        ) from None
+
+
+def fetch_torchvision(
+    arch: str = "alexnet", name: str | None = None
+) -> tuple[dict[str, np.ndarray], Path, dict[str, Any]]:
+    """Download (or reuse torch hub's cached copy of) torchvision's ImageNet weights."""
+    import torch
+
+    weights = torchvision_weights(arch, name)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
     try:
         state = weights.get_state_dict(progress=True, check_hash=True)
@@ -92,7 +121,7 @@ def fetch_torchvision() -> tuple[dict[str, np.ndarray], Path, dict[str, Any]]:
         raise ConversionError(
             f"cannot download {weights.url} ({type(e).__name__}: {e}); offline? Download it on a "
             f"machine with internet, copy it here and run: python convert/alexnet_to_flax.py "
-            f"--pth {cached.name} --out DIR"
+            f"--arch {arch} --pth {cached.name} --out DIR"
         ) from e
     transforms = weights.transforms()
     info = {
@@ -101,65 +130,31 @@ def fetch_torchvision() -> tuple[dict[str, np.ndarray], Path, dict[str, Any]]:
         "std": tuple(transforms.std),
         "url": weights.url,
         "acc@1": weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1"),
+        "name": f"{type(weights).__name__}.{weights.name}",
     }
     return {k: v.float().numpy() for k, v in state.items()}, cached, info
 
 
-def torch_to_flax(state: Mapping[str, np.ndarray], source: str) -> tuple[dict[str, Any], int]:
-    """Map a torchvision AlexNet state dict to our params; every tensor used, all checked."""
-    fc8 = state.get("classifier.6.weight")
-    num_classes = int(fc8.shape[0]) if fc8 is not None and fc8.ndim == 2 else 1000
-    expected = weights_lib.expected_alexnet_shapes(num_classes)
-
-    problems: list[str] = []
-    expected_torch: dict[str, tuple[int, ...]] = {}
-    for layer, prefix in TORCH_LAYER_NAMES.items():
-        kernel = expected[f"{layer}/kernel"]
-        torch_shape = (
-            (kernel[3], kernel[2], kernel[0], kernel[1]) if len(kernel) == 4 else kernel[::-1]
-        )
-        expected_torch[f"{prefix}.weight"] = torch_shape
-        expected_torch[f"{prefix}.bias"] = expected[f"{layer}/bias"]
-    for name in sorted(expected_torch.keys() - state.keys()):
-        problems.append(f"missing {name}: expected shape {expected_torch[name]}")
-    for name in sorted(state.keys() - expected_torch.keys()):
-        problems.append(f"unexpected {name}: shape {tuple(state[name].shape)}")
-    for name in sorted(expected_torch.keys() & state.keys()):
-        if tuple(state[name].shape) != expected_torch[name]:
-            problems.append(
-                f"wrong shape {name}: expected {expected_torch[name]}, got {tuple(state[name].shape)}"
-            )
-    if problems:
-        raise ConversionError(
-            f"{source}: not a torchvision AlexNet state dict ({len(problems)} problems):\n  "
-            + "\n  ".join(problems)
-        )
-
-    params = {
-        layer: layer_to_flax(layer, state[f"{prefix}.weight"], state[f"{prefix}.bias"])
-        for layer, prefix in TORCH_LAYER_NAMES.items()
-    }
-    return params, num_classes
+def torch_to_flax(
+    state: Mapping[str, np.ndarray], source: str, arch: str = "alexnet"
+) -> tuple[dict[str, Any], int, float]:
+    """(variables, num_classes, width) of a torchvision-layout state dict; every tensor used,
+    every shape checked (voc_jax.convert.layout)."""
+    try:
+        return layout.torch_to_flax(arch, state, source)
+    except layout.LayoutError as e:
+        raise ConversionError(str(e)) from e
 
 
 def layer_to_flax(layer: str, w: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
-    """One torch-layout layer as Flax kernel/bias."""
-    if w.ndim == 4:  # OIHW -> HWIO
-        kernel = w.transpose(2, 3, 1, 0)
-    elif layer == "fc6":  # rows in torch's (C, H, W) flatten order -> our (H, W, C)
-        out_features = w.shape[0]
-        kernel = (
-            w.reshape(out_features, -1, POOLED, POOLED)
-            .transpose(2, 3, 1, 0)
-            .reshape(-1, out_features)
-        )
-    else:
-        kernel = w.T
-    return {"kernel": np.ascontiguousarray(kernel, np.float32), "bias": np.asarray(b, np.float32)}
+    """One torch-layout AlexNet layer as Flax kernel/bias."""
+    grid = POOLED if layer == "fc6" else None  # fc6 rows: torch's (C, H, W) -> our (H, W, C)
+    return {"kernel": layout.kernel_to_flax(w, grid), "bias": np.asarray(b, np.float32)}
 
 
 def transfer_to_flax(state: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """A torch-layout transfer model (backbone + ``head.fc_a``/``head.fc_b``) as our params."""
+    """A torch-layout AlexNet transfer model (backbone + ``head.fc_a``/``head.fc_b``) as our
+    variables."""
     params: dict[str, Any] = {
         layer: layer_to_flax(layer, state[f"{prefix}.weight"], state[f"{prefix}.bias"])
         for layer, prefix in TORCH_LAYER_NAMES.items()
@@ -169,36 +164,43 @@ def transfer_to_flax(state: Mapping[str, np.ndarray]) -> dict[str, Any]:
         name: layer_to_flax(name, state[f"head.{name}.weight"], state[f"head.{name}.bias"])
         for name in ("fc_a", "fc_b")
     }
-    return params
+    return {"params": params}
 
 
 # ----------------------------------------------------------------------------- verification
 
 
 def torch_model_for(metadata: Mapping[str, Any], state: Mapping[str, np.ndarray]):
-    """The torch module the state dict belongs to: torchvision's AlexNet, or for a transfer
-    model the backbone followed by the head (eval mode: dropout is the identity)."""
+    """The torch module the state dict belongs to: torchvision's classifier, or for an
+    AlexNet transfer model the backbone followed by the head (eval mode: dropout is the
+    identity, BatchNorm uses its running statistics)."""
+    import torch
+
     from voc_jax.convert import torch_models
 
     arch = metadata["architecture"]
-    pad = int(arch["conv1_padding"])
-    if arch["name"] == "alexnet":
-        return torch_models.alexnet_from_state(
-            state, num_classes=int(arch["num_classes"]), conv1_padding=pad
+    if arch["name"] == "transfer":
+        return torch_models.transfer_net_from_state(
+            state,
+            num_classes=int(arch["num_classes"]),
+            hidden=int(arch["head_hidden"]),
+            conv1_padding=int(arch["conv1_padding"]),
         )
-    return torch_models.transfer_net_from_state(
-        state,
-        num_classes=int(arch["num_classes"]),
-        hidden=int(arch["head_hidden"]),
-        conv1_padding=pad,
+    model = torch_models.classifier(
+        arch["name"],
+        int(arch["num_classes"]),
+        float(arch.get("width", 1.0)),
+        int(arch.get("conv1_padding", 2)),
     )
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    return model.eval()
 
 
 def flax_model_for(metadata: Mapping[str, Any]):
     from voc_jax.model import TransferNet
 
     arch = metadata["architecture"]
-    if arch["name"] == "alexnet":
+    if arch["name"] != "transfer":
         return weights_lib.classifier_from_metadata(metadata)
     return TransferNet(
         num_classes=int(arch["num_classes"]),
@@ -208,26 +210,31 @@ def flax_model_for(metadata: Mapping[str, Any]):
 
 
 def verify_against_torch(
-    params: Mapping[str, Any],
+    variables: Mapping[str, Any],
     metadata: Mapping[str, Any],
     state: Mapping[str, np.ndarray],
     *,
-    input_size: int = 224,
+    input_size: int | tuple[int, int] = 224,
     batch: int = 2,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Logits of the torch model and of the converted Flax model on one random batch."""
+    """Logits of the torch model and of the converted Flax model on one random batch
+    (``input_size``: a side, or (height, width))."""
     import jax
     import torch
 
     torch_model = torch_model_for(metadata, state)
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 3, input_size, input_size, generator=generator)
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    x = torch.randn(batch, 3, h, w, generator=generator)
     with torch.no_grad():
         expected = torch_model(x).numpy()
     model = flax_model_for(metadata)
     with jax.default_matmul_precision("highest"):
-        got = np.asarray(model.apply({"params": params}, x.numpy().transpose(0, 2, 3, 1)))
+        apply = jax.jit(lambda v, images: model.apply(v, images))
+        got = np.asarray(
+            apply(weights_lib.as_variables(variables), x.numpy().transpose(0, 2, 3, 1))
+        )
     diff = np.abs(got - expected)
     return {
         "max_abs": float(diff.max()),
@@ -247,18 +254,28 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--arch",
+        choices=models.ARCHITECTURES,
+        default="alexnet",
+        help="the network's architecture, torchvision's layout (default: alexnet)",
+    )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument(
         "--torchvision",
-        action="store_true",
-        help="download torchvision's AlexNet IMAGENET1K_V1 weights (needs internet; cached in "
-        "torch hub's directory, $TORCH_HOME)",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="WEIGHTS",
+        help="download torchvision's ImageNet weights of --arch (needs internet; cached in "
+        "torch hub's directory, $TORCH_HOME): AlexNet and VGG-16 IMAGENET1K_V1, ResNet-50 "
+        "IMAGENET1K_V2 unless WEIGHTS names others (IMAGENET1K_V1)",
     )
     src.add_argument(
         "--pth",
         type=Path,
         metavar="FILE",
-        help="a local torchvision-layout AlexNet state dict (torch.save(model.state_dict()))",
+        help="a local torchvision-layout state dict of --arch (torch.save(model.state_dict()))",
     )
     src.add_argument(
         "--neon",
@@ -278,7 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="compare torch and Flax logits on a random batch; exit 1 above tolerance",
     )
-    parser.add_argument("--verify-size", type=int, default=224, help="input side for --verify")
+    parser.add_argument(
+        "--verify-size",
+        type=_size,
+        nargs="+",
+        default=[(224, 224), (239, 263)],
+        metavar="SIZE",
+        help="input sizes for --verify: a side (224) or HEIGHTxWIDTH (239x263); default both",
+    )
     parser.add_argument("--rtol", type=float, default=1e-4, help="--verify relative tolerance")
     parser.add_argument("--atol", type=float, default=1e-5, help="--verify absolute tolerance")
     pre = parser.add_argument_group(
@@ -289,6 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--mean", type=float, nargs=3, default=None, metavar=("C0", "C1", "C2"))
     pre.add_argument("--std", type=float, nargs=3, default=None, metavar=("C0", "C1", "C2"))
     return parser
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'224' or '239x263' -> (height, width)."""
+    parts = text.lower().split("x")
+    try:
+        h, w = (int(parts[0]),) * 2 if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"{text!r}: a side (224) or HEIGHTxWIDTH") from None
+    if len(parts) > 2 or min(h, w) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a side (224) or HEIGHTxWIDTH")
+    return h, w
 
 
 def _preprocessing(args: argparse.Namespace, base: Preprocessing) -> Preprocessing:
@@ -324,17 +360,19 @@ def check_output(out: Path, force: bool) -> None:
 def convert(
     args: argparse.Namespace,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
-    """Read the source and build (params, metadata, torch state) without writing anything."""
+    """Read the source and build (variables, metadata, torch state) without writing anything."""
     import torch
 
     if args.neon:
+        if args.arch != "alexnet":
+            raise ConversionError(f"--neon reads neon's AlexNet files, not --arch {args.arch}")
         return convert_neon(args)
-    if args.torchvision:
-        state, path, info = fetch_torchvision()
+    if args.torchvision is not None:
+        state, path, info = fetch_torchvision(args.arch, args.torchvision or None)
         base = Preprocessing(mean=info["mean"], std=info["std"])
         source = {
             "kind": "torchvision",
-            "name": "AlexNet_Weights.IMAGENET1K_V1",
+            "name": info["name"],
             "url": info["url"],
             "imagenet_acc@1": info["acc@1"],
         }
@@ -346,22 +384,25 @@ def convert(
         source = {"kind": "pth", "name": path.name}
         categories = None
     source |= {"file": str(path), "sha256": sha256_of(path)}
-    params, num_classes = torch_to_flax(state, str(path))
+    variables, num_classes, width = torch_to_flax(state, str(path), args.arch)
+    architecture: dict[str, Any] = {
+        "name": args.arch,
+        "input_size": 224,
+        "num_classes": num_classes,
+        "width": width,
+    }
+    if args.arch == "alexnet":
+        architecture["conv1_padding"] = 2
     metadata: dict[str, Any] = {
         "source": source,
-        "architecture": {
-            "name": "alexnet",
-            "conv1_padding": 2,
-            "input_size": 224,
-            "num_classes": num_classes,
-        },
+        "architecture": architecture,
         "preprocessing": _preprocessing(args, base).to_dict(),
         "imagenet_classes": num_classes,
         "converter": {"torch": torch.__version__, "script": "convert/alexnet_to_flax.py"},
     }
     if categories is not None:
         metadata["categories"] = categories
-    return params, metadata, state
+    return variables, metadata, state
 
 
 def convert_neon(
@@ -384,7 +425,7 @@ def convert_neon(
         architecture["head_hidden"] = facts["head_hidden"]
         params = transfer_to_flax(state)
     else:
-        params, _ = torch_to_flax(state, str(path))
+        params, _, _ = torch_to_flax(state, str(path))
     metadata: dict[str, Any] = {
         "source": {
             "kind": "neon",
@@ -411,29 +452,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     check_output(args.out, args.force)
-    if args.neon is None and args.torchvision is False:
+    if args.neon is None and args.torchvision is None:
         _preprocessing(args, TORCHVISION)  # bad overrides fail before reading anything
-    params, metadata, state = convert(args)
-    n_params = sum(int(np.prod(np.shape(leaf))) for leaf in weights_lib.flatten(params).values())
+    variables, metadata, state = convert(args)
+    flat = weights_lib.flatten(variables)
+    n_params = sum(int(np.prod(np.shape(v))) for k, v in flat.items() if not k.startswith("batch"))
+    arch = metadata["architecture"]
+    stats = sum(1 for k in flat if k.startswith(weights_lib.STATS))
+    width = float(arch.get("width", 1.0))
+    narrow = "" if width == 1.0 else f" of width {width:g}"
+    with_stats = f", {stats} BatchNorm statistics" if stats else ""
     print(
         f"converted {metadata['source']['file']} ({metadata['source']['kind']}, sha256 "
-        f"{metadata['source']['sha256'][:12]}...): {len(params)} layers, {n_params:,} parameters, "
-        f"{metadata['architecture']['num_classes']} classes"
+        f"{metadata['source']['sha256'][:12]}...): {arch['name']}{narrow}, "
+        f"{len(variables['params'])} layers, {n_params:,} parameters{with_stats}, "
+        f"{arch['num_classes']} classes"
     )
-    if args.verify:
-        stats = verify_against_torch(params, metadata, state, input_size=args.verify_size)
+    if args.verify and not verify(args, variables, metadata, state):
+        print("error: converted model disagrees with torch; nothing written", file=sys.stderr)
+        return 1
+    out = weights_lib.save_converted(args.out, variables, metadata, overwrite=args.force)
+    print(f"wrote {out / weights_lib.PARAMS_FILE} and {out / weights_lib.METADATA_FILE}")
+    return 0
+
+
+def verify(args: argparse.Namespace, variables, metadata, state) -> bool:
+    """Torch against Flax at each ``--verify-size``; one line each; True when all agree."""
+    good = True
+    for h, w in args.verify_size:
+        stats = verify_against_torch(variables, metadata, state, input_size=(h, w))
         diff_ok = stats["max_abs"] <= args.atol + args.rtol * stats["logit_scale"]
         print(
-            f"verify at {args.verify_size}x{args.verify_size}: max |flax - torch| = "
+            f"verify at {h}x{w}: max |flax - torch| = "
             f"{stats['max_abs']:.3e}, relative to the largest logit {stats['max_rel']:.3e} "
             f"(logit scale {stats['logit_scale']:.3g}; tolerance atol={args.atol:g} rtol={args.rtol:g})"
         )
-        if not diff_ok:
-            print("error: converted model disagrees with torch; nothing written", file=sys.stderr)
-            return 1
-    out = weights_lib.save_converted(args.out, params, metadata, overwrite=args.force)
-    print(f"wrote {out / weights_lib.PARAMS_FILE} and {out / weights_lib.METADATA_FILE}")
-    return 0
+        good = good and diff_ok
+    return good
 
 
 if __name__ == "__main__":

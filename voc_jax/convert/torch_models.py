@@ -1,6 +1,7 @@
-"""The torch side of the parity checks and benchmarks: torchvision's AlexNet and the transfer
+"""The torch side of the parity checks and benchmarks: torchvision's AlexNet, VGG-16 and
+ResNet-50 (narrow instances too, from torchvision's own building blocks) and the transfer
 network (backbone + the reference's head) as torch modules. The one place they are built;
-torch is imported here, never in voc_jax.
+torch is imported here, never in voc_jax at import time.
 
 The transfer network mirrors voc_jax.model.TransferNet: dropout after the ReLUs of fc6 and fc7
 and of the head's first layer (identity in eval mode). Its state dict uses the converter's
@@ -17,7 +18,13 @@ import numpy as np
 import torch
 import torchvision
 
-from voc_jax.model import DENSE_LAYERS, FC_WIDTH, POOLED_SIZE
+from voc_jax.models import alexnet as alexnet_layout
+from voc_jax.models import resnet as resnet_layout
+from voc_jax.models import vgg as vgg_layout
+from voc_jax.models.common import scaled
+
+DENSE_LAYERS, FC_WIDTH = alexnet_layout.DENSE_LAYERS, alexnet_layout.FC_WIDTH
+POOLED_SIZE = alexnet_layout.POOLED_SIZE
 
 FC6, FC7 = DENSE_LAYERS[0].torch_name, DENSE_LAYERS[1].torch_name
 
@@ -25,6 +32,74 @@ FC6, FC7 = DENSE_LAYERS[0].torch_name, DENSE_LAYERS[1].torch_name
 def alexnet(num_classes: int = 1000, conv1_padding: int = 2) -> torchvision.models.AlexNet:
     model = torchvision.models.alexnet(weights=None, num_classes=num_classes)
     model.features[0].padding = (conv1_padding, conv1_padding)
+    return model
+
+
+def vgg16(num_classes: int = 1000, width: float = 1.0) -> torchvision.models.VGG:
+    """torchvision's VGG-16 (configuration D); narrower with ``width`` < 1 (same module
+    indices, so the same state-dict names)."""
+    if width == 1.0:
+        return torchvision.models.vgg16(weights=None, num_classes=num_classes)
+    cfg: list = []
+    for _, convs, channels in vgg_layout.STAGES:
+        cfg += [scaled(channels, width)] * convs + ["M"]
+    model = torchvision.models.VGG(torchvision.models.vgg.make_layers(cfg), num_classes)
+    fc, pooled = scaled(vgg_layout.FC_WIDTH, width), vgg_layout.POOLED_SIZE
+    model.classifier[0] = torch.nn.Linear(cfg[-2] * pooled * pooled, fc)
+    model.classifier[3] = torch.nn.Linear(fc, fc)
+    model.classifier[6] = torch.nn.Linear(fc, num_classes)
+    return model
+
+
+class _NarrowResNet(torchvision.models.ResNet):
+    """torchvision's ResNet with every width multiplied (its constructor fixes 64..512)."""
+
+    def __init__(self, layers: list[int], num_classes: int, width: float):
+        torch.nn.Module.__init__(self)
+        from torchvision.models.resnet import Bottleneck
+
+        nn = torch.nn
+        self._norm_layer, self.dilation, self.groups, self.base_width = nn.BatchNorm2d, 1, 1, 64
+        self.inplanes = scaled(64, width)
+        self.conv1 = nn.Conv2d(3, self.inplanes, 7, 2, 3, bias=False)
+        self.bn1, self.relu = nn.BatchNorm2d(self.inplanes), nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        for i, (count, planes) in enumerate(zip(layers, (64, 128, 256, 512), strict=True)):
+            stage = self._make_layer(Bottleneck, scaled(planes, width), count, stride=min(i, 1) + 1)
+            setattr(self, f"layer{i + 1}", stage)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(self.inplanes, num_classes)
+
+
+def resnet50(num_classes: int = 1000, width: float = 1.0) -> torchvision.models.ResNet:
+    """torchvision's ResNet-50 (v1.5); narrower with ``width`` < 1."""
+    if width == 1.0:
+        return torchvision.models.resnet50(weights=None, num_classes=num_classes)
+    return _NarrowResNet([count for count, _ in resnet_layout.STAGES], num_classes, width)
+
+
+def classifier(arch: str, num_classes: int = 1000, width: float = 1.0, conv1_padding: int = 2):
+    """torchvision's ImageNet classifier of ``arch`` (randomly initialised)."""
+    if arch == "alexnet":
+        if width != 1.0:
+            raise ValueError("a narrow torch AlexNet is not built here (AlexNet is width 1.0)")
+        return alexnet(num_classes, conv1_padding)
+    return {"vgg16": vgg16, "resnet50": resnet50}[arch](num_classes, width)
+
+
+def randomize_batch_norm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-default BatchNorm statistics and affine parameters (a fresh model's are 0/1, which
+    would hide a swapped mean and variance or scale and bias)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+                m.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+                m.num_batches_tracked.fill_(1000)
     return model
 
 
@@ -89,4 +164,15 @@ def alexnet_from_state(
     return model.eval()
 
 
-__all__ = ["FC6", "FC7", "POOLED_SIZE", "TransferNet", "alexnet", "alexnet_from_state"]
+__all__ = [
+    "FC6",
+    "FC7",
+    "POOLED_SIZE",
+    "TransferNet",
+    "alexnet",
+    "alexnet_from_state",
+    "classifier",
+    "randomize_batch_norm",
+    "resnet50",
+    "vgg16",
+]

@@ -1,0 +1,144 @@
+"""voc_jax/models: VGG-16 and ResNet-50 in torchvision's layouts, against torchvision itself
+(narrow instances; scripts/parity.py checks the real sizes), through the converter's layout
+rules, with non-default BatchNorm statistics."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from voc_jax import models
+from voc_jax.convert import layout
+from voc_jax.convert import torch_models as tm
+from voc_jax.models.common import Options, batch_norm
+
+NARROW = 1 / 16
+
+
+def torch_classifier(arch: str, width: float = NARROW, num_classes: int = 10, seed: int = 0):
+    torch.manual_seed(seed)
+    return tm.randomize_batch_norm(tm.classifier(arch, num_classes, width), seed).eval()
+
+
+def state_of(model) -> dict[str, np.ndarray]:
+    return {k: v.numpy().copy() for k, v in model.state_dict().items()}
+
+
+def test_build_gives_each_classifier_and_refuses_unknown_names():
+    for arch in models.ARCHITECTURES:
+        model = models.build(arch, num_classes=7, width=NARROW)
+        variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+        out = jax.eval_shape(model.apply, variables, jnp.zeros((2, 64, 64, 3)))
+        assert out.shape == (2, 7)
+        assert ("batch_stats" in variables) == models.backbone(arch).has_batch_norm
+    with pytest.raises(ValueError, match="unknown architecture 'vgg19'"):
+        models.build("vgg19")
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "resnet50"])
+def test_layout_is_torchvisions_at_real_size(arch):
+    """Every torchvision key and shape (a meta-device model: no memory), and nothing else."""
+    with torch.device("meta"):
+        model = tm.classifier(arch)
+    want = {
+        k: tuple(v.shape) for k, v in model.state_dict().items() if "num_batches_tracked" not in k
+    }
+    assert layout.torch_shapes(arch, layout.flax_shapes(arch, 1000, 1.0)) == want
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "resnet50"])
+@pytest.mark.parametrize("size", [(224, 224), (239, 263)], ids=["224", "239x263"])
+def test_logits_match_torchvision(arch, size):
+    tmodel = torch_classifier(arch)
+    variables, num_classes, width = layout.torch_to_flax(arch, state_of(tmodel), "mem")
+    assert (num_classes, width) == (10, NARROW)
+    x = np.random.default_rng(1).standard_normal((2, *size, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    model = models.build(arch, num_classes, width=width)
+    with jax.default_matmul_precision("highest"):
+        got = np.asarray(jax.jit(model.apply)(variables, x))
+    assert np.abs(want).max() > 0.05  # not a comparison between near-zeros
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_batch_norm_statistics_go_to_batch_stats():
+    tmodel = torch_classifier("resnet50")
+    state = state_of(tmodel)
+    variables, _, _ = layout.torch_to_flax("resnet50", state, "mem")
+    stats, params = variables["batch_stats"], variables["params"]
+    np.testing.assert_array_equal(stats["bn1"]["mean"], state["bn1.running_mean"])
+    np.testing.assert_array_equal(stats["layer2_0"]["downsample_1"]["var"],
+                                  state["layer2.0.downsample.1.running_var"])  # fmt: skip
+    np.testing.assert_array_equal(params["layer4_2"]["bn3"]["scale"], state["layer4.2.bn3.weight"])
+    assert "bias" not in params["conv1"]  # torchvision's ResNet convolutions have none
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(variables))
+
+
+def test_resnet_names_map_to_torch():
+    assert models.resnet.torch_prefix("layer1_0/downsample_1") == "layer1.0.downsample.1"
+    assert models.resnet.torch_prefix("layer3_5/conv2") == "layer3.5.conv2"
+    assert models.resnet.torch_prefix("bn1") == "bn1"
+
+
+def test_a_state_dict_of_another_architecture_is_refused_with_every_problem():
+    state = state_of(torch_classifier("vgg16"))
+    with pytest.raises(layout.LayoutError) as error:
+        layout.torch_to_flax("resnet50", state, "vgg.pth")
+    message = str(error.value)
+    assert message.startswith("vgg.pth: not a torchvision ResNet-50 state dict")
+    assert "missing layer1.0.bn1.running_var" in message
+    assert "unexpected features.0.weight" in message
+
+
+def test_a_missing_statistic_is_named():
+    state = state_of(torch_classifier("resnet50"))
+    del state["layer3.1.bn2.running_mean"]
+    with pytest.raises(layout.LayoutError, match=r"missing layer3\.1\.bn2\.running_mean"):
+        layout.torch_to_flax("resnet50", state, "r.pth")
+
+
+def test_statistics_stay_float32_and_frozen_unless_updated():
+    """bfloat16 compute keeps float32 statistics; training mode uses the running statistics
+    unless built with bn_update."""
+    x = jax.ShapeDtypeStruct((4, 64, 64, 3), jnp.float32)
+    half = models.build("resnet50", 5, width=NARROW, dtype=jnp.bfloat16)
+    shapes = jax.eval_shape(half.init, jax.random.key(0), x)
+    assert {a.dtype for a in jax.tree.leaves(shapes)} == {jnp.dtype("float32")}
+    # Inference-mode BatchNorm in training too, unless bn_update:
+    for options, train, running in [
+        (Options(), True, True),
+        (Options(bn_update=True), True, False),
+        (Options(bn_update=True), False, True),
+    ]:
+        assert batch_norm(options, train, "bn").use_running_average is running
+
+
+def test_updated_statistics_follow_torch_momentum():
+    """bn_update in training mode: batch statistics, and running means updated as torch's
+    momentum 0.1 does. (The running variance takes the biased batch variance, torch the
+    unbiased one: a factor n/(n-1), n = patches x H x W; compared where n is 4096.)"""
+    tmodel = torch_classifier("resnet50")
+    variables, _, _ = layout.torch_to_flax("resnet50", state_of(tmodel), "mem")
+    x = np.random.default_rng(2).standard_normal((4, 64, 64, 3)).astype(np.float32)
+    tmodel.train()
+    with torch.no_grad():
+        want_logits = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    model = models.build("resnet50", 10, width=NARROW, bn_update=True)
+    with jax.default_matmul_precision("highest"):
+        logits, changed = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(logits), want_logits, rtol=1e-4, atol=1e-4)
+    new = state_of(tmodel)
+    stats = changed["batch_stats"]
+    for module, prefix in (("bn1", "bn1"), ("layer3_2/bn2", "layer3.2.bn2")):
+        path = module.split("/")
+        node = stats
+        for part in path:
+            node = node[part]
+        np.testing.assert_allclose(
+            node["mean"], new[f"{prefix}.running_mean"], rtol=1e-4, atol=1e-5
+        )
+    np.testing.assert_allclose(stats["bn1"]["var"], new["bn1.running_var"], rtol=1e-3)

@@ -1,0 +1,133 @@
+"""AlexNet (single column, no LRN), torchvision's layout.
+
+Parameter names are the layer names of docs/reference.md so that converted weights, optimizer
+labels and checkpoints all speak the same language: ``conv1`` .. ``conv5``, ``fc6``, ``fc7``
+form the backbone, ``fc8`` is the ImageNet classifier.
+
+Layouts: activations NHWC, conv kernels HWIO, dense kernels (in, out). The 256x6x6 map is
+flattened in (H, W, C) order; the converter permutes torch's (C, H, W) fc6 rows once.
+
+Dropout sits after the ReLU of fc6 and fc7, as in the reference (neon). torchvision puts it
+before fc6 and fc7 instead; in eval mode (``train=False``) both are the same function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from voc_jax.models.backbone import Backbone
+from voc_jax.models.common import Dtype, Options, adaptive_avg_pool, conv, dense_relu, scaled
+from voc_jax.pooling import max_pool_3x3_s2
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One AlexNet layer: our parameter name, torchvision's state-dict prefix, its width and,
+    for convolutions, kernel side, stride and padding (None: conv1's, a model option)."""
+
+    name: str
+    torch_name: str
+    features: int
+    kernel: int = 0  # 0 for dense layers
+    stride: int = 1
+    padding: int | None = 0
+
+
+# The one definition of AlexNet's layers (model, converter, neon import and tests use it).
+CONV_LAYERS: tuple[Layer, ...] = (
+    Layer("conv1", "features.0", 64, 11, 4, None),
+    Layer("conv2", "features.3", 192, 5, 1, 2),
+    Layer("conv3", "features.6", 384, 3, 1, 1),
+    Layer("conv4", "features.8", 256, 3, 1, 1),
+    Layer("conv5", "features.10", 256, 3, 1, 1),
+)
+FC_WIDTH = 4096
+DENSE_LAYERS: tuple[Layer, ...] = (
+    Layer("fc6", "classifier.1", FC_WIDTH),
+    Layer("fc7", "classifier.4", FC_WIDTH),
+    Layer("fc8", "classifier.6", 1000),  # the ImageNet classifier (its width: num_classes)
+)
+ALEXNET_LAYERS = CONV_LAYERS + DENSE_LAYERS
+POOL_AFTER = frozenset({"conv1", "conv2", "conv5"})
+POOLED_SIZE = 6  # torchvision's AdaptiveAvgPool2d((6, 6))
+BACKBONE_LAYERS = tuple(layer.name for layer in CONV_LAYERS) + ("fc6", "fc7")
+# The frozen prefix: the layers up to fc6's output, which the feature cache stores.
+FC6_PREFIX = tuple(layer.name for layer in CONV_LAYERS) + ("fc6",)
+_TORCH_NAMES = {layer.name: layer.torch_name for layer in ALEXNET_LAYERS}
+MAX_CONV1_PADDING = 5  # torchvision uses 2, neon 3; a kernel of 11 makes more meaningless
+
+
+def to_fc6(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
+    """conv1..fc6 (after its ReLU, before its dropout): what a frozen backbone always computes
+    the same way, and what the feature cache stores."""
+    del train  # no dropout or BatchNorm below fc6
+    x = x.astype(o.dtype)
+    for layer in CONV_LAYERS:
+        pad = o.conv1_padding if layer.padding is None else layer.padding
+        x = conv(
+            scaled(layer.features, o.width),
+            layer.kernel,
+            layer.stride,
+            pad,
+            dtype=o.dtype,
+            name=layer.name,
+        )(x)
+        x = nn.relu(x)
+        if layer.name in POOL_AFTER:
+            x = max_pool_3x3_s2(x)  # nn.max_pool's values, a cheaper gradient
+    x = adaptive_avg_pool(x, POOLED_SIZE)
+    x = x.reshape(x.shape[0], -1)
+    return dense_relu(x, scaled(FC_WIDTH, o.width), dtype=o.dtype, name="fc6")
+
+
+def fc6_to_fc7(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
+    """fc6's dropout, fc7 + ReLU, fc7's dropout (named, so that their random masks are the
+    same whether the network starts from pixels or from cached fc6 activations)."""
+    x = nn.Dropout(o.dropout_rate, deterministic=not train, name="fc6_dropout")(x)
+    x = dense_relu(x, scaled(FC_WIDTH, o.width), dtype=o.dtype, name="fc7")
+    return nn.Dropout(o.dropout_rate, deterministic=not train, name="fc7_dropout")(x)
+
+
+class AlexNet(nn.Module):
+    """The ImageNet classifier: backbone + fc8."""
+
+    num_classes: int = 1000
+    conv1_padding: int = 2  # 2 for torchvision weights, 3 for neon weights
+    dropout_rate: float = 0.5
+    dtype: Dtype = jnp.float32  # compute dtype; params stay float32
+    width: float = 1.0  # channel/hidden width multiplier; 1.0 = AlexNet
+
+    @nn.compact
+    def __call__(
+        self, images: jax.Array, *, train: bool = False, features_only: bool = False
+    ) -> jax.Array:
+        """Logits; with ``features_only`` the fc7 activations (after ReLU and dropout)."""
+        o = Options(self.width, self.dtype, self.dropout_rate, self.conv1_padding)
+        x = fc6_to_fc7(to_fc6(images, o, train), o, train)
+        if features_only:
+            return x.astype(jnp.float32)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc8")(x)
+        return x.astype(jnp.float32)
+
+
+BACKBONE = Backbone(
+    name="alexnet",
+    to_prefix=to_fc6,
+    from_prefix=fc6_to_fc7,
+    layers=BACKBONE_LAYERS,
+    prefix_layers=FC6_PREFIX,
+    classifier_layer="fc8",
+    cached="fc6",
+    prefix_width=lambda width: scaled(FC_WIDTH, width),
+    head_width=lambda width: scaled(FC_WIDTH, width),
+    torch_prefix=lambda path: _TORCH_NAMES[path],
+    flatten_grid={"fc6": POOLED_SIZE},
+    first_conv="features.0.weight",
+    first_channels=64,
+    min_patch=63,
+    has_batch_norm=False,
+)

@@ -1,0 +1,103 @@
+"""What every backbone shares: the options a model is built with, the width multiplier, the
+adaptive average pool, the He initialiser, and the torch-layout rules the converter follows."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Dtype = Any
+
+# BatchNorm as torchvision's: eps 1e-5, momentum 0.1 (Flax's momentum weighs the old value).
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How a backbone is built. ``width`` multiplies every channel and hidden width (tests run
+    narrow instances); ``conv1_padding`` is AlexNet's (2 torchvision, 3 neon; others ignore
+    it); ``bn_update``: BatchNorm uses and updates batch statistics in training mode (torch's
+    momentum 0.1) instead of keeping the pretrained ones (the default, see docs/converting.md)."""
+
+    width: float = 1.0
+    dtype: Dtype = jnp.float32  # compute dtype; params and BatchNorm statistics stay float32
+    dropout_rate: float = 0.5
+    conv1_padding: int = 2
+    bn_update: bool = False
+
+
+def scaled(features: int, width: float) -> int:
+    """A layer's width under the ``width`` multiplier (1.0: the real network)."""
+    return max(1, round(features * width))
+
+
+# He initialisation for training from scratch; pretrained runs overwrite it.
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """[out, in] averaging weights with torch's bins: [floor(i*L/o), ceil((i+1)*L/o))."""
+    matrix = np.zeros((out_size, in_size), np.float32)
+    for i in range(out_size):
+        start = (i * in_size) // out_size
+        end = -((-(i + 1) * in_size) // out_size)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def adaptive_avg_pool(x: jax.Array, out_size: int) -> jax.Array:
+    """AdaptiveAvgPool2d for NHWC input; the identity when the map already has that size."""
+    _, height, width, _ = x.shape
+    if height == out_size and width == out_size:
+        return x
+    rows = jnp.asarray(adaptive_pool_matrix(height, out_size), x.dtype)
+    cols = jnp.asarray(adaptive_pool_matrix(width, out_size), x.dtype)
+    return jnp.einsum("oh,nhwc,pw->nopc", rows, x, cols)
+
+
+def conv(
+    features: int,
+    kernel: int,
+    stride: int,
+    padding: int,
+    *,
+    dtype: Dtype,
+    name: str,
+    bias: bool = True,
+) -> nn.Conv:
+    """A convolution with torch's symmetric, explicit padding (never "SAME": on a strided
+    layer XLA would pad asymmetrically)."""
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        use_bias=bias,
+        dtype=dtype,
+        kernel_init=he_normal,
+        name=name,
+    )
+
+
+def batch_norm(options: Options, train: bool, name: str) -> nn.BatchNorm:
+    """torchvision's BatchNorm2d: statistics in float32 whatever the compute dtype; batch
+    statistics only when training with ``bn_update``."""
+    return nn.BatchNorm(
+        use_running_average=not (train and options.bn_update),
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        dtype=options.dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+def dense_relu(x: jax.Array, features: int, *, dtype: Dtype, name: str) -> jax.Array:
+    x = nn.Dense(features, dtype=dtype, kernel_init=he_normal, name=name)(x.astype(dtype))
+    return nn.relu(x)

@@ -1,0 +1,124 @@
+"""ResNet-50 v1.5, torchvision's layout: the stride of a downsampling bottleneck sits on its
+3x3 convolution, every padding is explicit and symmetric, BatchNorm's running statistics live
+in the ``batch_stats`` collection.
+
+Module names follow torchvision's state dict with '.' as '_' between a stage and its block:
+``conv1``, ``bn1``, ``layer1_0/conv1`` .. ``layer4_2/bn3``, ``layer1_0/downsample_0`` (the
+1x1 projection) and ``downsample_1`` (its BatchNorm), the classifier ``fc``. The transfer head
+reads the 2048 globally pooled features, which are also what the feature cache stores.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from voc_jax.models.backbone import Backbone
+from voc_jax.models.common import Dtype, Options, batch_norm, conv, scaled
+from voc_jax.pooling import max_pool_3x3_s2
+
+# (blocks, bottleneck width) of layer1..layer4; a block's output is 4x its width.
+STAGES = ((3, 64), (4, 128), (6, 256), (3, 512))
+EXPANSION = 4
+STEM = ("conv1", "bn1")
+BLOCKS = tuple(
+    f"layer{stage}_{block}"
+    for stage, (count, _) in enumerate(STAGES, start=1)
+    for block in range(count)
+)
+POOLED_FEATURES = STAGES[-1][1] * EXPANSION  # 2048
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride here: v1.5) -> 1x1 with BatchNorm after each, plus the shortcut
+    (a strided 1x1 projection and BatchNorm where the shape changes)."""
+
+    width: int
+    stride: int
+    options: Options
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        o, out = self.options, self.width * EXPANSION
+        y = conv(self.width, 1, 1, 0, dtype=o.dtype, bias=False, name="conv1")(x)
+        y = nn.relu(batch_norm(o, self.train, "bn1")(y))
+        y = conv(self.width, 3, self.stride, 1, dtype=o.dtype, bias=False, name="conv2")(y)
+        y = nn.relu(batch_norm(o, self.train, "bn2")(y))
+        y = conv(out, 1, 1, 0, dtype=o.dtype, bias=False, name="conv3")(y)
+        y = batch_norm(o, self.train, "bn3")(y)
+        if self.stride != 1 or x.shape[-1] != out:
+            x = conv(out, 1, self.stride, 0, dtype=o.dtype, bias=False, name="downsample_0")(x)
+            x = batch_norm(o, self.train, "downsample_1")(x)
+        return nn.relu(y + x)
+
+
+def max_pool_3x3_s2_p1(x: jax.Array) -> jax.Array:
+    """torch's MaxPool2d(3, 2, padding=1): -inf padding, then the valid 3x3/2 pool (its
+    gradient without select_and_scatter, voc_jax.pooling)."""
+    pad = jnp.array(-jnp.inf, x.dtype)
+    return max_pool_3x3_s2(jax.lax.pad(x, pad, ((0, 0, 0), (1, 1, 0), (1, 1, 0), (0, 0, 0))))
+
+
+def to_pool(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
+    """The stem, the four stages and the global average pool: [N, 2048 * width] features,
+    what the transfer head reads and the feature cache stores."""
+    x = x.astype(o.dtype)
+    x = conv(scaled(64, o.width), 7, 2, 3, dtype=o.dtype, bias=False, name="conv1")(x)
+    x = nn.relu(batch_norm(o, train, "bn1")(x))
+    x = max_pool_3x3_s2_p1(x)
+    for stage, (count, width) in enumerate(STAGES, start=1):
+        for block in range(count):
+            stride = 2 if stage > 1 and block == 0 else 1
+            x = Bottleneck(scaled(width, o.width), stride, o, train, name=f"layer{stage}_{block}")(
+                x
+            )
+    return x.mean(axis=(1, 2))
+
+
+def identity(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
+    return x
+
+
+class ResNet50(nn.Module):
+    """The ImageNet classifier: the pooled features + ``fc``."""
+
+    num_classes: int = 1000
+    dtype: Dtype = jnp.float32  # compute dtype; params and statistics stay float32
+    width: float = 1.0  # channel width multiplier; 1.0 = ResNet-50
+    bn_update: bool = False  # training mode uses and updates batch statistics
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        o = Options(self.width, self.dtype, bn_update=self.bn_update)
+        x = to_pool(images, o, train)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+        return x.astype(jnp.float32)
+
+
+def torch_prefix(path: str) -> str:
+    """'layer1_0/downsample_1' -> 'layer1.0.downsample.1'."""
+    path = re.sub(r"^(layer\d)_(\d+)", r"\1.\2", path)
+    return path.replace("downsample_", "downsample.").replace("/", ".")
+
+
+BACKBONE = Backbone(
+    name="resnet50",
+    to_prefix=to_pool,
+    from_prefix=identity,
+    layers=STEM + BLOCKS,
+    prefix_layers=STEM + BLOCKS,
+    classifier_layer="fc",
+    cached="pool",
+    prefix_width=lambda width: scaled(STAGES[-1][1], width) * EXPANSION,
+    head_width=lambda width: scaled(STAGES[-1][1], width) * EXPANSION,
+    torch_prefix=torch_prefix,
+    flatten_grid={},
+    first_conv="conv1.weight",
+    first_channels=64,
+    min_patch=32,
+    has_batch_norm=True,
+)

@@ -1,0 +1,100 @@
+"""VGG-16 (configuration D, no BatchNorm), torchvision's layout.
+
+Our names are the paper's: ``conv1_1`` .. ``conv5_3``, ``fc6``, ``fc7`` and the ImageNet
+classifier ``fc8`` (torchvision: ``features.0`` .. ``features.28``, ``classifier.0/3/6``).
+Dropout follows the ReLUs of fc6 and fc7, as in torchvision; the 512x7x7 map is flattened in
+(H, W, C) order (the converter permutes fc6's rows), and torchvision's adaptive average pool
+to 7x7 makes any input of at least 32 pixels a side work.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from voc_jax.models.backbone import Backbone
+from voc_jax.models.common import Dtype, Options, adaptive_avg_pool, conv, dense_relu, scaled
+
+# (stage, number of 3x3 convolutions, channels); a 2x2 max-pool ends every stage.
+STAGES = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
+FC_WIDTH = 4096
+POOLED_SIZE = 7
+
+
+def _torch_names() -> dict[str, str]:
+    names, index = {}, 0
+    for stage, convs, _ in STAGES:
+        for k in range(1, convs + 1):
+            names[f"conv{stage}_{k}"] = f"features.{index}"
+            index += 2  # conv, ReLU
+        index += 1  # the stage's max-pool
+    return names | {"fc6": "classifier.0", "fc7": "classifier.3", "fc8": "classifier.6"}
+
+
+TORCH_NAMES = _torch_names()
+CONV_NAMES = tuple(name for name in TORCH_NAMES if name.startswith("conv"))
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """torch's MaxPool2d(2, 2): odd rows and columns dropped, then the maximum of each 2x2
+    block, as a reshape (its gradient is element-wise work, not select_and_scatter)."""
+    n, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2, :]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def to_fc6(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
+    """conv1_1..fc6 (after its ReLU, before its dropout): the feature cache's prefix."""
+    del train  # no dropout or BatchNorm below fc6
+    x = x.astype(o.dtype)
+    for stage, convs, channels in STAGES:
+        for k in range(1, convs + 1):
+            layer = conv(scaled(channels, o.width), 3, 1, 1, dtype=o.dtype, name=f"conv{stage}_{k}")
+            x = nn.relu(layer(x))
+        x = max_pool_2x2(x)
+    x = adaptive_avg_pool(x, POOLED_SIZE)
+    x = x.reshape(x.shape[0], -1)
+    return dense_relu(x, scaled(FC_WIDTH, o.width), dtype=o.dtype, name="fc6")
+
+
+def fc6_to_fc7(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
+    """fc6's dropout, fc7 + ReLU, fc7's dropout: the features the transfer head reads."""
+    x = nn.Dropout(o.dropout_rate, deterministic=not train, name="fc6_dropout")(x)
+    x = dense_relu(x, scaled(FC_WIDTH, o.width), dtype=o.dtype, name="fc7")
+    return nn.Dropout(o.dropout_rate, deterministic=not train, name="fc7_dropout")(x)
+
+
+class VGG16(nn.Module):
+    """The ImageNet classifier: conv1_1..fc7 + fc8."""
+
+    num_classes: int = 1000
+    dropout_rate: float = 0.5
+    dtype: Dtype = jnp.float32  # compute dtype; params stay float32
+    width: float = 1.0  # channel/hidden width multiplier; 1.0 = VGG-16
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        o = Options(self.width, self.dtype, self.dropout_rate)
+        x = fc6_to_fc7(to_fc6(images, o, train), o, train)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc8")(x)
+        return x.astype(jnp.float32)
+
+
+BACKBONE = Backbone(
+    name="vgg16",
+    to_prefix=to_fc6,
+    from_prefix=fc6_to_fc7,
+    layers=CONV_NAMES + ("fc6", "fc7"),
+    prefix_layers=CONV_NAMES + ("fc6",),
+    classifier_layer="fc8",
+    cached="fc6",
+    prefix_width=lambda width: scaled(FC_WIDTH, width),
+    head_width=lambda width: scaled(FC_WIDTH, width),
+    torch_prefix=lambda path: TORCH_NAMES[path],
+    flatten_grid={"fc6": POOLED_SIZE},
+    first_conv="features.0.weight",
+    first_channels=64,
+    min_patch=32,
+    has_batch_norm=False,
+)
