@@ -19,6 +19,10 @@ Sections:
   e2e       training through the real pipeline (grain iterator -> device -> step, as
             voc_jax.train runs it): patches/s and the fraction of wall time the device
             waits for data
+  backbones VGG-16 and ResNet-50 (--arch; not in the default set: minutes on a CPU): the
+            full, frozen and eval steps of each transfer network against the same network in
+            PyTorch, on already-cropped patches, XLA's FLOP count and the GEMM-peak fraction
+            python scripts/benchmark.py --only backbones --json docs/benchmark_backbones.json
 
 Timings are medians over --repeats after a warm-up; results are printed as a table and
 written as JSON. Ratios are what to compare across machines; absolute numbers depend on it.
@@ -762,6 +766,116 @@ def bench_profile(records, config, args) -> list[dict]:
     return rows
 
 
+def bench_backbones(records, config, args) -> list[dict]:
+    """Each modern backbone's full, frozen and eval steps against PyTorch's in the same run,
+    on already-cropped patches (the network and its update, not the crops), float32 unless
+    --dtype: the per-backbone rows of the README's table."""
+    rows = []
+    for arch in args.arch:
+        rows += backbone_rows(arch, records, args)
+    return rows
+
+
+def backbone_rows(arch: str, records, args) -> list[dict]:
+    import dataclasses
+
+    import torch
+
+    from voc_jax import optim
+    from voc_jax.experiment import Experiment
+
+    width = 1 / 16 if args.quick else 1.0
+    cfg = train_config(args, (".*",))
+    cfg.model.arch, cfg.model.width = arch, width
+    exp = Experiment.build(cfg)
+    batches = device_batches(records, cfg, args, 2, crops="host")
+    runners, flops = {}, {}
+    for name, trainable in (("full", (".*",)), ("frozen", ("head/.*",))):
+        settings = dataclasses.replace(exp.settings.optim, trainable=trainable)
+        optimizer = optim.make_optimizer(settings, exp.model.params, 100, 10)
+        state = jax.tree.map(jax.numpy.copy, exp.initial_state(optimizer))
+        step = exp.train_step(optimizer)
+        flops[name] = compiled_flops(step, state, batches[0])
+        runners[name] = Stepper(state, step, batches)
+        runners[f"torch_{name}"] = torch_backbone_train(arch, width, args, name == "frozen")
+    evaluate = exp.eval_step()
+    variables = exp.model.variables
+    flops["eval"] = compiled_flops(evaluate, variables, batches[0])
+    runners["eval"] = lambda: jax.block_until_ready(evaluate(variables, batches[0]))
+    runners["torch_eval"] = torch_backbone_eval(arch, width, args)
+    t = interleaved_medians(runners, args.repeats)
+    n, threads = args.batch, torch.get_num_threads()
+    rows = []
+    for name in ("full", "frozen", "eval"):
+        what = {"full": "full fine-tune step", "frozen": "frozen-backbone step", "eval": "eval"}
+        for variant, key in (("ours", name), ("torch", f"torch_{name}")):
+            side = "JAX" if variant == "ours" else f"PyTorch ({threads} threads)"
+            row = {
+                "section": "backbones",
+                "what": f"{arch}{'' if width == 1 else f' (width {width:g})'}: {side} "
+                f"{what[name]}, {n} cropped patches at {args.patch_size}px",
+                "arch": arch,
+                "variant": variant,
+                "step": name,
+                "patches_per_s": n / t[key],
+                "seconds": t[key],
+                "flops": flops[name],  # XLA's count of the same network's step
+            }
+            if variant == "ours":
+                row["ratio_vs_baseline"] = t[f"torch_{name}"] / t[name]
+            rows.append(row)
+    for r in runners.values():
+        if isinstance(r, Stepper):
+            del r.state
+    return rows
+
+
+def torch_backbone_train(arch: str, width: float, args, frozen: bool) -> Callable[[], None]:
+    """PyTorch's SGD step of the same transfer network on cropped tensors (BatchNorm with its
+    running statistics, as voc-jax's default)."""
+    import torch
+
+    from voc_jax.convert import torch_models
+
+    torch.manual_seed(0)
+    device = torch_device(args)
+    model = torch_models.BackboneTransfer(arch, width=width).to(device).train()
+    if frozen:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(args.batch, 3, args.patch_size, args.patch_size, device=device)
+    y = torch.randint(0, 21, (args.batch,), device=device)
+
+    def one():
+        opt.zero_grad(set_to_none=True)
+        with torch_autocast(args, device):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        torch_sync(device)
+
+    return one
+
+
+def torch_backbone_eval(arch: str, width: float, args) -> Callable[[], None]:
+    import torch
+
+    from voc_jax.convert import torch_models
+
+    device = torch_device(args)
+    model = torch_models.BackboneTransfer(arch, width=width).to(device).eval()
+    x = torch.randn(args.batch, 3, args.patch_size, args.patch_size, device=device)
+
+    def forward():
+        with torch.no_grad(), torch_autocast(args, device):
+            torch.softmax(model(x), -1)
+        torch_sync(device)
+
+    return forward
+
+
 def voc_trainval_candidates() -> int:
     """Candidate patches of the reference's 5000 VOC 2007 trainval images (from the real
     annotations when ../shared/data has them; else 5000 x 622, their measured mean)."""
@@ -782,6 +896,7 @@ SECTIONS = {
     "e2e": bench_e2e,
     "cache": bench_cache,
     "profile": bench_profile,
+    "backbones": bench_backbones,
 }
 
 
@@ -833,7 +948,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument(
+        "--only",
+        default=",".join(s for s in SECTIONS if s != "backbones"),
+        help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all but backbones)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
     parser.add_argument("--data", help="a VOC2007 directory (default: the shared real subset)")
     parser.add_argument("--patch-size", type=int, default=224)
@@ -851,8 +970,15 @@ def main() -> int:
     parser.add_argument(
         "--cache-images", type=int, default=8, help="images for the feature-cache section"
     )
+    parser.add_argument(
+        "--arch",
+        action="append",
+        choices=("vgg16", "resnet50"),
+        help="backbones for the backbones section (repeatable; default both)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
+    args.arch = args.arch or ["vgg16", "resnet50"]
     if args.quick:
         args.patch_size = min(args.patch_size, 64)
         args.repeats = 1

@@ -5,7 +5,8 @@ The path a user takes with real ImageNet weights and VOC 2007, in miniature on g
 
 1. pretrain a torchvision AlexNet on the synthetic single-object source task
    (scripts/pretrain_synthetic.py; reused when the .pth exists; --pth FILE uses yours);
-2. convert it with convert/alexnet_to_flax.py --verify;
+   ``--arch vgg16`` or ``--arch resnet50``: a quarter-width instance of that family instead;
+2. convert it with convert/alexnet_to_flax.py --arch ... --verify;
 3. train the smoke config on the synthetic VOC dataset (python -m voc_jax.train, frozen
    backbone, new head) and evaluate the test split (per-class AP table);
 4. compare its mAP with chance (random scores on the same split): exit 1 unless it is above
@@ -44,7 +45,13 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "quickstart")
-    parser.add_argument("--pth", type=Path, help="your own torchvision-layout AlexNet .pth")
+    parser.add_argument("--pth", type=Path, help="your own torchvision-layout .pth of --arch")
+    parser.add_argument(
+        "--arch",
+        choices=("alexnet", "vgg16", "resnet50"),
+        default="alexnet",
+        help="the backbone family (vgg16, resnet50: a quarter-width instance)",
+    )
     parser.add_argument(
         "--pretrain-arg",
         action="append",
@@ -63,14 +70,18 @@ def main() -> int:
     py = sys.executable
     t0 = time.time()
 
-    pth = args.pth.resolve() if args.pth else work / "source_alexnet.pth"
+    name = f"source_{args.arch}"
+    pth = args.pth.resolve() if args.pth else work / f"{name}.pth"
     if args.pth:
         step(1, f"using your weights {pth}")
     elif pth.exists():
         step(1, f"reusing the pretrained source network {pth} (delete it to pretrain again)")
     else:
-        step(1, "pretraining AlexNet on the synthetic single-object source task (PyTorch)")
-        run([py, "scripts/pretrain_synthetic.py", "--out", str(pth), *args.pretrain_arg])
+        step(1, f"pretraining {args.arch} on the synthetic single-object source task (PyTorch)")
+        run(
+            [py, "scripts/pretrain_synthetic.py", "--out", str(pth), "--arch", args.arch]
+            + args.pretrain_arg
+        )
     source = pth.with_suffix(".json")
     if source.exists():
         info = json.loads(source.read_text())
@@ -78,20 +89,22 @@ def main() -> int:
             f"source-task accuracy {info['val_accuracy']:.3f} (chance {info['chance_accuracy']:.3f})"
         )
 
-    converted = work / "source_alexnet"
+    converted = work / name
     step(2, "converting it to Flax, checked against torch")
     run(
-        [py, "convert/alexnet_to_flax.py", "--pth", str(pth), "--out", str(converted)]
-        + ["--force", "--verify", "--verify-size", "64"]
+        [py, "convert/alexnet_to_flax.py", "--arch", args.arch, "--pth", str(pth)]
+        + ["--out", str(converted), "--force", "--verify", "--verify-size", "64", "61x77"]
     )
+    width = json.loads((converted / "metadata.json").read_text())["architecture"]["width"]
 
-    smoke = work / "smoke"
+    smoke = work / ("smoke" if args.arch == "alexnet" else f"smoke_{args.arch}")
     shutil.rmtree(smoke, ignore_errors=True)  # a fresh run each time
     step(3, "training the smoke config (frozen backbone, new head) and evaluating")
     started = time.time()
     run(
         [py, "-m", "voc_jax.train", "--config", "voc_jax/configs/smoke.py"]
-        + [f"--workdir={smoke}", f"--config.init.weights={converted}", *args.train_arg]
+        + [f"--workdir={smoke}", f"--config.init.weights={converted}"]
+        + [f"--config.model.arch={args.arch}", f"--config.model.width={width}", *args.train_arg]
     )
     train_seconds = time.time() - started
 

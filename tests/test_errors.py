@@ -149,6 +149,21 @@ TRAIN_CONFIG = [
     (("--config.model.conv1_padding=99",), "model.conv1_padding=99: must be in [0, 5]"),
     (("--config.model.head_hidden=10000000",), "model.head_hidden=10000000"),
     (("--config.num_epochs=0",), "nothing to evaluate"),  # fresh workdir, no init.weights
+    (("--config.model.arch=vgg19",), "model.arch='vgg19': must be one of"),
+    (("--config.model.arch=resnet50", "--config.patches.size=16"), "too small for resnet50's"),
+    (
+        (
+            "--config.model.arch=resnet50",
+            "--config.model.bn_update=True",
+            "--config.feature_cache.enabled=True",
+            "--config.optim.trainable=('head/.*',)",
+        ),
+        "with model.bn_update=True",
+    ),
+    (
+        ("--config.model.arch=resnet50", "--config.feature_cache.enabled=True"),
+        "caches resnet50's pool output",
+    ),
 ]
 
 
@@ -230,6 +245,7 @@ RESUME_ERRORS = [
     (("--config.model.width=0.125",), None, "model.width: 0.0625 in config.json, 0.125 now"),
     (("--config.optim.optimizer=adamw",), None, "optim.optimizer: 'sgd' in config.json"),
     (("--config.optim.trainable=('head/.*',)",), None, "optim.trainable"),
+    (("--config.model.arch=vgg16",), None, "model.arch: 'alexnet' in config.json, 'vgg16' now"),
     (
         ("--config.seed=1",),
         4,
@@ -272,6 +288,17 @@ def test_evaluate_with_a_changed_model_shape_is_refused(tmp_path, trained_tiny, 
         capsys,
         also="model.head_hidden: 64 in config.json, 32 now",
     )
+
+
+def test_train_weights_of_another_architecture(tmp_path, capsys):
+    weights = weights_dir(tmp_path, architecture__name="resnet50")
+    case = train_case(
+        tmp_path,
+        f"--config.init.weights={weights}",
+        "--config.model.width=1.0",
+        expect="resnet50 weights, but model.arch='alexnet'; pass --config.model.arch=resnet50",
+    )
+    check_case(case, capsys)
 
 
 def test_train_weights_need_the_full_width(tmp_path, capsys):
@@ -384,6 +411,30 @@ def test_convert_errors(tmp_path, capsys, monkeypatch):
         ),
         Case(
             converter_main, ["--pth", str(pth), "--out", str(a_file / "sub")], "is a file", a_file
+        ),
+        Case(
+            converter_main,
+            ["--arch", "vgg16", "--neon", str(neon_file), "--out", str(out)],
+            "--neon reads neon's AlexNet files, not --arch vgg16",
+            out,
+        ),
+        Case(
+            converter_main,
+            ["--arch", "resnet50", "--torchvision", "IMAGENET1K_V9", "--out", str(out)],
+            "resnet50 has no such weights; available: IMAGENET1K_V1, IMAGENET1K_V2",
+            out,
+        ),
+        Case(
+            converter_main,
+            ["--pth", str(pth), "--out", str(out), "--verify", "--verify-size", "12x"],
+            "a side (224) or HEIGHTxWIDTH",
+            out,
+        ),
+        Case(
+            converter_main,
+            ["--arch", "vgg19", "--pth", str(pth), "--out", str(out)],
+            "invalid choice: 'vgg19'",
+            out,
         ),
         Case(
             converter_main,

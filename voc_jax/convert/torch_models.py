@@ -103,6 +103,40 @@ def randomize_batch_norm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modu
     return model
 
 
+class BackboneTransfer(torch.nn.Module):
+    """VGG-16 or ResNet-50 (torchvision) + the reference's head, as voc_jax.model.TransferNet
+    builds them: VGG-16 up to fc7 (ReLU, dropout), ResNet-50 up to its pooled features;
+    BatchNorm in inference mode even when training (the default, ``model.bn_update=False``)."""
+
+    def __init__(self, arch: str, num_classes: int = 21, hidden: int = FC_WIDTH, width=1.0):
+        super().__init__()
+        nn = torch.nn
+        base = classifier(arch, 1000, width)
+        if arch == "vgg16":
+            self.backbone = nn.Sequential(
+                base.features, base.avgpool, nn.Flatten(1), *list(base.classifier)[:6]
+            )
+            features = base.classifier[3].out_features
+        else:
+            features = base.fc.in_features
+            base.fc = nn.Identity()
+            self.backbone = base
+        self.head = nn.Sequential(
+            nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(hidden, num_classes),
+        )  # fmt: skip
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.modules():  # the pretrained statistics, also in training
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
 class TransferNet(torch.nn.Module):
     """AlexNet backbone + the transfer head; ``forward`` returns logits."""
 
@@ -165,6 +199,7 @@ def alexnet_from_state(
 
 
 __all__ = [
+    "BackboneTransfer",
     "FC6",
     "FC7",
     "POOLED_SIZE",
