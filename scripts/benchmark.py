@@ -786,8 +786,9 @@ def backbone_rows(arch: str, records, args) -> list[dict]:
 
     width = 1 / 16 if args.quick else 1.0
     cfg = train_config(args, (".*",))
-    cfg.model.arch, cfg.model.width = arch, width
+    cfg.model.arch, cfg.model.width, cfg.grad_chunks = arch, width, args.grad_chunks
     exp = Experiment.build(cfg)
+    chunks = exp.grad_chunks()
     batches = device_batches(records, cfg, args, 2, crops="host")
     runners, flops = {}, {}
     for name, trainable in (("full", (".*",)), ("frozen", ("head/.*",))):
@@ -807,7 +808,12 @@ def backbone_rows(arch: str, records, args) -> list[dict]:
     n, threads = args.batch, torch.get_num_threads()
     rows = []
     for name in ("full", "frozen", "eval"):
-        what = {"full": "full fine-tune step", "frozen": "frozen-backbone step", "eval": "eval"}
+        sliced = f" in {chunks} slices" if chunks > 1 else ""
+        what = {
+            "full": f"full fine-tune step{sliced}",
+            "frozen": f"frozen-backbone step{sliced}",
+            "eval": "eval",
+        }
         for variant, key in (("ours", name), ("torch", f"torch_{name}")):
             side = "JAX" if variant == "ours" else f"PyTorch ({threads} threads)"
             row = {
@@ -975,6 +981,12 @@ def main() -> int:
         action="append",
         choices=("vgg16", "resnet50"),
         help="backbones for the backbones section (repeatable; default both)",
+    )
+    parser.add_argument(
+        "--grad-chunks",
+        type=int,
+        default=0,
+        help="backbones section: the train steps' grad_chunks (0: auto, the configs' default)",
     )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()

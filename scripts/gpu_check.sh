@@ -16,7 +16,9 @@
 # --json in float32 and in bfloat16 (train full/frozen, eval, feature cache, each against
 # PyTorch on the same device in the same run); a random torchvision AlexNet converted with
 # --verify; the smoke config trained and evaluated with --config.model.dtype=bfloat16 from it;
-# scripts/scan_check.py (lax.scan equals the unrolled step).
+# scripts/scan_check.py (lax.scan equals the unrolled step); VGG-16 and ResNet-50: their
+# benchmark rows (full, frozen, eval against PyTorch CUDA, float32 and bfloat16) and their
+# parity with torchvision (scripts/parity.py, float32 and bfloat16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -67,6 +69,7 @@ if [ "$DRY" = 1 ]; then
          --config.data.synthetic.num_test=4 --config.data.check_images=sizes)
   SCAN=(--width 0.0625 --patch-size 64 --patches 8)
   VERIFY=64
+  PARITY=(--width 0.0625 --arch resnet50)
 else
   BENCH=(--cache-images 16 --repeats 7 --batch 64)
   F32_SECTIONS=train,eval,e2e,cache
@@ -74,11 +77,22 @@ else
   SMOKE=()
   SCAN=()
   VERIFY=224
+  PARITY=()
 fi
 
 step env sh -c "nvidia-smi || true; $PY -c 'import jax, sys; print(sys.version); print(jax.__version__, jax.devices())'"
 step bench_f32 $PY scripts/benchmark.py --only "$F32_SECTIONS" "${BENCH[@]}" --json "$OUT/bench_f32.json"
 step bench_bf16 $PY scripts/benchmark.py --only "$BF16_SECTIONS" "${BENCH[@]}" --dtype bfloat16 --json "$OUT/bench_bf16.json"
+if [ "$DRY" = 0 ]; then  # VGG-16 and ResNet-50 against PyTorch CUDA (minutes on a CPU: not dry)
+  step bench_backbones_f32 $PY scripts/benchmark.py --only backbones "${BENCH[@]}" \
+    --json "$OUT/bench_backbones_f32.json"
+  step bench_backbones_bf16 $PY scripts/benchmark.py --only backbones "${BENCH[@]}" \
+    --dtype bfloat16 --json "$OUT/bench_backbones_bf16.json"
+fi
+step parity_f32 $PY scripts/parity.py "${PARITY[@]}"
+if [ "$DRY" = 0 ]; then
+  step parity_bf16 $PY scripts/parity.py --dtype bfloat16 --tolerance 5e-2
+fi
 step weights $PY -c "
 import torch, torchvision
 torch.manual_seed(0)

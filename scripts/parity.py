@@ -24,12 +24,17 @@ from voc_jax.convert import torch_models as tm
 SIZES = ((224, 224), (239, 263))
 
 
-def parity(arch: str, sizes=SIZES, batch: int = 2, seed: int = 0) -> list[dict]:
+def parity(
+    arch: str, sizes=SIZES, batch: int = 2, seed: int = 0, width: float = 1.0, dtype=None
+) -> list[dict]:
+    """Relative logit differences of the converted model against torchvision's (float32,
+    torch on the CPU); ``dtype=jnp.bfloat16`` runs the Flax side in bfloat16."""
     torch.manual_seed(seed)
-    tmodel = tm.randomize_batch_norm(tm.classifier(arch), seed).eval()
+    tmodel = tm.randomize_batch_norm(tm.classifier(arch, width=width), seed).eval()
     state = {k: v.numpy().copy() for k, v in tmodel.state_dict().items()}
     variables, num_classes, width = layout.torch_to_flax(arch, state, f"torchvision {arch}")
-    model = models.build(arch, num_classes, width=width)
+    options = {"width": width} | ({"dtype": dtype} if dtype is not None else {})
+    model = models.build(arch, num_classes, **options)
     apply = jax.jit(model.apply)
     rows = []
     for h, w in sizes:
@@ -49,11 +54,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=models.ARCHITECTURES, action="append")
     parser.add_argument("--tolerance", type=float, default=1e-5, help="max |diff| / max |logit|")
+    parser.add_argument("--width", type=float, default=1.0, help="narrower networks (dry runs)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="the Flax side's compute dtype (bfloat16: set --tolerance to about 5e-2)",
+    )
     args = parser.parse_args()
+    dtype = jax.numpy.bfloat16 if args.dtype == "bfloat16" else None
+    print(f"JAX on {jax.devices()[0]}, {args.dtype}; torchvision float32 on the CPU")
     worst = 0.0
     for arch in args.arch or models.ARCHITECTURES:
         start = time.perf_counter()
-        for row in parity(arch):
+        width = args.width if arch != "alexnet" else 1.0
+        for row in parity(arch, width=width, dtype=dtype):
             worst = max(worst, row["relative"])
             print(
                 f"{row['arch']:9s} {row['size']:8s} max |flax - torch| / max |logit| = "

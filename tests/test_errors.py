@@ -150,6 +150,11 @@ TRAIN_CONFIG = [
     (("--config.model.head_hidden=10000000",), "model.head_hidden=10000000"),
     (("--config.num_epochs=0",), "nothing to evaluate"),  # fresh workdir, no init.weights
     (("--config.model.arch=vgg19",), "model.arch='vgg19': must be one of"),
+    (("--config.grad_chunks=3",), "grad_chunks=3 must divide batch_size=4"),
+    (
+        ("--config.model.arch=resnet50", "--config.model.bn_update=True", "--config.grad_chunks=2"),
+        "grad_chunks=2 with model.bn_update=True",
+    ),
     (("--config.model.arch=resnet50", "--config.patches.size=16"), "too small for resnet50's"),
     (
         (

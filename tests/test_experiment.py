@@ -64,3 +64,25 @@ def test_the_steps_it_makes_run(exp, tiny_data_root):
     state = jax.tree.map(jax.numpy.copy, exp.initial_state(optimizer))
     state, metrics = exp.train_step(optimizer)(state, exp.put_batch(first_batch(config, records)))
     assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
+
+
+@pytest.mark.parametrize(
+    ("arch", "chunks", "bn_update", "inputs", "want"),
+    [
+        ("resnet50", 0, False, "pixels", 4),  # auto on the CPU: slices of 16
+        ("vgg16", 0, False, "pixels", 4),
+        ("alexnet", 0, False, "pixels", 1),  # AlexNet keeps the whole batch
+        ("resnet50", 0, True, "pixels", 1),  # batch statistics need the whole batch
+        ("resnet50", 0, False, "prefix", 1),  # the cached head is small
+        ("alexnet", 2, False, "pixels", 2),  # explicit wins
+    ],
+)
+def test_grad_chunks_auto(arch, chunks, bn_update, inputs, want):
+    from types import SimpleNamespace
+
+    from voc_jax.settings import ModelSettings, TrainSettings
+
+    train = TrainSettings(0, 1, 64, 1, 1, grad_chunks=chunks)
+    model = ModelSettings(21, 64, 0.5, "float32", 2, 1.0, 64, arch=arch, bn_update=bn_update)
+    fake = SimpleNamespace(train=train, settings=SimpleNamespace(model=model))
+    assert Experiment.grad_chunks(fake, inputs) == want

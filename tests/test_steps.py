@@ -198,3 +198,29 @@ def test_batch_norm_statistics_in_the_train_step(records, converted_resnet, bn_u
         assert all(jax.tree.leaves(same))
     assert not np.array_equal(before["layer4_2"]["bn3"]["scale"], after["layer4_2"]["bn3"]["scale"])
     assert np.array_equal(before["layer1_0"]["bn1"]["scale"], after["layer1_0"]["bn1"]["scale"])
+
+
+def test_gradient_in_slices_is_the_whole_batchs(records):
+    """grad_chunks: the batch's gradient computed in slices and summed equals the gradient of
+    the whole batch (no dropout, so the same function), masked patches included."""
+    import jax.numpy as jnp
+
+    from voc_jax import optim, steps
+    from voc_jax.model import TransferNet
+
+    model = TransferNet(width=1 / 16, head_hidden=32, dropout_rate=0.0)
+    x = jax.random.normal(jax.random.key(0), (8, 64, 64, 3))
+    y = jnp.array([0, 3, -1, 5, 0, 0, 7, 2])  # -1: a patch that does not count
+    valid = jnp.array([True] * 7 + [False])
+    params = model.init(jax.random.key(1), x[:1])["params"]
+    labels = optim.trainable_labels(params, (".*",))
+    whole = jax.jit(steps.make_grads(model, labels))(params, {}, x, y, valid, jax.random.key(2))
+    sliced = jax.jit(steps.make_grads(model, labels, chunks=4))(
+        params, {}, x, y, valid, jax.random.key(2)
+    )
+    np.testing.assert_allclose(sliced[0][0], whole[0][0], rtol=1e-5)
+    np.testing.assert_allclose(sliced[0][1][0], whole[0][1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(sliced[1]), jax.tree.leaves(whole[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="bn_update"):
+        steps.make_grads(TransferNet(arch="resnet50", bn_update=True), labels, chunks=2)

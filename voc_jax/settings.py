@@ -23,6 +23,7 @@ class TrainSettings:
     batch_size: int  # patches per SGD update and per forward chunk
     images_per_step: int  # images per jitted call (global)
     log_every_steps: int
+    grad_chunks: int = 1  # slices an update's gradient is computed in; 0 = auto
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,13 +77,54 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array, valid: jax.Array)
     return jnp.sum(ce * use) / jnp.maximum(use.sum(), 1)
 
 
-def make_grads(model: flax.linen.Module, labels: Params, start: str = "image") -> Callable:
+def _chunked_grads(model: flax.linen.Module, labels: Params, start: str, chunks: int) -> Callable:
+    """make_grads over ``chunks`` slices of the batch, one after the other: each slice's
+    summed loss is differentiated and the gradients added, then divided by the whole batch's
+    count of patches that count, which is the whole batch's gradient (to float rounding; the
+    dropout masks are drawn per slice). On a CPU the slices' activations stay in cache."""
+
+    def grads_of(params, batch_stats, x, y, valid, rng):
+        trainable, frozen = optim.split_trainable(params, labels)
+        use = valid & (y >= 0)
+        count = jnp.maximum(use.sum(), 1)
+
+        def slice_loss(trainable_params, xs, ys, uses, key):
+            inputs = variables(optim.merge(trainable_params, frozen), batch_stats)
+            logits = model.apply(inputs, xs, train=True, rngs={"dropout": key}, start=start)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(ys, 0))
+            return jnp.sum(ce * uses) / count, logits
+
+        total, grads, outputs = 0.0, None, []
+        for i, (xs, ys, uses) in enumerate(
+            zip(jnp.split(x, chunks), jnp.split(y, chunks), jnp.split(use, chunks), strict=True)
+        ):
+            (loss, logits), g = jax.value_and_grad(slice_loss, has_aux=True)(
+                trainable, xs, ys, uses, jax.random.fold_in(rng, i)
+            )
+            total, outputs = total + loss, [*outputs, logits]
+            grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+        return (total, (jnp.concatenate(outputs), batch_stats)), grads
+
+    return grads_of
+
+
+def make_grads(
+    model: flax.linen.Module, labels: Params, start: str = "image", chunks: int = 1
+) -> Callable:
     """(params, batch_stats, x, y, valid, dropout rng) -> ((loss, (logits, batch_stats)),
     gradients of the trainable leaves): the gradients are taken for trainable leaves only, so
     XLA drops the backward pass through frozen layers. ``start="prefix"``: x are the frozen
     prefix's cached activations (feature cache). BatchNorm statistics come back updated when
-    the model updates them (``bn_update``), unchanged otherwise."""
+    the model updates them (``bn_update``), unchanged otherwise.
+
+    ``chunks`` > 1 runs the batch as that many sequential slices whose gradients are summed
+    (``grad_chunks``: the same update, smaller working sets); refused with ``bn_update``,
+    whose batch statistics would become per slice."""
     update_stats = bool(getattr(model, "bn_update", False)) and start == "image"
+    if chunks > 1:
+        if update_stats:
+            raise ValueError("grad_chunks > 1 with bn_update: batch statistics would be per chunk")
+        return _chunked_grads(model, labels, start, chunks)
 
     def grads_of(params, batch_stats, x, y, valid, rng):
         trainable, frozen = optim.split_trainable(params, labels)
@@ -112,6 +153,7 @@ def make_train_step(
     batch_size: int,
     unroll: bool | None = None,
     inputs: str = "pixels",
+    grad_chunks: int = 1,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The un-jitted step; jit it with the state donated.
 
@@ -130,7 +172,8 @@ def make_train_step(
     labels, schedule = optimizer.labels, optimizer.schedule
     if inputs not in ("pixels", "prefix"):
         raise ValueError(f"inputs must be pixels or prefix, not {inputs!r}")
-    grads_of = make_grads(model, labels, start="prefix" if inputs == "prefix" else "image")
+    start = "prefix" if inputs == "prefix" else "image"
+    grads_of = make_grads(model, labels, start=start, chunks=grad_chunks)
 
     def update(carry, micro):
         params, opt_state, step, rng, stats = carry

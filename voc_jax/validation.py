@@ -112,6 +112,7 @@ def _check_run_and_data(config: ml_collections.ConfigDict, p: _Problems) -> None
     p.check("batch_size", _int(1), "must be an integer >= 1")
     p.check("images_per_step", _int(1), "must be an integer >= 1")
     p.check("log_every_steps", _int(1), "must be an integer >= 1")
+    p.check("grad_chunks", _int(0), "must be an integer >= 0 (0: auto)")
     p.check("data.max_train_images", _int(0), "must be >= 0 (0: all)")
     p.check("data.max_test_images", _int(0), "must be >= 0 (0: all)")
     p.check("data.check_images", _one_of(IMAGE_CHECKS), f"must be one of {IMAGE_CHECKS}")
@@ -197,6 +198,15 @@ def _check_optim_and_outputs(p: _Problems) -> None:
 def _check_divisibility(
     config: ml_collections.ConfigDict, p: _Problems, device_count: int, process_count: int
 ) -> None:
+    chunks = config.get("grad_chunks", 1)
+    if isinstance(chunks, int) and chunks > 1:
+        if config.batch_size % chunks:
+            p.add(f"grad_chunks={chunks} must divide batch_size={config.batch_size}")
+        if config.model.get("bn_update", False):
+            p.add(
+                f"grad_chunks={chunks} with model.bn_update=True: the batch statistics would be "
+                "per chunk; use grad_chunks=1 (or 0, auto)"
+            )
     if config.patches.per_image % config.batch_size:
         p.add(
             f"patches.per_image={config.patches.per_image} must be a multiple of "

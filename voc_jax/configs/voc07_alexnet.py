@@ -17,6 +17,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch_size = 64  # patches per SGD update (per image micro-batch)
     c.images_per_step = 1  # images per jitted call; each adds batch_size patches per update
     c.log_every_steps = 50  # SGD updates between TensorBoard points
+    # An update's gradient computed in this many sequential slices of its batch, summed: the
+    # same update (to float rounding; dropout masks drawn per slice) with a smaller working
+    # set. 0 = auto: slices of 16 patches on the CPU backend for VGG-16 and ResNet-50
+    # (ResNet-50's full step measured 1.44x faster as 4 x 16 than as 64; docs/performance.md),
+    # the whole batch elsewhere and with model.bn_update
+    c.grad_chunks = 1
 
     c.data = ml_collections.ConfigDict()
     c.data.root = ""  # the VOC2007 directory (Annotations/, JPEGImages/, ImageSets/Main/)
