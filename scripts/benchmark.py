@@ -812,14 +812,15 @@ def backbone_rows(arch: str, records, args) -> list[dict]:
         what = {
             "full": f"full fine-tune step{sliced}",
             "frozen": f"frozen-backbone step{sliced}",
-            "eval": "eval",
+            "eval": f"eval{sliced}",
         }
         for variant, key in (("ours", name), ("torch", f"torch_{name}")):
             side = "JAX" if variant == "ours" else f"PyTorch ({threads} threads)"
+            text = what[name] if variant == "ours" else what[name].replace(sliced, "")
             row = {
                 "section": "backbones",
                 "what": f"{arch}{'' if width == 1 else f' (width {width:g})'}: {side} "
-                f"{what[name]}, {n} cropped patches at {args.patch_size}px",
+                f"{text}, {n} cropped patches at {args.patch_size}px",
                 "arch": arch,
                 "variant": variant,
                 "step": name,

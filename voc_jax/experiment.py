@@ -252,6 +252,11 @@ class Experiment:
         )
         return xla_options.jit(fn, donate_argnums=(0,))
 
+    def forward_chunk(self) -> int:
+        """Patches per forward pass in evaluation and the cache build: ``batch_size``, in
+        the train step's slices when ``grad_chunks`` slices it (the same working-set reason)."""
+        return self.train.batch_size // self.grad_chunks()
+
     def grad_chunks(self, inputs: str = "pixels") -> int:
         """``grad_chunks``, with 0 (auto) resolved: 16-patch slices on the CPU backend for
         VGG-16 and ResNet-50 from pixels (measured faster there, docs/performance.md), the
@@ -278,7 +283,7 @@ class Experiment:
             m.module,
             m.preprocessing,
             patch_size=self.settings.model.patch_size,
-            batch_size=self.train.batch_size,
+            batch_size=self.forward_chunk(),
             exponent=self.eval.exponent,
             unroll=unroll,
             probabilities=probabilities,
@@ -293,7 +298,7 @@ class Experiment:
             m.module,
             m.preprocessing,
             patch_size=self.settings.model.patch_size,
-            batch_size=self.train.batch_size,
+            batch_size=self.forward_chunk(),
             dtype=dtype,
         )
         return xla_options.jit(fn)
