@@ -792,6 +792,8 @@ def backbone_rows(arch: str, records, args) -> list[dict]:
     batches = device_batches(records, cfg, args, 2, crops="host")
     runners, flops = {}, {}
     for name, trainable in (("full", (".*",)), ("frozen", ("head/.*",))):
+        if name not in args.backbone_steps:
+            continue
         settings = dataclasses.replace(exp.settings.optim, trainable=trainable)
         optimizer = optim.make_optimizer(settings, exp.model.params, 100, 10)
         state = jax.tree.map(jax.numpy.copy, exp.initial_state(optimizer))
@@ -799,15 +801,16 @@ def backbone_rows(arch: str, records, args) -> list[dict]:
         flops[name] = compiled_flops(step, state, batches[0])
         runners[name] = Stepper(state, step, batches)
         runners[f"torch_{name}"] = torch_backbone_train(arch, width, args, name == "frozen")
-    evaluate = exp.eval_step()
-    variables = exp.model.variables
-    flops["eval"] = compiled_flops(evaluate, variables, batches[0])
-    runners["eval"] = lambda: jax.block_until_ready(evaluate(variables, batches[0]))
-    runners["torch_eval"] = torch_backbone_eval(arch, width, args)
+    if "eval" in args.backbone_steps:
+        evaluate = exp.eval_step()
+        variables = exp.model.variables
+        flops["eval"] = compiled_flops(evaluate, variables, batches[0])
+        runners["eval"] = lambda: jax.block_until_ready(evaluate(variables, batches[0]))
+        runners["torch_eval"] = torch_backbone_eval(arch, width, args)
     t = interleaved_medians(runners, args.repeats)
     n, threads = args.batch, torch.get_num_threads()
     rows = []
-    for name in ("full", "frozen", "eval"):
+    for name in args.backbone_steps:
         sliced = f" in {chunks} slices" if chunks > 1 else ""
         what = {
             "full": f"full fine-tune step{sliced}",
@@ -988,6 +991,12 @@ def main() -> int:
         type=int,
         default=0,
         help="backbones section: the train steps' grad_chunks (0: auto, the configs' default)",
+    )
+    parser.add_argument(
+        "--backbone-steps",
+        type=lambda text: tuple(text.split(",")),
+        default=("full", "frozen", "eval"),
+        help="backbones section: which steps (comma-separated of full, frozen, eval)",
     )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
