@@ -146,7 +146,8 @@ def test_verify_catches_a_wrong_layout(pth, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(converter, "torch_to_flax", unpermuted)
     out = tmp_path / "out"
-    assert converter.main(["--pth", str(pth), "--out", str(out), "--verify"]) == 1
+    args = ["--pth", str(pth), "--out", str(out), "--verify", "--verify-size", "224"]
+    assert converter.main(args) == 1
     assert "disagrees" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == []
 

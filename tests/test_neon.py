@@ -86,7 +86,7 @@ def test_imported_alexnet_matches_torch(
         code, _, err = convert_in_process(capsys, "--neon", str(src), "--out", str(out))
         assert code == 0, err
     else:
-        result = run_cli("--neon", str(src), "--out", str(out), "--verify")
+        result = run_cli("--neon", str(src), "--out", str(out), "--verify", "--verify-size", "224")
         assert result.returncode == 0, result.stderr
         assert "verify at 224x224" in result.stdout
     variables, metadata = weights.load_converted(out)

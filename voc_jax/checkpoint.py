@@ -35,6 +35,7 @@ from voc_jax.errors import CheckpointError, first_line
 log = logging.getLogger(__name__)
 ITEMS = ("params", "batch_stats", "train", "data")  # batch_stats: networks with BatchNorm
 DAMAGED_DIR = "checkpoints.damaged"
+UNFINISHED_ROUNDS, UNFINISHED_PAUSE_S = 20, 0.1  # up to 2 s for a failed save's last writes
 
 
 def digest(tree: Any) -> str:
@@ -180,10 +181,20 @@ class Checkpointer:
         with contextlib.suppress(Exception):  # the disk-full error the caller reports
             self.manager.wait_until_finished()
         self.close(quiet=True)  # joins orbax's background threads before their files go
-        removed = []
-        for path in self.directory.glob("*.orbax-checkpoint-tmp*"):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+        removed: list[Path] = []
+        # A failed save's last background thread can still be finishing (creating or writing
+        # into its temporary directory) after close: remove until none is left for a moment.
+        quiet = 0
+        for _ in range(UNFINISHED_ROUNDS):
+            leftovers = list(self.directory.glob("*.orbax-checkpoint-tmp*"))
+            quiet = 0 if leftovers else quiet + 1
+            if quiet == 2:  # nothing there twice in a row, 0.1 s apart
+                break
+            for path in leftovers:
+                shutil.rmtree(path, ignore_errors=True)
+                if path not in removed:
+                    removed.append(path)
+            time.sleep(UNFINISHED_PAUSE_S)
         return removed
 
     def close(self, *, quiet: bool = False) -> None:
