@@ -351,6 +351,14 @@ def torch_train_runner(args, frozen: bool) -> Callable[[], None]:
         for module in model.backbone_modules():
             for p in module.parameters():
                 p.requires_grad_(False)
+    return torch_sgd_step(model, args, device)
+
+
+def torch_sgd_step(model, args, device) -> Callable[[], None]:
+    """One PyTorch SGD step (momentum 0.9, decay 5e-4, as the reference) of ``model``'s
+    trainable parameters on a random batch of cropped patches."""
+    import torch
+
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(args.batch, 3, args.patch_size, args.patch_size, device=device)
@@ -858,20 +866,7 @@ def torch_backbone_train(arch: str, width: float, args, frozen: bool) -> Callabl
     if frozen:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(args.batch, 3, args.patch_size, args.patch_size, device=device)
-    y = torch.randint(0, 21, (args.batch,), device=device)
-
-    def one():
-        opt.zero_grad(set_to_none=True)
-        with torch_autocast(args, device):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        torch_sync(device)
-
-    return one
+    return torch_sgd_step(model, args, device)
 
 
 def torch_backbone_eval(arch: str, width: float, args) -> Callable[[], None]:

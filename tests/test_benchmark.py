@@ -53,6 +53,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert json.loads((out / "smoke" / "config.json").read_text())["model"]["dtype"] == "bfloat16"
 
 
+@pytest.mark.slow  # compiles two narrow networks
 def test_parity_script_and_backbones_section_at_tiny_sizes():
     """scripts/parity.py's comparison and the benchmark's backbones section, in-process at
     tiny sizes (the GPU check runs them at real size; the dry run leaves them out)."""

@@ -443,6 +443,12 @@ def test_convert_errors(tmp_path, capsys, monkeypatch):
         ),
         Case(
             converter_main,
+            ["--pth", str(pth), "--out", str(out), "--verify", "--verify-size", "64", "61x77"],
+            "--verify-size 64x64 61x77: alexnet needs at least 63 pixels a side",
+            out,
+        ),
+        Case(
+            converter_main,
             ["--pth", str(pth), "--out", str(a_file), "--force"],
             "not a directory",
             a_file,

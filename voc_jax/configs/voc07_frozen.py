@@ -12,7 +12,12 @@ from voc_jax.configs import voc07_alexnet
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = voc07_alexnet.get_config()
+    return head_only(voc07_alexnet.get_config())
+
+
+def head_only(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The frozen recipe on any backbone's config: the new head alone, 1e-3 then 1e-4 at
+    epoch 8, 10 epochs (voc07_vgg16.py:frozen and voc07_resnet50.py:frozen use it too)."""
     c.optim.trainable = (r"head/.*",)
     c.optim.learning_rate = 1e-3
     c.optim.lr_changes = ((8, 1e-4),)

@@ -13,7 +13,7 @@ The frozen variant (only the new head trains, from a feature cache of the pooled
 
 import ml_collections
 
-from voc_jax.configs import voc07_alexnet
+from voc_jax.configs import voc07_alexnet, voc07_frozen
 
 
 def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
@@ -47,9 +47,7 @@ def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
 
 def _frozen(c: ml_collections.ConfigDict) -> None:
     """The backbone frozen (BatchNorm included), the new head trained at 1e-3 for 10 epochs
-    (as voc07_frozen.py), from cached pooled features (2048 per patch)."""
-    c.optim.trainable = (r"head/.*",)
-    c.optim.learning_rate = 1e-3
-    c.optim.lr_changes = ((8, 1e-4),)
-    c.optim.no_decay = ()
+    (voc07_frozen.py's recipe), from cached pooled features (2048 per patch)."""
+    voc07_frozen.head_only(c)
+    c.optim.no_decay = ()  # no BatchNorm parameter trains
     c.feature_cache.enabled = True

@@ -12,7 +12,7 @@ The frozen variant (only the new head trains, from a feature cache of fc6):
 
 import ml_collections
 
-from voc_jax.configs import voc07_alexnet
+from voc_jax.configs import voc07_alexnet, voc07_frozen
 
 
 def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
@@ -40,8 +40,6 @@ def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
 
 def _frozen(c: ml_collections.ConfigDict) -> None:
     """Oquab et al.'s variant: the backbone frozen, the new head trained at a 10x rate for
-    10 epochs (as voc07_frozen.py), from cached fc6 activations (4096 per patch)."""
-    c.optim.trainable = (r"head/.*",)
-    c.optim.learning_rate = 1e-3
-    c.optim.lr_changes = ((8, 1e-4),)
+    10 epochs (voc07_frozen.py's recipe), from cached fc6 activations (4096 per patch)."""
+    voc07_frozen.head_only(c)
     c.feature_cache.enabled = True

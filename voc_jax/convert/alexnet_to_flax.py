@@ -452,6 +452,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     check_output(args.out, args.force)
+    smallest = models.backbone(args.arch).min_patch
+    if args.verify and any(min(size) < smallest for size in args.verify_size):
+        sizes = " ".join(f"{h}x{w}" for h, w in args.verify_size)
+        raise ConversionError(
+            f"--verify-size {sizes}: {args.arch} needs at least {smallest} pixels a side"
+        )
     if args.neon is None and args.torchvision is None:
         _preprocessing(args, TORCHVISION)  # bad overrides fail before reading anything
     variables, metadata, state = convert(args)

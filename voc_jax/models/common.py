@@ -101,3 +101,12 @@ def batch_norm(options: Options, train: bool, name: str) -> nn.BatchNorm:
 def dense_relu(x: jax.Array, features: int, *, dtype: Dtype, name: str) -> jax.Array:
     x = nn.Dense(features, dtype=dtype, kernel_init=he_normal, name=name)(x.astype(dtype))
     return nn.relu(x)
+
+
+def fc6_to_fc7(x: jax.Array, o: Options, train: bool, width: int) -> jax.Array:
+    """AlexNet's and VGG-16's fc6 dropout, fc7 + ReLU, fc7 dropout (named, so that their
+    random masks are the same whether the network starts from pixels or from cached fc6
+    activations)."""
+    x = nn.Dropout(o.dropout_rate, deterministic=not train, name="fc6_dropout")(x)
+    x = dense_relu(x, width, dtype=o.dtype, name="fc7")
+    return nn.Dropout(o.dropout_rate, deterministic=not train, name="fc7_dropout")(x)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from voc_jax.models import common
 from voc_jax.models.backbone import Backbone
 from voc_jax.models.common import Dtype, Options, adaptive_avg_pool, conv, dense_relu, scaled
 
@@ -60,9 +61,7 @@ def to_fc6(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
 
 def fc6_to_fc7(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
     """fc6's dropout, fc7 + ReLU, fc7's dropout: the features the transfer head reads."""
-    x = nn.Dropout(o.dropout_rate, deterministic=not train, name="fc6_dropout")(x)
-    x = dense_relu(x, scaled(FC_WIDTH, o.width), dtype=o.dtype, name="fc7")
-    return nn.Dropout(o.dropout_rate, deterministic=not train, name="fc7_dropout")(x)
+    return common.fc6_to_fc7(x, o, train, scaled(FC_WIDTH, o.width))
 
 
 class VGG16(nn.Module):
