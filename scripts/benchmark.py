@@ -215,6 +215,7 @@ def train_config(args: argparse.Namespace, trainable: tuple[str, ...]):
     c.optim.trainable = trainable
     c.eval.images_per_step = 1
     c.model.dtype = args.dtype
+    c.model.width = args.width
     return c
 
 
@@ -257,16 +258,18 @@ def host_crops_apply() -> bool:
     return crop_site("auto") == "host"
 
 
-def jax_train_step(records, args, trainable, defaults: str = "ours"):
+def jax_train_step(records, args, trainable, defaults: str = "ours", exp=None):
     """The production train step; ``defaults="xla"`` compiles it with XLA's own CPU options
-    instead of voc-jax's (voc_jax.xla_options), for the side-by-side rows."""
+    instead of voc-jax's (voc_jax.xla_options), for the side-by-side rows. ``exp``: the
+    experiment to reuse (one model initialisation for every variant of a step)."""
     from voc_jax import xla_options
     from voc_jax.experiment import Experiment
 
     config = train_config(args, trainable)
-    exp = Experiment.build(config)
+    exp = exp or Experiment.build(config)
     optimizer = exp.optimizer(100)
-    state = exp.initial_state(optimizer)
+    # A copy: the step donates its state, and the experiment's parameters serve the next one.
+    state = jax.tree.map(jax.numpy.copy, exp.initial_state(optimizer))
     with xla_options.defaults(defaults):
         step = exp.train_step(optimizer)
     return config, exp, state, step
@@ -346,7 +349,7 @@ def torch_train_runner(args, frozen: bool) -> Callable[[], None]:
     device = torch_device(args)
     from voc_jax.convert import torch_models
 
-    model = torch_models.TransferNet().to(device).train()
+    model = torch_models.TransferNet(width=args.width).to(device).train()
     if frozen:  # the backbone: everything before the head's first Linear
         for module in model.backbone_modules():
             for p in module.parameters():
@@ -378,6 +381,8 @@ def torch_sgd_step(model, args, device) -> Callable[[], None]:
 def bench_train(records, config, args) -> list[dict]:
     import torch
 
+    from voc_jax.experiment import Experiment
+
     rows = []
     n = args.batch
     batches = None
@@ -385,15 +390,16 @@ def bench_train(records, config, args) -> list[dict]:
     variants = jax_variants()
     for name, trainable in (("full", (".*",)), ("frozen", ("head/.*",))):
         runners, steps_, flops = {}, {}, {}
+        exp = Experiment.build(train_config(args, trainable))
         for defaults in variants:
-            cfg, _, state, step = jax_train_step(records, args, trainable, defaults)
+            cfg, _, state, step = jax_train_step(records, args, trainable, defaults, exp)
             if batches is None:
                 batches = device_batches(records, cfg, args, 2)
             runners[defaults] = Stepper(state, step, batches)
             steps_[defaults] = step
             flops[defaults] = compiled_flops(step, state, batches[0])
         if host_crops_apply():
-            cfg, _, state, step = jax_train_step(records, args, trainable, "ours")
+            cfg, _, state, step = jax_train_step(records, args, trainable, "ours", exp)
             host_batches = device_batches(records, cfg, args, 2, crops="host")
             runners["host"] = Stepper(state, step, host_batches)
             runners["pil"] = host_crop_runner(records, cfg, args)
@@ -508,7 +514,7 @@ def bench_eval(records, config, args) -> list[dict]:
     from voc_jax.convert import torch_models
 
     device = torch_device(args)
-    model = torch_models.TransferNet().to(device).eval()
+    model = torch_models.TransferNet(width=args.width).to(device).eval()
     x = torch.randn(args.batch, 3, args.patch_size, args.patch_size, device=device)
 
     def forward():
@@ -733,7 +739,7 @@ def bench_profile(records, config, args) -> list[dict]:
     device = torch_device(args)
     from voc_jax.convert import torch_models
 
-    net = torch_models.TransferNet().to(device).train()
+    net = torch_models.TransferNet(width=args.width).to(device).train()
     tx = torch.randn(args.batch, 3, args.patch_size, args.patch_size, device=device)
     ty = torch.randint(0, 21, (args.batch,), device=device)
 
@@ -797,9 +803,9 @@ def backbone_rows(arch: str, records, args) -> list[dict]:
     from voc_jax import optim
     from voc_jax.experiment import Experiment
 
-    width = 1 / 16 if args.quick else 1.0
+    width = args.width
     cfg = train_config(args, (".*",))
-    cfg.model.arch, cfg.model.width, cfg.grad_chunks = arch, width, args.grad_chunks
+    cfg.model.arch, cfg.grad_chunks = arch, args.grad_chunks
     exp = Experiment.build(cfg)
     chunks = exp.grad_chunks()
     batches = device_batches(records, cfg, args, 2, crops="host")
@@ -964,6 +970,12 @@ def main() -> int:
         help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all but backbones)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
+    parser.add_argument(
+        "--width",
+        type=float,
+        help="channel multiplier of every network, both sides (default 1: the real networks; "
+        "1/16 with --quick)",
+    )
     parser.add_argument("--data", help="a VOC2007 directory (default: the shared real subset)")
     parser.add_argument("--patch-size", type=int, default=224)
     parser.add_argument(
@@ -1001,6 +1013,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     args.arch = args.arch or ["vgg16", "resnet50"]
+    if args.width is None:
+        args.width = 1 / 16 if args.quick else 1.0
     if args.quick:
         args.patch_size = min(args.patch_size, 64)
         args.repeats = 1
@@ -1025,10 +1039,12 @@ def main() -> int:
         "data": source,
         "patch_size": args.patch_size,
         "dtype": args.dtype,
+        "width": args.width,
         "patches_per_image": config.patches_per_image,
         "quick": args.quick,
     }
-    print(f"devices: {env['devices']}, data: {source}")
+    narrow = "" if args.width == 1 else f", networks of width {args.width:g}"
+    print(f"devices: {env['devices']}, data: {source}{narrow}")
     print(
         f"XLA_FLAGS={env['xla']['XLA_FLAGS']!r}; voc-jax compiler options "
         f"{env['xla']['voc_jax_compiler_options']} ({env['xla']['switch']})"

@@ -14,7 +14,8 @@
 #
 # Steps, each writing into OUT: environment (nvidia-smi, JAX devices); scripts/benchmark.py
 # --json in float32 and in bfloat16 (train full/frozen, eval, feature cache, each against
-# PyTorch on the same device in the same run); a random torchvision AlexNet converted with
+# PyTorch on the same device in the same run); a random torchvision AlexNet (sixteenth-wide in
+# the dry run) converted with
 # --verify; the smoke config trained and evaluated with --config.model.dtype=bfloat16 from it;
 # scripts/scan_check.py (lax.scan equals the unrolled step); VGG-16 and ResNet-50: their
 # benchmark rows (full, frozen, eval against PyTorch CUDA, float32 and bfloat16) and their
@@ -69,6 +70,8 @@ if [ "$DRY" = 1 ]; then
          --config.data.synthetic.num_test=4 --config.data.check_images=sizes)
   SCAN=(--width 0.0625 --patch-size 64 --patches 8)
   VERIFY=64
+  WIDTH=0.0625  # the converted AlexNet and the smoke run: a sixteenth-wide one
+  SMOKE+=(--config.model.width=$WIDTH)
 else
   BENCH=(--cache-images 16 --repeats 7 --batch 64)
   F32_SECTIONS=train,eval,e2e,cache
@@ -76,6 +79,7 @@ else
   SMOKE=()
   SCAN=()
   VERIFY=224
+  WIDTH=1.0
 fi
 
 step env sh -c "nvidia-smi || true; $PY -c 'import jax, sys; print(sys.version); print(jax.__version__, jax.devices())'"
@@ -93,9 +97,10 @@ if [ "$DRY" = 0 ]; then
   step parity_bf16 $PY scripts/parity.py --dtype bfloat16 --tolerance 5e-2
 fi
 step weights $PY -c "
-import torch, torchvision
+import torch
+from voc_jax.convert import torch_models
 torch.manual_seed(0)
-torch.save(torchvision.models.alexnet(weights=None).state_dict(), '$OUT/alexnet.pth')"
+torch.save(torch_models.alexnet(width=$WIDTH).state_dict(), '$OUT/alexnet.pth')"
 step convert $PY convert/alexnet_to_flax.py --pth "$OUT/alexnet.pth" --out "$OUT/weights" \
   --force --verify --verify-size "$VERIFY"
 rm -f "$OUT/alexnet.pth"  # 244 MB: not worth bringing back

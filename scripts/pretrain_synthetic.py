@@ -1,5 +1,5 @@
-"""Pretrain a torchvision AlexNet (or a narrow VGG-16 or ResNet-50, --arch) on the synthetic
-single-object source task (PyTorch, CPU).
+"""Pretrain a torchvision AlexNet (or a narrow VGG-16 or ResNet-50, --arch; any of them
+narrower with --width) on the synthetic single-object source task (PyTorch, CPU).
 
 The ImageNet role in the offline transfer demo: the real torchvision architecture (only the
 input is smaller: 64 px by default, the smoke config's patch size, instead of 224), trained
@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from tqdm import tqdm
 
 from voc_jax.data.synthetic_source import SourceConfig, make_split
@@ -42,8 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--width",
         type=float,
         default=None,
-        help="channel multiplier of VGG-16 / ResNet-50 (default 0.25: minutes on a CPU); "
-        "AlexNet is always the real one",
+        help="channel multiplier (default: 1 for AlexNet, the real one; 0.25 for VGG-16 and "
+        "ResNet-50, minutes on a CPU)",
     )
     p.add_argument("--classes", type=int, default=100, help="source classes (max 300)")
     p.add_argument("--train-per-class", type=int, default=80, help="training images per class")
@@ -65,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
     return p.parse_args(argv)
+
+
+def source_width(args: argparse.Namespace) -> float:
+    if args.width is not None:
+        return args.width
+    return 1.0 if args.arch == "alexnet" else 0.25
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -100,13 +105,9 @@ def pretrain(args: argparse.Namespace) -> dict:
     vx, vy = to_tensor(val_x), torch.from_numpy(val_y)
     generated = time.perf_counter() - start
 
-    if args.arch == "alexnet":
-        model = torchvision.models.alexnet(num_classes=args.classes)
-    else:
-        from voc_jax.convert import torch_models
+    from voc_jax.convert import torch_models
 
-        width = 0.25 if args.width is None else args.width
-        model = torch_models.classifier(args.arch, args.classes, width)
+    model = torch_models.classifier(args.arch, args.classes, source_width(args))
     if args.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     else:
@@ -168,6 +169,7 @@ def pretrain(args: argparse.Namespace) -> dict:
     summary = {
         "source": dataclasses.asdict(source),
         "arch": args.arch,
+        "width": source_width(args),
         "train_images": len(x),
         "val_images": len(vx),
         "epochs": args.epochs,

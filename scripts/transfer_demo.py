@@ -45,10 +45,13 @@ RUNS = {
 }
 PROTOCOL = "voc07"
 
-# Tiny sizes for --quick: every stage runs, nothing is expected to learn.
+# Tiny sizes for --quick: every stage runs, nothing is expected to learn; an eighth-wide
+# AlexNet (the same layers, the same converter path) so that its compiles and steps are brief.
+QUICK_WIDTH = 0.125
 QUICK_PRETRAIN = ["--classes", "10", "--train-per-class", "6", "--val-per-class", "2"]
-QUICK_PRETRAIN += ["--epochs", "1", "--batch-size", "16"]
+QUICK_PRETRAIN += ["--epochs", "1", "--batch-size", "16", "--width", str(QUICK_WIDTH)]
 QUICK_TRAIN = [
+    f"--config.model.width={QUICK_WIDTH}",
     "--config.num_epochs=2",
     "--config.data.synthetic.num_trainval=4",
     "--config.data.synthetic.num_test=3",

@@ -49,9 +49,11 @@ def test_layout_is_torchvisions_at_real_size(arch):
     assert layout.torch_shapes(arch, layout.flax_shapes(arch, 1000, 1.0)) == want
 
 
-@pytest.mark.parametrize("arch", ["vgg16", "resnet50"])
+@pytest.mark.parametrize("arch", ["alexnet", "vgg16", "resnet50"])
 @pytest.mark.parametrize("size", [(224, 224), (239, 263)], ids=["224", "239x263"])
 def test_logits_match_torchvision(arch, size):
+    """Narrow instances (AlexNet's too: the tiny plumbing runs convert one) through the
+    converter's layout rules against torchvision's modules at the same width."""
     tmodel = torch_classifier(arch)
     variables, num_classes, width = layout.torch_to_flax(arch, state_of(tmodel), "mem")
     assert (num_classes, width) == (10, NARROW)

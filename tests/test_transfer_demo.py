@@ -37,6 +37,7 @@ def test_quick_demo_runs_every_stage(tmp_path):
     assert (work / "source_alexnet.pth").is_file()
     meta = json.loads((work / "source_alexnet" / "metadata.json").read_text())
     assert meta["architecture"]["num_classes"] == 10 and meta["source"]["kind"] == "pth"
+    assert meta["architecture"]["width"] == 0.125  # --quick's eighth-wide AlexNet
     assert "verify at 64x64" in (work / "logs" / "convert.log").read_text()
     summary = json.loads((work / "transfer_demo.json").read_text())
     assert set(summary["runs"]) == {"scratch", "finetune", "frozen"}

@@ -29,8 +29,28 @@ POOLED_SIZE = alexnet_layout.POOLED_SIZE
 FC6, FC7 = DENSE_LAYERS[0].torch_name, DENSE_LAYERS[1].torch_name
 
 
-def alexnet(num_classes: int = 1000, conv1_padding: int = 2) -> torchvision.models.AlexNet:
+def alexnet(
+    num_classes: int = 1000, conv1_padding: int = 2, width: float = 1.0
+) -> torchvision.models.AlexNet:
+    """torchvision's AlexNet; narrower with ``width`` < 1 (every layer of
+    voc_jax.models.alexnet's table scaled, same module indices and state-dict names), so that
+    the tiny plumbing runs (quick demo, dry GPU check) can use a small one."""
     model = torchvision.models.alexnet(weights=None, num_classes=num_classes)
+    if width != 1.0:
+        nn, channels = torch.nn, 3
+        for layer in alexnet_layout.CONV_LAYERS:
+            index = int(layer.torch_name.rsplit(".", 1)[1])
+            out = scaled(layer.features, width)
+            model.features[index] = nn.Conv2d(
+                channels, out, layer.kernel, layer.stride, layer.padding or 0
+            )
+            channels = out
+        features = channels * POOLED_SIZE * POOLED_SIZE
+        for layer in alexnet_layout.DENSE_LAYERS:
+            index = int(layer.torch_name.rsplit(".", 1)[1])
+            out = num_classes if layer.name == "fc8" else scaled(layer.features, width)
+            model.classifier[index] = nn.Linear(features, out)
+            features = out
     model.features[0].padding = (conv1_padding, conv1_padding)
     return model
 
@@ -81,9 +101,7 @@ def resnet50(num_classes: int = 1000, width: float = 1.0) -> torchvision.models.
 def classifier(arch: str, num_classes: int = 1000, width: float = 1.0, conv1_padding: int = 2):
     """torchvision's ImageNet classifier of ``arch`` (randomly initialised)."""
     if arch == "alexnet":
-        if width != 1.0:
-            raise ValueError("a narrow torch AlexNet is not built here (AlexNet is width 1.0)")
-        return alexnet(num_classes, conv1_padding)
+        return alexnet(num_classes, conv1_padding, width)
     return {"vgg16": vgg16, "resnet50": resnet50}[arch](num_classes, width)
 
 
@@ -147,9 +165,10 @@ class TransferNet(torch.nn.Module):
         conv1_padding: int = 2,
         dropout: float = 0.5,
         backbone: torchvision.models.AlexNet | None = None,
+        width: float = 1.0,
     ):
         super().__init__()
-        base = backbone if backbone is not None else alexnet(conv1_padding=conv1_padding)
+        base = backbone if backbone is not None else alexnet(1000, conv1_padding, width)
         nn = torch.nn
         self.features, self.avgpool = base.features, base.avgpool
         self.classifier = nn.Sequential(
@@ -166,7 +185,10 @@ class TransferNet(torch.nn.Module):
             )
         )
         self.head = nn.ModuleDict(
-            {"fc_a": nn.Linear(FC_WIDTH, hidden), "fc_b": nn.Linear(hidden, num_classes)}
+            {
+                "fc_a": nn.Linear(base.classifier[4].out_features, hidden),
+                "fc_b": nn.Linear(hidden, num_classes),
+            }
         )
         self.head_dropout = nn.Dropout(dropout)
 
