@@ -36,93 +36,103 @@ def _global(module: str, name: str) -> bytes:
     return GLOBAL + f"{module}\n{name}\n".encode()
 
 
-def _py2_str(data: bytes) -> bytes:
+def _py2_str(data: bytes | memoryview, out: list) -> None:
     if len(data) < 256:
-        return SHORT_BINSTRING + bytes([len(data)]) + data
-    return BINSTRING + struct.pack("<i", len(data)) + data
+        out += [SHORT_BINSTRING + bytes([len(data)]), data]
+    else:
+        out += [BINSTRING + struct.pack("<i", len(data)), data]
 
 
-def _dtype(dtype: np.dtype) -> bytes:
+def _dtype(dtype: np.dtype, out: list) -> None:
     order = "|" if dtype.itemsize == 1 else "<"
-    code = dtype.str[1:]
-    return (
-        _global("numpy", "dtype")
-        + MARK
-        + _py2_str(code.encode())
-        + _emit(0)
-        + _emit(1)
-        + TUPLE
-        + REDUCE
-        + MARK
-        + _emit(3)
-        + _py2_str(order.encode())
-        + NONE
-        + NONE
-        + NONE
-        + _emit(-1)
-        + _emit(-1)
-        + _emit(0)
-        + TUPLE
-        + BUILD
-    )
+    out += [_global("numpy", "dtype"), MARK]
+    _py2_str(dtype.str[1:].encode(), out)
+    _emit(0, out)
+    _emit(1, out)
+    out += [TUPLE, REDUCE, MARK]
+    _emit(3, out)
+    _py2_str(order.encode(), out)
+    out += [NONE, NONE, NONE]
+    for value in (-1, -1, 0):
+        _emit(value, out)
+    out += [TUPLE, BUILD]
 
 
-def _array(a: np.ndarray) -> bytes:
-    a = np.ascontiguousarray(a)
-    return (
-        _global("numpy.core.multiarray", "_reconstruct")
-        + MARK
-        + _global("numpy", "ndarray")
-        + MARK
-        + _emit(0)
-        + TUPLE
-        + _py2_str(b"b")
-        + TUPLE
-        + REDUCE
-        + MARK
-        + _emit(1)
-        + _emit(tuple(a.shape))
-        + _dtype(a.dtype)
-        + NEWFALSE
-        + _py2_str(a.astype(a.dtype.newbyteorder("<")).tobytes())
-        + TUPLE
-        + BUILD
-    )
+def _array(a: np.ndarray, out: list) -> None:
+    # The array's own buffer (little-endian, C order) goes in as a view: a 490 MB file is
+    # written without copying its arrays again at every nesting level.
+    a = np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False))
+    out += [_global("numpy.core.multiarray", "_reconstruct"), MARK, _global("numpy", "ndarray")]
+    out += [MARK]
+    _emit(0, out)
+    out += [TUPLE]
+    _py2_str(b"b", out)
+    out += [TUPLE, REDUCE, MARK]
+    _emit(1, out)
+    _emit(tuple(a.shape), out)
+    _dtype(a.dtype, out)
+    out += [NEWFALSE]
+    _py2_str(memoryview(a).cast("B"), out)
+    out += [TUPLE, BUILD]
 
 
-def _emit(obj: Any) -> bytes:
+def _emit(obj: Any, out: list) -> None:
     if obj is None:
-        return NONE
-    if obj is True:
-        return NEWTRUE
-    if obj is False:
-        return NEWFALSE
-    if isinstance(obj, int):
-        return BININT + struct.pack("<i", obj)
-    if isinstance(obj, float):
-        return BINFLOAT + struct.pack(">d", obj)
-    if isinstance(obj, str):
-        return _py2_str(obj.encode("latin1"))
-    if isinstance(obj, np.ndarray):
-        return _array(obj)
-    if isinstance(obj, tuple):
-        return EMPTY_TUPLE if not obj else MARK + b"".join(map(_emit, obj)) + TUPLE
-    if isinstance(obj, list):
-        return EMPTY_LIST + (MARK + b"".join(map(_emit, obj)) + APPENDS if obj else b"")
-    if isinstance(obj, dict):
-        items = b"".join(_emit(k) + _emit(v) for k, v in obj.items())
-        return EMPTY_DICT + (MARK + items + SETITEMS if obj else b"")
-    raise TypeError(f"cannot emit {type(obj).__name__}")
+        out.append(NONE)
+    elif obj is True:
+        out.append(NEWTRUE)
+    elif obj is False:
+        out.append(NEWFALSE)
+    elif isinstance(obj, int):
+        out.append(BININT + struct.pack("<i", obj))
+    elif isinstance(obj, float):
+        out.append(BINFLOAT + struct.pack(">d", obj))
+    elif isinstance(obj, str):
+        _py2_str(obj.encode("latin1"), out)
+    elif isinstance(obj, np.ndarray):
+        _array(obj, out)
+    elif isinstance(obj, tuple) and not obj:
+        out.append(EMPTY_TUPLE)
+    elif isinstance(obj, tuple | list):
+        if isinstance(obj, list):
+            out.append(EMPTY_LIST)
+        if obj:
+            out.append(MARK)
+            for item in obj:
+                _emit(item, out)
+            out.append(TUPLE if isinstance(obj, tuple) else APPENDS)
+    elif isinstance(obj, dict):
+        out.append(EMPTY_DICT)
+        if obj:
+            out.append(MARK)
+            for key, value in obj.items():
+                _emit(key, out)
+                _emit(value, out)
+            out.append(SETITEMS)
+    else:
+        raise TypeError(f"cannot emit {type(obj).__name__}")
+
+
+def py2_chunks(obj: Any) -> list:
+    """The pickle of ``obj`` as a list of byte strings and array views, in order."""
+    out: list = [PROTO + b"\x02"]
+    _emit(obj, out)
+    out.append(STOP)
+    return out
 
 
 def py2_pickle(obj: Any) -> bytes:
-    return PROTO + b"\x02" + _emit(obj) + STOP
+    return b"".join(py2_chunks(obj))
 
 
 def evil_pickle(command: str, module: str = "posix", name: str = "system") -> bytes:
     """A pickle that calls ``module.name(command)`` when loaded by an unrestricted unpickler."""
-    call = _global(module, name) + MARK + _emit(command) + TUPLE + REDUCE
-    return PROTO + b"\x02" + EMPTY_DICT + MARK + _emit("model") + call + SETITEMS + STOP
+    out = [PROTO + b"\x02", EMPTY_DICT, MARK]
+    _emit("model", out)
+    out += [_global(module, name), MARK]
+    _emit(command, out)
+    out += [TUPLE, REDUCE, SETITEMS, STOP]
+    return b"".join(out)
 
 
 # ----------------------------------------------------------------------------- neon layout
@@ -214,24 +224,22 @@ def write_neon(
 ) -> Path:
     """``model_weights``: torch-layout (W, b) pairs, 5 convs then 3 or 4 linears."""
     layers = neon_layers(model_weights[:5], model_weights[5:], momentum=momentum)
-    data = py2_pickle(neon_file(layers, **kw))
-    path.write_bytes(gzip.compress(data) if compress else data)
+    chunks = py2_chunks(neon_file(layers, **kw))
+    with gzip.open(path, "wb", compresslevel=1) if compress else open(path, "wb") as f:
+        f.writelines(chunks)
     return path
 
 
 def huge_array_pickle() -> bytes:
     """A pickle whose array asks ``_reconstruct`` for a 10^12-element shape (a MemoryError,
     or swap, if allocated before looking)."""
-    body = (
-        _global("numpy.core.multiarray", "_reconstruct")
-        + MARK
-        + _global("numpy", "ndarray")
-        + _emit((1_000_000, 1_000_000))
-        + _py2_str(b"b")
-        + TUPLE
-        + REDUCE
-    )
-    return PROTO + b"\x02" + EMPTY_DICT + MARK + _emit("model") + body + SETITEMS + STOP
+    out = [PROTO + b"\x02", EMPTY_DICT, MARK]
+    _emit("model", out)
+    out += [_global("numpy.core.multiarray", "_reconstruct"), MARK, _global("numpy", "ndarray")]
+    _emit((1_000_000, 1_000_000), out)
+    _py2_str(b"b", out)
+    out += [TUPLE, REDUCE, SETITEMS, STOP]
+    return b"".join(out)
 
 
 def deep_pickle(depth: int) -> bytes:
