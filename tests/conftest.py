@@ -20,17 +20,18 @@ SHARED_DATA = Path(os.environ.get("VOC_JAX_SHARED_DATA", REPO.parent / "shared" 
 # two-minute file starting last.
 LONGEST_FIRST = (
     "test_benchmark.py",
-    "test_neon.py",
-    "test_transfer_demo.py",
     "test_train.py",
-    "test_distributed.py",
-    "test_errors.py",
     "test_steps.py",
-    "test_xla_options.py",
+    "test_distributed.py",
     "test_feature_cache.py",
-    "test_model.py",
+    "test_transfer_demo.py",
+    "test_backbones.py",
+    "test_neon.py",
     "test_alexnet_to_flax.py",
+    "test_xla_options.py",
+    "test_model.py",
     "test_weights.py",
+    "test_models.py",
 )
 
 
