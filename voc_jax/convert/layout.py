@@ -13,12 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from voc_jax import models
+from voc_jax import models, weights
 from voc_jax.errors import UserError
 
 Variables = dict[str, Any]
@@ -35,18 +33,14 @@ class LayoutError(UserError):
 
 
 def flax_shapes(arch: str, num_classes: int, width: float) -> dict[str, dict[str, tuple]]:
-    """{collection: {'module/path/leaf': shape}} of the ImageNet classifier."""
-    b = models.backbone(arch)
-    side = max(b.min_patch, 64)
-    shapes = jax.eval_shape(
-        models.build(arch, num_classes, width=width).init,
-        jax.random.key(0),
-        jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32),
-    )
-    return {
-        collection: {k: tuple(v.shape) for k, v in flatten(tree).items()}
-        for collection, tree in shapes.items()
-    }
+    """{collection: {'module/path/leaf': shape}} of the ImageNet classifier: the one shape
+    table (voc_jax.weights.classifier_shapes) split by collection."""
+    stats = f"{weights.STATS}/"
+    flat = weights.classifier_shapes(arch, num_classes, width)
+    shapes = {"params": {k: v for k, v in flat.items() if not k.startswith(stats)}}
+    if any(k.startswith(stats) for k in flat):
+        shapes[weights.STATS] = {k[len(stats) :]: v for k, v in flat.items() if k.startswith(stats)}
+    return shapes
 
 
 def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
