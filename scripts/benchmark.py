@@ -23,6 +23,9 @@ Sections:
             full, frozen and eval steps of each transfer network against the same network in
             PyTorch, on already-cropped patches, XLA's FLOP count and the GEMM-peak fraction
             python scripts/benchmark.py --only backbones --json docs/benchmark_backbones.json
+  blocks    ResNet-50 piece by piece (the stem, one identity block per stage): forward + both
+            gradients against torchvision's modules, 16 patches (one slice of the sliced
+            full step): where the full step's gap to PyTorch comes from
 
 Timings are medians over --repeats after a warm-up; results are printed as a table and
 written as JSON. Ratios are what to compare across machines; absolute numbers depend on it.
@@ -43,12 +46,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from flax import linen as nn
 from PIL import Image
 
 from voc_jax.data.crops import crop_batch
 from voc_jax.data.pipeline import PatchConfig, epoch_dataset, iterate
 from voc_jax.data.synthetic import SyntheticConfig, generate
 from voc_jax.data.voc import VocRecord, load_dataset
+from voc_jax.models.common import Options, scaled
 from voc_jax.preprocessing import TORCHVISION
 
 REPO = Path(__file__).resolve().parent.parent
@@ -892,6 +897,132 @@ def torch_backbone_eval(arch: str, width: float, args) -> Callable[[], None]:
     return forward
 
 
+def bench_blocks(records, config, args) -> list[dict]:
+    """ResNet-50 piece by piece: forward + both gradients (input and parameters) of the stem
+    and of one identity block per stage (layerS_1, at its resolution), JAX as voc-jax compiles
+    it against torchvision's modules, inference-mode BatchNorm on both sides, one slice of
+    --grad-chunk-patches patches: which pieces the full step's gap comes from."""
+    import torch
+    import torchvision
+
+    from voc_jax import xla_options
+    from voc_jax.convert import torch_models
+    from voc_jax.models import resnet
+
+    n, side, w = args.grad_chunk_patches, args.patch_size, args.width
+    device = torch_device(args)
+    rows = []
+    stem_out = scaled(64, w)
+    pieces = [("stem (conv1, bn1, ReLU, max-pool)", ResNetStem(stem_out), torch_stem(stem_out),
+               (n, side, side, 3))]  # fmt: skip
+    for stage, (count, width) in enumerate(resnet.STAGES, start=1):
+        planes, out = scaled(width, w), scaled(width, w) * resnet.EXPANSION
+        res = -(-side // 2 ** (stage + 1))
+        block = resnet.Bottleneck(planes, 1, Options(width=w))
+        tblock = torchvision.models.resnet.Bottleneck(out, planes)
+        pieces.append((f"layer{stage}_1 ({count} blocks in the stage)", block, tblock,
+                       (n, res, res, out)))  # fmt: skip
+    whole = torch_models.resnet50(1000, w)
+    whole.fc = torch.nn.Identity()
+    pieces.append(("whole (stem + 16 blocks + pool: the sum of the pieces above, composed)",
+                   ResNetFeatures(w), whole, (n, side, side, 3)))  # fmt: skip
+    for what, module, tmodule, shape in pieces:
+        rng = np.random.default_rng(0)
+        x = jax.device_put(rng.standard_normal(shape).astype(np.float32))
+        variables = random_variables(module, x, rng)
+
+        stats = variables.get("batch_stats", {})
+
+        def loss(params, x, module=module, stats=stats):
+            return module.apply({"params": params, "batch_stats": stats}, x).sum()
+
+        grads = xla_options.jit(jax.grad(loss, argnums=(0, 1)))
+        params = variables["params"]
+        tmodule = torch_models.randomize_batch_norm(tmodule).to(device).eval()
+        tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(device)
+        tx.requires_grad_(True)
+
+        def torch_grads(tmodule=tmodule, tx=tx):
+            tmodule.zero_grad(set_to_none=True)
+            tx.grad = None
+            tmodule(tx).sum().backward()
+            torch_sync(device)
+
+        t = interleaved_medians(
+            {"ours": lambda g=grads, p=params, x=x: jax.block_until_ready(g(p, x)),
+             "torch": torch_grads},
+            max(args.repeats, 3),
+        )  # fmt: skip
+        flops = compiled_flops(grads, params, x)
+        for variant in ("ours", "torch"):
+            side_text = "JAX" if variant == "ours" else "PyTorch"
+            row = {
+                "section": "blocks",
+                "what": f"resnet50{'' if w == 1 else f' (width {w:g})'} {what}: {side_text} "
+                f"forward + gradients, {n} patches at {args.patch_size}px",
+                "variant": variant,
+                "piece": what.split(" ")[0],
+                "patches_per_s": n / t[variant],
+                "seconds": t[variant],
+                "flops": flops,
+            }
+            if variant == "ours":
+                row["ratio_vs_baseline"] = t["torch"] / t["ours"]
+            rows.append(row)
+    return rows
+
+
+def random_variables(module: nn.Module, x: jax.Array, rng: np.random.Generator) -> dict:
+    """Random parameters (N(0, 0.05)) and BatchNorm statistics (mean 0, variance 1) of the
+    module's shapes: timing needs no initialiser, whose compile takes longer than the piece."""
+    shapes = jax.eval_shape(module.init, jax.random.key(0), x)
+
+    def fill(path, s):
+        name = str(path[-1].key)
+        if path[0].key == "batch_stats":
+            return jax.numpy.full(s.shape, 1.0 if name == "var" else 0.0, s.dtype)
+        return jax.device_put((rng.standard_normal(s.shape) * 0.05).astype(s.dtype))
+
+    return jax.tree_util.tree_map_with_path(fill, dict(shapes))
+
+
+class ResNetStem(nn.Module):
+    """ResNet-50's stem as voc_jax.models.resnet.to_pool runs it (inference BatchNorm)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        from voc_jax.models import resnet
+        from voc_jax.models.common import batch_norm, conv
+
+        x = conv(self.features, 7, 2, 3, dtype=jax.numpy.float32, bias=False, name="conv1")(x)
+        x = nn.relu(batch_norm(Options(), False, "bn1")(x))
+        return resnet.max_pool_3x3_s2_p1(x)
+
+
+class ResNetFeatures(nn.Module):
+    """ResNet-50 to its pooled features, as the transfer network runs it."""
+
+    width: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        from voc_jax.models import resnet
+
+        return resnet.to_pool(x, Options(width=self.width))
+
+
+def torch_stem(features: int):
+    import torch
+
+    nn_ = torch.nn
+    return nn_.Sequential(
+        nn_.Conv2d(3, features, 7, 2, 3, bias=False), nn_.BatchNorm2d(features),
+        nn_.ReLU(inplace=True), nn_.MaxPool2d(3, 2, 1),
+    )  # fmt: skip
+
+
 def voc_trainval_candidates() -> int:
     """Candidate patches of the reference's 5000 VOC 2007 trainval images (from the real
     annotations when ../shared/data has them; else 5000 x 622, their measured mean)."""
@@ -913,6 +1044,7 @@ SECTIONS = {
     "cache": bench_cache,
     "profile": bench_profile,
     "backbones": bench_backbones,
+    "blocks": bench_blocks,
 }
 
 
@@ -966,8 +1098,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        default=",".join(s for s in SECTIONS if s != "backbones"),
-        help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all but backbones)",
+        default=",".join(s for s in SECTIONS if s not in ("backbones", "blocks")),
+        help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all but backbones "
+        "and blocks)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
     parser.add_argument(
@@ -1009,6 +1142,12 @@ def main() -> int:
         type=lambda text: tuple(text.split(",")),
         default=("full", "frozen", "eval"),
         help="backbones section: which steps (comma-separated of full, frozen, eval)",
+    )
+    parser.add_argument(
+        "--grad-chunk-patches",
+        type=int,
+        default=16,
+        help="blocks section: patches per piece (16: one slice of the sliced full step)",
     )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()

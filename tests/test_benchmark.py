@@ -58,10 +58,11 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert (smoke["dtype"], smoke["width"]) == ("bfloat16", 1 / 16)  # the narrow converted one
 
 
-@pytest.mark.slow  # compiles two narrow networks
+@pytest.mark.slow  # compiles narrow networks
 def test_parity_script_and_backbones_section_at_tiny_sizes():
-    """scripts/parity.py's comparison and the benchmark's backbones section, in-process at
-    tiny sizes (the GPU check runs them at real size; the dry run leaves them out)."""
+    """scripts/parity.py's comparison and the benchmark's backbones and blocks sections,
+    in-process at tiny sizes (the GPU check runs the first two at real size; the dry run
+    leaves them out)."""
     import argparse
 
     sys.path.insert(0, str(REPO / "scripts"))
@@ -73,7 +74,7 @@ def test_parity_script_and_backbones_section_at_tiny_sizes():
     assert all(r["relative"] < 1e-5 for r in rows)
     args = argparse.Namespace(
         quick=True, width=1 / 16, patch_size=64, batch=16, dtype="float32", repeats=1,
-        grad_chunks=0,
+        grad_chunks=0, grad_chunk_patches=4,
         backbone_steps=("eval",), data=None,
     )  # fmt: skip
     records, _ = benchmark.dataset_records(args)
@@ -81,3 +82,8 @@ def test_parity_script_and_backbones_section_at_tiny_sizes():
     assert [(r["step"], r["variant"]) for r in rows] == [("eval", "ours"), ("eval", "torch")]
     assert all(r["patches_per_s"] > 0 and r["flops"] > 0 for r in rows)
     assert rows[0]["ratio_vs_baseline"] > 0
+    # ResNet-50 piece by piece and whole, each against torchvision's modules.
+    rows = benchmark.bench_blocks(records, None, args)
+    pieces = ["stem", "layer1_1", "layer2_1", "layer3_1", "layer4_1", "whole"]
+    assert [r["piece"] for r in rows] == [p for p in pieces for _ in ("ours", "torch")]
+    assert all(r["seconds"] > 0 and r["flops"] > 0 for r in rows)
