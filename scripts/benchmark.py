@@ -1154,6 +1154,10 @@ def main() -> int:
     args.arch = args.arch or ["vgg16", "resnet50"]
     if args.width is None:
         args.width = 1 / 16 if args.quick else 1.0
+    if args.width <= 0:
+        parser.error(f"--width {args.width:g}: a channel multiplier must be positive")
+    if args.grad_chunk_patches < 1:
+        parser.error(f"--grad-chunk-patches {args.grad_chunk_patches}: needs at least 1 patch")
     if args.quick:
         args.patch_size = min(args.patch_size, 64)
         args.repeats = 1
