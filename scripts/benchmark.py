@@ -49,6 +49,7 @@ import numpy as np
 from flax import linen as nn
 from PIL import Image
 
+from voc_jax import models
 from voc_jax.data.crops import crop_batch
 from voc_jax.data.pipeline import PatchConfig, epoch_dataset, iterate
 from voc_jax.data.synthetic import SyntheticConfig, generate
@@ -59,6 +60,11 @@ from voc_jax.preprocessing import TORCHVISION
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("VOC_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 SHARED_SUBSET = SHARED_DATA / "voc2007-subset" / "VOCdevkit" / "VOC2007"
+# The backbones section's architectures: every registered one with a torch reference but
+# AlexNet, which the train, eval and crop sections measure in full.
+BACKBONE_ROWS = tuple(
+    name for name, b in models.BACKBONES.items() if name != "alexnet" and b.torch_features
+)
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -922,7 +928,7 @@ def bench_blocks(records, config, args) -> list[dict]:
         tblock = torchvision.models.resnet.Bottleneck(out, planes)
         pieces.append((f"layer{stage}_1 ({count} blocks in the stage)", block, tblock,
                        (n, res, res, out)))  # fmt: skip
-    whole = torch_models.resnet50(1000, w)
+    whole = torch_models.classifier("resnet50", 1000, w)
     whole.fc = torch.nn.Identity()
     pieces.append(("whole (stem + 16 blocks + pool: the sum of the pieces above, composed)",
                    ResNetFeatures(w), whole, (n, side, side, 3)))  # fmt: skip
@@ -1128,8 +1134,9 @@ def main() -> int:
     parser.add_argument(
         "--arch",
         action="append",
-        choices=("vgg16", "resnet50"),
-        help="backbones for the backbones section (repeatable; default both)",
+        choices=BACKBONE_ROWS,
+        help="backbones for the backbones section (repeatable; default: all but AlexNet, "
+        "which the other sections measure)",
     )
     parser.add_argument(
         "--grad-chunks",
@@ -1151,7 +1158,7 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
-    args.arch = args.arch or ["vgg16", "resnet50"]
+    args.arch = args.arch or list(BACKBONE_ROWS)
     if args.width is None:
         args.width = 1 / 16 if args.quick else 1.0
     if args.width <= 0:

@@ -32,7 +32,9 @@ def parity(
     torch.manual_seed(seed)
     tmodel = tm.randomize_batch_norm(tm.classifier(arch, width=width), seed).eval()
     state = {k: v.numpy().copy() for k, v in tmodel.state_dict().items()}
-    variables, num_classes, width = layout.torch_to_flax(arch, state, f"torchvision {arch}")
+    variables, num_classes, width = layout.torch_to_flax(
+        models.backbone(arch), state, f"torch {arch}"
+    )
     options = {"width": width} | ({"dtype": dtype} if dtype is not None else {})
     model = models.build(arch, num_classes, **options)
     apply = jax.jit(model.apply)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from voc_jax import models
 from voc_jax.data.synthetic_source import SourceConfig, make_split
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -36,13 +37,13 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/transfer_demo/source_alexnet.pth"))
-    p.add_argument("--arch", choices=("alexnet", "vgg16", "resnet50"), default="alexnet")
+    p.add_argument("--arch", choices=models.ARCHITECTURES, default="alexnet")
     p.add_argument(
         "--width",
         type=float,
         default=None,
-        help="channel multiplier (default: 1 for AlexNet, the real one; 0.25 for VGG-16 and "
-        "ResNet-50, minutes on a CPU)",
+        help="channel multiplier (default: the architecture's quick width: 1 for AlexNet, the "
+        "real one; 0.25 for VGG-16 and ResNet-50, minutes on a CPU)",
     )
     p.add_argument("--classes", type=int, default=100, help="source classes (max 300)")
     p.add_argument("--train-per-class", type=int, default=80, help="training images per class")
@@ -69,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def source_width(args: argparse.Namespace) -> float:
     if args.width is not None:
         return args.width
-    return 1.0 if args.arch == "alexnet" else 0.25
+    return models.backbone(args.arch).quick_width
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

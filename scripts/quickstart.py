@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from voc_jax import models
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -48,7 +50,7 @@ def main() -> int:
     parser.add_argument("--pth", type=Path, help="your own torchvision-layout .pth of --arch")
     parser.add_argument(
         "--arch",
-        choices=("alexnet", "vgg16", "resnet50"),
+        choices=models.ARCHITECTURES,
         default="alexnet",
         help="the backbone family (vgg16, resnet50: a quarter-width instance)",
     )

@@ -27,9 +27,9 @@ LONGEST_FIRST = (
     "test_transfer_demo.py",
     "test_backbones.py",
     "test_neon.py",
-    "test_alexnet_to_flax.py",
+    "test_convert_command.py",
     "test_xla_options.py",
-    "test_model.py",
+    "test_transfer.py",
     "test_weights.py",
     "test_models.py",
 )

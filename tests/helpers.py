@@ -131,9 +131,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                from voc_jax.convert import alexnet_to_flax as converter
+                from voc_jax.convert import command
 
-                code = converter.main(list(args))
+                code = command.main(list(args))
             except SystemExit as e:
                 code = e.code
     finally:

@@ -15,7 +15,7 @@ import torch
 from tests.helpers import checkpoint_steps, train_args
 from voc_jax import evaluate, predict, train, weights
 from voc_jax import workdir as workdir_lib
-from voc_jax.convert import alexnet_to_flax as converter
+from voc_jax.convert import command
 from voc_jax.convert import torch_models as tm
 
 WIDTH = 1 / 16
@@ -30,7 +30,7 @@ def test_convert_train_evaluate_predict(arch, tmp_path, tiny_data_root, capsys):
     torch.save(source.state_dict(), pth)
     converted = tmp_path / "converted"
     args = ["--arch", arch, "--pth", str(pth), "--out", str(converted), "--verify"]
-    assert converter.main([*args, "--verify-size", "61x77"]) == 0
+    assert command.main([*args, "--verify-size", "61x77"]) == 0
     out = capsys.readouterr().out
     assert f"{arch} of width 0.0625" in out and "verify at 61x77" in out
     variables, metadata = weights.load_converted(converted)

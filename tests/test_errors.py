@@ -146,7 +146,10 @@ TRAIN_CONFIG = [
     (("--config.feature_cache.dtype=int8",), "feature_cache.dtype='int8'"),
     (('--config.optim.trainable=("[",)',), "optim.trainable"),  # not a regex: one line
     (("--config.patches.per_image=100000000",), "one call's patches need 8.9 TiB"),
-    (("--config.model.conv1_padding=99",), "model.conv1_padding=99: must be in [0, 5]"),
+    (
+        ("--config.model.conv1_padding=99",),
+        "model.options.conv1_padding=99: must be an integer in [0, 5]",
+    ),
     (("--config.model.head_hidden=10000000",), "model.head_hidden=10000000"),
     (("--config.num_epochs=0",), "nothing to evaluate"),  # fresh workdir, no init.weights
     (("--config.model.arch=vgg19",), "model.arch='vgg19': must be one of"),
@@ -217,7 +220,10 @@ def test_train_more_errors(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("changes", "expect"),
     [
-        ({"architecture__conv1_padding": 9}, "conv1_padding=9 is out of range"),
+        (
+            {"architecture__conv1_padding": 9},
+            "architecture.conv1_padding=9: must be an integer in [0, 5]",
+        ),
         ({"preprocessing__scale": 255.0}, "preprocessing.scale=255.0 is out of range"),
         ({"preprocessing__std": [0, 1, 1]}, "std must be positive"),
         ({"preprocessing__std": [float("nan"), 1, 1]}, "must be finite numbers"),
@@ -381,9 +387,9 @@ def test_check_errors(tmp_path, tiny_data_root, capsys):
 
 
 def converter_main(argv):
-    from voc_jax.convert import alexnet_to_flax
+    from voc_jax.convert import command
 
-    return alexnet_to_flax.main(argv)
+    return command.main(argv)
 
 
 def test_convert_errors(tmp_path, capsys, monkeypatch):

@@ -83,6 +83,6 @@ def test_grad_chunks_auto(arch, chunks, bn_update, inputs, want):
     from voc_jax.settings import ModelSettings, TrainSettings
 
     train = TrainSettings(0, 1, 64, 1, 1, grad_chunks=chunks)
-    model = ModelSettings(21, 64, 0.5, "float32", 2, 1.0, 64, arch=arch, bn_update=bn_update)
+    model = ModelSettings(21, 64, 0.5, "float32", 1.0, 64, arch=arch, bn_update=bn_update)
     fake = SimpleNamespace(train=train, settings=SimpleNamespace(model=model))
     assert Experiment.grad_chunks(fake, inputs) == want

@@ -1,6 +1,8 @@
-"""voc_jax/models: VGG-16 and ResNet-50 in torchvision's layouts, against torchvision itself
-(narrow instances; scripts/parity.py checks the real sizes), through the converter's layout
-rules, with non-default BatchNorm statistics."""
+"""voc_jax/models (the registry, the Backbone interface in models/backbone.py, and every
+backbone module: alexnet, vgg, resnet) against each one's torch reference (narrow instances;
+scripts/parity.py checks the real sizes), through the converter's layout rules, with
+non-default BatchNorm statistics. The transfer model (models/transfer.py) and AlexNet's own
+details are in tests/test_transfer.py; the layout rules in tests/test_layout.py."""
 
 from __future__ import annotations
 
@@ -38,24 +40,15 @@ def test_build_gives_each_classifier_and_refuses_unknown_names():
         models.build("vgg19")
 
 
-@pytest.mark.parametrize("arch", ["vgg16", "resnet50"])
-def test_layout_is_torchvisions_at_real_size(arch):
-    """Every torchvision key and shape (a meta-device model: no memory), and nothing else."""
-    with torch.device("meta"):
-        model = tm.classifier(arch)
-    want = {
-        k: tuple(v.shape) for k, v in model.state_dict().items() if "num_batches_tracked" not in k
-    }
-    assert layout.torch_shapes(arch, layout.flax_shapes(arch, 1000, 1.0)) == want
-
-
 @pytest.mark.parametrize("arch", ["alexnet", "vgg16", "resnet50"])
 @pytest.mark.parametrize("size", [(224, 224), (239, 263)], ids=["224", "239x263"])
 def test_logits_match_torchvision(arch, size):
     """Narrow instances (AlexNet's too: the tiny plumbing runs convert one) through the
     converter's layout rules against torchvision's modules at the same width."""
     tmodel = torch_classifier(arch)
-    variables, num_classes, width = layout.torch_to_flax(arch, state_of(tmodel), "mem")
+    variables, num_classes, width = layout.torch_to_flax(
+        models.backbone(arch), state_of(tmodel), "mem"
+    )
     assert (num_classes, width) == (10, NARROW)
     x = np.random.default_rng(1).standard_normal((2, *size, 3)).astype(np.float32)
     with torch.no_grad():
@@ -67,40 +60,36 @@ def test_logits_match_torchvision(arch, size):
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
-def test_batch_norm_statistics_go_to_batch_stats():
-    tmodel = torch_classifier("resnet50")
-    state = state_of(tmodel)
-    variables, _, _ = layout.torch_to_flax("resnet50", state, "mem")
-    stats, params = variables["batch_stats"], variables["params"]
-    np.testing.assert_array_equal(stats["bn1"]["mean"], state["bn1.running_mean"])
-    np.testing.assert_array_equal(stats["layer2_0"]["downsample_1"]["var"],
-                                  state["layer2.0.downsample.1.running_var"])  # fmt: skip
-    np.testing.assert_array_equal(params["layer4_2"]["bn3"]["scale"], state["layer4.2.bn3.weight"])
-    assert "bias" not in params["conv1"]  # torchvision's ResNet convolutions have none
-    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(variables))
+def test_every_backbone_fills_the_interface():
+    """What the rest of voc-jax reads off a backbone, for every registered one."""
+    for name, b in models.BACKBONES.items():
+        assert b.name == name and b.display and b.min_patch >= 1
+        assert set(b.prefix_layers) <= set(b.layers)
+        assert b.classifier_layer not in b.layers
+        shapes = jax.eval_shape(
+            b.build(5, width=NARROW).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3))
+        )
+        assert set(shapes["params"]) == set(b.layers) | {b.classifier_layer}
+        assert b.parse_options({}) == b.options()
+
+
+def test_options_are_the_backbones_own_and_checked_by_it():
+    alexnet = models.backbone("alexnet")
+    assert alexnet.parse_options({"conv1_padding": 3}).conv1_padding == 3
+    with pytest.raises(ValueError, match=r"model\.options\.conv1_padding=6: must be an integer"):
+        alexnet.parse_options({"conv1_padding": 6})
+    with pytest.raises(ValueError, match="vgg16 has no such option .its options: none"):
+        models.backbone("vgg16").parse_options({"depth": 3})
+    options, aside = models.options_for("vgg16", {"conv1_padding": 3})
+    assert aside == ["conv1_padding"] and options == models.backbone("vgg16").options()
+    with pytest.raises(ValueError, match="architecture: missing conv1_padding"):
+        alexnet.options_of({"name": "alexnet"})
 
 
 def test_resnet_names_map_to_torch():
     assert models.resnet.torch_prefix("layer1_0/downsample_1") == "layer1.0.downsample.1"
     assert models.resnet.torch_prefix("layer3_5/conv2") == "layer3.5.conv2"
     assert models.resnet.torch_prefix("bn1") == "bn1"
-
-
-def test_a_state_dict_of_another_architecture_is_refused_with_every_problem():
-    state = state_of(torch_classifier("vgg16"))
-    with pytest.raises(layout.LayoutError) as error:
-        layout.torch_to_flax("resnet50", state, "vgg.pth")
-    message = str(error.value)
-    assert message.startswith("vgg.pth: not a torchvision ResNet-50 state dict")
-    assert "missing layer1.0.bn1.running_var" in message
-    assert "unexpected features.0.weight" in message
-
-
-def test_a_missing_statistic_is_named():
-    state = state_of(torch_classifier("resnet50"))
-    del state["layer3.1.bn2.running_mean"]
-    with pytest.raises(layout.LayoutError, match=r"missing layer3\.1\.bn2\.running_mean"):
-        layout.torch_to_flax("resnet50", state, "r.pth")
 
 
 def test_statistics_stay_float32_and_frozen_unless_updated():
@@ -124,7 +113,7 @@ def test_updated_statistics_follow_torch_momentum():
     momentum 0.1 does. (The running variance takes the biased batch variance, torch the
     unbiased one: a factor n/(n-1), n = patches x H x W; compared where n is 4096.)"""
     tmodel = torch_classifier("resnet50")
-    variables, _, _ = layout.torch_to_flax("resnet50", state_of(tmodel), "mem")
+    variables, _, _ = layout.torch_to_flax(models.backbone("resnet50"), state_of(tmodel), "mem")
     x = np.random.default_rng(2).standard_normal((4, 64, 64, 3)).astype(np.float32)
     tmodel.train()
     with torch.no_grad():

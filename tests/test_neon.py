@@ -1,4 +1,4 @@
-"""convert/alexnet_to_flax.py --neon: restricted unpickling, layout mapping, dropout scaling."""
+"""The converter's --neon (voc_jax.convert.neon): restricted unpickling, layout mapping, dropout scaling."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch
 from tests import neon_fixtures as nf
 from tests.helpers import run_cli, seeded_alexnet
 from voc_jax import weights
-from voc_jax.convert import alexnet_to_flax as converter
-from voc_jax.convert import neon, torch_models
-from voc_jax.model import TransferNet
+from voc_jax.convert import command, converter, neon, torch_models
+from voc_jax.models import alexnet
+from voc_jax.models.transfer import TransferNet
 
 
 def neon_alexnet(seed: int = 0) -> torch.nn.Module:
@@ -38,7 +38,7 @@ def transfer_torch(seed: int = 1, hidden: int = 512) -> torch.nn.Module:
 
 def convert_in_process(capsys, *args: str) -> tuple[int, str, str]:
     """The CLI's main() in this process (no interpreter start-up per case)."""
-    code = converter.main(list(args))
+    code = command.main(list(args))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -126,7 +126,7 @@ def test_a_gzipped_file_imports_the_same_weights(tmp_path, capsys):
     variables, metadata = weights.load_converted(out)
     assert metadata["source"]["kind"] == "neon"
     state = {k: v.numpy() for k, v in model.state_dict().items()}
-    want, _, _ = converter.torch_to_flax(state, "torch")
+    want, _, _ = converter.torch_to_flax(alexnet.BACKBONE, state, "torch")
     got = dict(jax.tree_util.tree_leaves_with_path(variables["params"]))
     for path, value in jax.tree_util.tree_leaves_with_path(want["params"]):
         np.testing.assert_allclose(got[path], value, rtol=1e-6, atol=0, err_msg=str(path))
@@ -161,7 +161,7 @@ def test_transfer_model_with_head_is_imported_whole(tmp_path, capsys):
     arch = metadata["architecture"]
     assert (arch["name"], arch["num_classes"], arch["head_hidden"]) == ("transfer", 21, 512)
     assert metadata["source"]["dropout_scaled_layers"] == ["Linear_1", "Linear_2", "Linear_3"]
-    net = TransferNet(num_classes=21, conv1_padding=3, head_hidden=512)
+    net = TransferNet(num_classes=21, head_hidden=512, options=alexnet.AlexNetOptions(3))
     x = np.random.default_rng(2).standard_normal((2, 224, 224, 3)).astype(np.float32)
     with jax.default_matmul_precision("highest"):
         got = net.apply({"params": params}, x)
@@ -251,7 +251,7 @@ def test_unreadable_files(tmp_path, neon_alexnet_file, kind, capsys):
 
 def test_help_mentions_states_and_restricted_unpickler(capsys):
     with pytest.raises(SystemExit):
-        converter.main(["--help"])
+        command.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--neon FILE" in text
     assert "restricted unpickler" in text and "('states') are ignored" in text

@@ -160,14 +160,14 @@ def converted_resnet(tmp_path_factory):
     it skips the minutes-long compile of a from-scratch ResNet initialisation)."""
     import torch
 
-    from voc_jax import weights
+    from voc_jax import models, weights
     from voc_jax.convert import layout
     from voc_jax.convert import torch_models as tm
 
     torch.manual_seed(0)
     source = tm.randomize_batch_norm(tm.classifier("resnet50", 10, 1 / 16))
     state = {k: v.numpy().copy() for k, v in source.state_dict().items()}
-    variables, classes, width = layout.torch_to_flax("resnet50", state, "mem")
+    variables, classes, width = layout.torch_to_flax(models.backbone("resnet50"), state, "mem")
     metadata = {
         "source": {"kind": "test"},
         "architecture": {"name": "resnet50", "num_classes": classes, "width": width},
@@ -210,7 +210,7 @@ def test_gradient_in_slices_is_the_whole_batchs(records):
     import jax.numpy as jnp
 
     from voc_jax import optim, steps
-    from voc_jax.model import TransferNet
+    from voc_jax.models.transfer import TransferNet
 
     model = TransferNet(width=1 / 16, head_hidden=32, dropout_rate=0.0)
     x = jax.random.normal(jax.random.key(0), (4, 64, 64, 3))

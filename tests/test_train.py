@@ -400,13 +400,13 @@ def converted_random_alexnet(tmp_path_factory) -> Path:
     quickstart runs the real one), through the real converter."""
     import torch
 
-    from voc_jax.convert import alexnet_to_flax, torch_models
+    from voc_jax.convert import command, torch_models
 
     root = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
     torch.save(torch_models.alexnet(10, width=SMOKE_WIDTH).state_dict(), root / "a.pth")
     out = root / "converted"
-    assert alexnet_to_flax.main(["--pth", str(root / "a.pth"), "--out", str(out)]) == 0
+    assert command.main(["--pth", str(root / "a.pth"), "--out", str(out)]) == 0
     (root / "a.pth").unlink()
     yield out
     shutil.rmtree(root)

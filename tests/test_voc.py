@@ -1,4 +1,5 @@
-"""voc_jax/data/voc.py and the check CLI: real VOC files, torchvision's parser, bad inputs."""
+"""voc_jax/data/voc.py and the check command (voc_jax/data/check.py: its tests are here, on the
+same real files): real VOC files, torchvision's parser, bad inputs."""
 
 from __future__ import annotations
 

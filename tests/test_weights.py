@@ -12,7 +12,8 @@ import pytest
 from flax import serialization
 
 from voc_jax import weights
-from voc_jax.model import AlexNet, TransferNet
+from voc_jax.models.alexnet import AlexNet, AlexNetOptions
+from voc_jax.models.transfer import TransferNet
 
 METADATA = {
     "source": {"kind": "test", "file": "none", "sha256": "0" * 64},
@@ -116,7 +117,7 @@ def test_transfer_variables_take_backbone_and_seeded_head(saved):
     np.testing.assert_array_equal(a["head"]["fc_a"]["kernel"], b["head"]["fc_a"]["kernel"])
     assert not np.array_equal(a["head"]["fc_a"]["kernel"], c["head"]["fc_a"]["kernel"])
     # The tree fits TransferNet exactly and runs.
-    model = TransferNet(conv1_padding=meta["architecture"]["conv1_padding"])
+    model = TransferNet(options=AlexNetOptions(meta["architecture"]["conv1_padding"]))
     logits = model.apply({"params": a}, jnp.zeros((1, 64, 64, 3)))
     assert logits.shape == (1, 21)
     with_fc8 = weights.transfer_variables(variables, meta, keep_classifier=True)["params"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from voc_jax import optim, steps, xla_options
-from voc_jax.model import TransferNet
+from voc_jax.models.transfer import TransferNet
 
 
 def test_options_on_cpu_only_and_never_over_the_users(monkeypatch):
@@ -57,6 +57,13 @@ def test_unknown_option_falls_back_with_one_warning(monkeypatch, caplog):
         xla_options._supported.cache_clear()
 
 
+def has_avx512() -> bool:
+    try:
+        return "avx512f" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
 def relative_errors(grads, exact) -> dict[str, float]:
     out = {}
     for path, value in optim.param_paths_and_leaves(exact):
@@ -93,6 +100,10 @@ def test_step_gradients_against_float64(trainable, monkeypatch):
         exact = jax.tree.map(np.asarray, exact)
     ours_err, default_err = relative_errors(ours, exact), relative_errors(default, exact)
     assert max(ours_err.values()) < 1e-4, ours_err
-    if trainable == (".*",):
-        convs = [e for p, e in default_err.items() if p.startswith("conv")]
-        assert max(convs) > 1e-4, default_err  # the tolerance tells the two apart
+    convs = [e for p, e in default_err.items() if p.startswith("conv")]
+    if trainable == (".*",) and has_avx512():
+        # On the x86 machines with AVX-512 where this was measured, XLA's defaults (YNNPACK's
+        # convolutions) were off by ~4e-3 and the tolerance tells the two apart. On an AMD
+        # EPYC with AVX2 only, the defaults measured 1.8e-6, as accurate as ours: there is
+        # nothing to tell apart, and only ours is asserted.
+        assert max(convs) > 1e-4, default_err

@@ -13,7 +13,6 @@ import contextlib
 import difflib
 import importlib.util
 import logging
-import os
 import signal
 import sys
 import threading
@@ -24,9 +23,11 @@ from pathlib import Path
 import ml_collections
 from absl import flags
 
+from voc_jax import config_compat, teardown_noise
 from voc_jax.errors import ConfigError, DiskFull, UserError, first_line, is_disk_full
 
 log = logging.getLogger(__name__)
+HELD = teardown_noise.HELD  # orbax's error records, held until a command ends
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -60,7 +61,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     if not any(isinstance(h, _StderrHandler) for h in root.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        handler.addFilter(_disk_full_noise)
+        handler.addFilter(teardown_noise.drop_disk_full_noise)
         handler.addFilter(HELD)
         root.addHandler(handler)
     root.setLevel(level)
@@ -75,88 +76,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         pass
     warnings.showwarning = _warning_as_log_line
     if not getattr(sys.unraisablehook, "_voc_jax", False):
-        sys.unraisablehook = _quiet_closed_loop_hook(sys.unraisablehook)
-
-
-def _quiet_closed_loop_hook(original: Callable) -> Callable:
-    """tensorstore completes a failed background write's future from its own thread and,
-    when orbax's asyncio loop is already closed, reports the error as "unraisable": dozens of
-    "Event loop is closed" tracebacks after an error voc-jax reports in one line (a full
-    disk). Those, and only those, are dropped; everything else goes to the original hook."""
-
-    def hook(unraisable) -> None:
-        value = unraisable.exc_value
-        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
-            return
-        original(unraisable)
-
-    hook._voc_jax = True
-    return hook
-
-
-# What a thread pool says when work reaches it after it was shut down: a consequence of an
-# earlier failure (orbax's background threads racing the teardown after a full disk), never
-# the cause, which voc-jax reports itself.
-_AFTER_SHUTDOWN = "cannot schedule new futures after"
-
-
-def _disk_full_noise(record: logging.LogRecord) -> bool:
-    """Drop another library's error records about a full disk (orbax logs one traceback per
-    background thread that failed to write) and about work refused by a pool already shut
-    down in the teardown that follows: the command ends with one ``error:`` line that says
-    it, naming the directory and the last good checkpoint. Other errors still show."""
-    if record.levelno < logging.ERROR or record.name.startswith("voc_jax"):
-        return True
-    error = record.exc_info[1] if record.exc_info else None
-    if error is not None and (is_disk_full(error) or _after_shutdown(error)):
-        return False
-    message = record.getMessage()
-    return not (is_disk_full(Exception(message)) or _AFTER_SHUTDOWN in message)
-
-
-def _after_shutdown(error: BaseException) -> bool:
-    return isinstance(error, RuntimeError) and str(error).startswith(_AFTER_SHUTDOWN)
-
-
-class _HeldLibraryErrors(logging.Filter):
-    """Holds orbax's error records until the command ends. orbax's background threads log
-    every failure of an asynchronous save (a full disk: one traceback per thread, in forms
-    that vary from run to run: ENOSPC, missing array metadata, a pool already shut down), and
-    the same failure reaches voc-jax as an exception at the next save or wait. When the
-    command ends with a full disk (one ``error:`` line naming the last good checkpoint), the
-    held records, and any that follow, are dropped; otherwise they are printed then."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held: list[logging.LogRecord] = []
-        self.active = False  # inside a command
-        self.dropping = False  # after a command that ended with a full disk
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR or not _from_orbax(record):
-            return True
-        if self.active:
-            self.held.append(record)
-            return False
-        return not self.dropping
-
-    def start(self) -> None:
-        self.held, self.active, self.dropping = [], True, False
-
-    def end(self, *, disk_full: bool) -> None:
-        held, self.held, self.active = self.held, [], False
-        if disk_full:
-            self.dropping = True
-            return
-        for record in held:
-            logging.getLogger(record.name).handle(record)
-
-
-def _from_orbax(record: logging.LogRecord) -> bool:
-    return record.name.startswith("orbax") or f"{os.sep}orbax{os.sep}" in (record.pathname or "")
-
-
-HELD = _HeldLibraryErrors()
+        sys.unraisablehook = teardown_noise.quiet_closed_loop_hook(sys.unraisablehook)
 
 
 def _warning_as_log_line(message, category, filename, lineno, file=None, line=None) -> None:
@@ -268,7 +188,7 @@ def parse(
 ) -> tuple[flags.FlagValues, list[str]]:
     """Define the command's flags on a fresh FlagValues and parse ``argv`` (program name
     first). Unknown flags, bad values and unknown config keys raise ConfigError."""
-    argv = [program, *argv[1:]] if argv else [program]
+    argv = [program, *config_compat.rename_overrides(argv[1:])] if argv else [program]
     fv = flags.FlagValues()
     define(fv, argv)  # config_flags reads the overrides from argv itself
     config_path = config_file_in(argv[1:])

@@ -17,14 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from voc_jax import cli, distributed, metrics, validation
+from voc_jax import cli, distributed, experiment, metrics
 from voc_jax import workdir as workdir_lib
 from voc_jax.classes import VOC_CLASSES
 from voc_jax.data.pipeline import iterate
@@ -274,7 +273,7 @@ def evaluate_workdir(
     split: str | None = None,
 ) -> int:
     """Evaluate a checkpoint of ``workdir`` on ``split`` (default: the config's test split)."""
-    validation.validate(config, jax.device_count(), jax.process_count())
+    experiment.validate(config)
     if split is not None:
         config = config.copy_and_resolve_references()
         config.data.test_split = split

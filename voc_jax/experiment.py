@@ -20,16 +20,32 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
-from voc_jax import distributed, optim, settings, steps, xla_options
+from voc_jax import (
+    distributed,
+    model_validation,
+    models,
+    optim,
+    settings,
+    steps,
+    validation,
+    xla_options,
+)
 from voc_jax import weights as weights_lib
 from voc_jax.data.pipeline import PatchConfig, epoch_dataset
 from voc_jax.data.voc import VocRecord
 from voc_jax.errors import ConfigError
-from voc_jax.model import TransferNet
+from voc_jax.models.transfer import TransferNet
 from voc_jax.preprocessing import Preprocessing
 
 EVAL_SEED_OFFSET = 1_000_003  # test sampling draws from seed + this, apart from training's
-AUTO_CHUNKED = ("vgg16", "resnet50")  # grad_chunks=0 slices their CPU updates into 16s
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """The whole config, before anything is read or written: its values
+    (voc_jax.validation), then against the network and the weights it names
+    (voc_jax.model_validation). ConfigError lists every problem."""
+    validation.validate(config, jax.device_count(), jax.process_count())
+    model_validation.validate(config)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,7 +72,7 @@ def build_model(m: settings.ModelSettings, init: settings.InitSettings, seed: in
     if init.weights:
         converted, metadata = weights_lib.load_converted(init.weights)
         block = metadata["architecture"]
-        arch, width = weights_lib.backbone_of(block), float(block.get("width", 1.0))
+        arch, width = weights_lib.backbone_of(block).name, float(block.get("width", 1.0))
         if (arch, width) != (m.arch, m.width):
             raise ConfigError(
                 f"init.weights={init.weights}: {arch} of width {width:g}, but the config says "
@@ -70,15 +86,15 @@ def build_model(m: settings.ModelSettings, init: settings.InitSettings, seed: in
             seed=seed,
             keep_head=bool(init.keep_head and block["name"] == "transfer"),
         )
-        conv1_padding = int(block.get("conv1_padding", m.conv1_padding))
+        options = weights_lib.options_of(block)  # the weights' own (AlexNet: neon pads 3)
         prep = weights_lib.preprocessing_of(metadata)
         source = {"weights": str(init.weights), **metadata["source"]}
     else:
-        conv1_padding, prep, variables = m.conv1_padding, init.scratch_preprocessing, None
+        options, prep, variables = m.options, init.scratch_preprocessing, None
         source = {"weights": None, "kind": "scratch"}
     module = TransferNet(
         num_classes=m.num_classes,
-        conv1_padding=conv1_padding,
+        options=options,
         dropout_rate=m.dropout_rate,
         head_hidden=m.head_hidden,
         dtype=dtype,
@@ -258,21 +274,23 @@ class Experiment:
         return self.train.batch_size // self.grad_chunks()
 
     def grad_chunks(self, inputs: str = "pixels") -> int:
-        """``grad_chunks``, with 0 (auto) resolved: 16-patch slices on the CPU backend for
-        VGG-16 and ResNet-50 from pixels (measured faster there, docs/performance.md), the
-        whole batch elsewhere, from the feature cache and with BatchNorm updates."""
+        """``grad_chunks``, with 0 (auto) resolved: on the CPU backend, from pixels, slices of
+        the backbone's ``cpu_grad_slice`` patches (VGG-16 and ResNet-50: 16, measured faster
+        there, docs/performance.md); the whole batch elsewhere, from the feature cache and
+        with BatchNorm updates."""
         chunks, batch = self.train.grad_chunks, self.train.batch_size
         if chunks:
             return chunks
         m = self.settings.model
+        piece = models.backbone(m.arch).cpu_grad_slice
         auto = (
             jax.default_backend() == "cpu"
-            and m.arch in AUTO_CHUNKED
+            and piece > 0
             and inputs == "pixels"
             and not m.bn_update
-            and batch % 16 == 0
+            and batch % piece == 0
         )
-        return batch // 16 if auto else 1
+        return batch // piece if auto else 1
 
     # ------------------------------------------------------------------ inference
     def eval_step(self, *, probabilities: bool = False, unroll: bool | None = None) -> Callable:

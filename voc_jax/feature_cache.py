@@ -18,9 +18,9 @@ array_record would add a storage layer without adding a feature this access patt
 
 The cache lives in a directory named by a digest of everything its content depends on: the
 architecture, its parameters (and BatchNorm statistics) up to the prefix, the preprocessing,
-the model's width, dtype and conv1 padding,
-the patch geometry and crop settings, the split, and every image file (size and SHA-256). Any
-change gives another directory: a stale cache is never reused, it is rebuilt.
+the model's width and dtype, the backbone's own options (AlexNet: conv1 padding), the patch
+geometry and crop settings, the split, and every image file (size and SHA-256). Any change
+gives another directory: a stale cache is never reused, it is rebuilt.
 
 Building is resumable: rows are written in image order, flushed, and only then are the
 finished images' digests and their count committed (atomic renames of ``digests.txt`` and
@@ -59,8 +59,8 @@ from voc_jax.data import pipeline
 from voc_jax.data.voc import VocDataset, VocRecord
 from voc_jax.errors import DiskFull, is_disk_full
 from voc_jax.experiment import Experiment
+from voc_jax.memory import format_bytes
 from voc_jax.settings import CacheSettings
-from voc_jax.validation import format_bytes
 from voc_jax.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
@@ -97,16 +97,15 @@ def backbone_digest(variables: dict[str, Any], prefix_layers: Sequence[str]) -> 
 def describe(exp: Experiment, split: str, records: Sequence[VocRecord]) -> dict[str, Any]:
     """Everything the cached rows depend on; its digest names the cache directory."""
     patch_cfg, model = exp.patches, exp.settings.model
+    module = exp.model.module
+    b = module.backbone
     return {
         "version": VERSION,
-        "backbone": backbone_digest(exp.model.variables, exp.model.module.backbone.prefix_layers),
+        "backbone": backbone_digest(exp.model.variables, b.prefix_layers),
         "preprocessing": exp.model.preprocessing.to_dict(),
-        "model": {
-            "arch": model.arch,
-            "width": model.width,
-            "dtype": model.dtype,
-            "conv1_padding": exp.model.module.conv1_padding,
-        },
+        # the backbone's own options join the block (AlexNet: conv1_padding)
+        "model": {"arch": model.arch, "width": model.width, "dtype": model.dtype}
+        | dataclasses.asdict(module.options if module.options is not None else b.options()),
         "patches": {
             "size": model.patch_size,
             "scales": list(patch_cfg.scales),

@@ -18,10 +18,9 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from voc_jax.settings import OptimSettings
+from voc_jax.settings import OPTIMIZERS, SCHEDULES, OptimSettings
 
 TRAINABLE, FROZEN = "trainable", "frozen"
-SCHEDULES = ("step", "cosine")
 Params = Any
 
 
@@ -110,9 +109,6 @@ def learning_rate_schedule(
     # while step boundaries stay in absolute epochs.
     after = main if config.schedule == "cosine" else (lambda c: main(c + warmup))
     return optax.join_schedules([ramp, after], [warmup])
-
-
-OPTIMIZERS = ("sgd", "adamw")
 
 
 def trainable_transform(config: OptimSettings, params: Params, schedule: optax.Schedule):

@@ -12,8 +12,13 @@ from typing import Any
 
 import ml_collections
 
+from voc_jax import config_compat, models
+from voc_jax.data.splits import DataSettings
 from voc_jax.data.synthetic import SyntheticConfig
 from voc_jax.preprocessing import Preprocessing
+
+OPTIMIZERS = ("sgd", "adamw")  # optim.optimizer (voc_jax.optim)
+SCHEDULES = ("step", "cosine")  # optim.schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,31 +32,18 @@ class TrainSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataSettings:
-    root: str  # "" = WORKDIR/data/VOC2007
-    generate: bool  # generate the synthetic set at an explicit root that does not exist
-    synthetic_generate: bool  # ... or at WORKDIR/data/VOC2007 when root is empty
-    synthetic: SyntheticConfig
-    train_split: str
-    test_split: str
-    max_train_images: int
-    max_test_images: int
-    check_images: str
-    strict: bool
-    workers: int
-
-
-@dataclasses.dataclass(frozen=True)
 class ModelSettings:
     num_classes: int
     head_hidden: int
     dropout_rate: float
     dtype: str  # "float32" | "bfloat16"
-    conv1_padding: int  # from scratch only; converted weights carry their own
     width: float
     patch_size: int  # the network's input side
     arch: str = "alexnet"  # voc_jax.models.ARCHITECTURES
     bn_update: bool = False  # BatchNorm: batch statistics in training, updated and saved
+    # The backbone's own options (Backbone.options: AlexNet's conv1_padding), from
+    # model.options; from scratch only: converted weights carry their own. None: defaults.
+    options: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +141,12 @@ def read(config: ml_collections.ConfigDict) -> Settings:
             synthetic_generate=bool(d.synthetic.generate),
             synthetic=synthetic_config(config),
         ),
-        model=_fields(ModelSettings, m, patch_size=config.patches.size),
+        model=_fields(
+            ModelSettings,
+            m,
+            patch_size=config.patches.size,
+            options=models.options_for(m.arch, config_compat.model_options(m))[0],
+        ),
         init=InitSettings(
             weights=str(i.weights or ""),
             keep_head=bool(i.keep_head),

@@ -28,7 +28,7 @@ from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from voc_jax import cli, distributed, feature_cache, steps, validation
+from voc_jax import cli, distributed, experiment, feature_cache, steps
 from voc_jax import evaluate as evaluate_lib
 from voc_jax import workdir as workdir_lib
 from voc_jax.checkpoint import Checkpointer, abstract_like
@@ -140,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     before the run is known to proceed), train epoch by epoch (saving as it goes), evaluate
     the test split at the end."""
     workdir = Path(workdir)
-    validation.validate(config, jax.device_count(), jax.process_count())
+    experiment.validate(config)
     with distributed.workdir_lock(workdir, "train"):
         workdir_lib.check_before_training(config, workdir)
         exp = Experiment.build(config)

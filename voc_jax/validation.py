@@ -1,33 +1,34 @@
-"""The whole config checked before any data is read or generated and before anything is
-written: names, ranges, divisibility, regexes against the real parameter paths (from
-``jax.eval_shape``, so no weights and no compute are needed) and the converted weights'
-metadata. Every problem is collected and reported at once, each naming its config key.
+"""The config's values checked before any data is read or generated and before anything is
+written: names, ranges, divisibility, the memory one call needs, the backbone's name and its
+own options. Every problem is collected and reported at once, each naming its config key.
+
+A low floor: this module knows the registry of backbones (to check ``model.arch`` and to let
+the backbone check ``model.options``), not the transfer network or the optimizer. The checks
+that need the network itself (its parameter paths, its smallest input) and the converted
+weights' metadata are voc_jax.model_validation's; ``voc_jax.experiment.validate`` runs both.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 
-from voc_jax import metrics, models, optim
-from voc_jax import weights as weights_lib
+from voc_jax import config_compat, metrics, models, settings
 from voc_jax.data.patches import CROP_MODES, DIFFICULT_MODES, TEST_SAMPLINGS
 from voc_jax.data.voc import IMAGE_CHECKS
-from voc_jax.errors import ConfigError, WeightsError
-from voc_jax.model import TransferNet
+from voc_jax.errors import ConfigError
+from voc_jax.memory import format_bytes, physical_memory
 
 DTYPES = ("float32", "bfloat16")
 CROP_SITES = ("auto", "device", "host")
 CACHE_DTYPES = ("float16", "bfloat16", "float32")  # voc_jax.feature_cache.DTYPES
 MAX_HEAD_HIDDEN = 65536
+log = logging.getLogger(__name__)
 
 
 class _Problems:
@@ -99,9 +100,6 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
         raise ConfigError("config: " + "; ".join(p.items))
     _check_divisibility(config, p, device_count, process_count)
     _check_call_size(config, p)
-    _check_weights(config, p)
-    if not p.items:
-        _check_model_and_regexes(config, p)
     if p.items:
         raise ConfigError("config: " + "; ".join(p.items))
 
@@ -155,19 +153,32 @@ def _check_patches_and_model(p: _Problems) -> None:
     p.check("model.head_hidden", _int_in(1, MAX_HEAD_HIDDEN), f"must be in [1, {MAX_HEAD_HIDDEN}]")
     p.check("model.dropout_rate", _number(0, 1, high_open=True), "must be in [0, 1)")
     p.check("model.dtype", _one_of(DTYPES), f"must be one of {DTYPES}")
-    p.check(
-        "model.conv1_padding",
-        _int_in(0, weights_lib.MAX_CONV1_PADDING),
-        f"must be in [0, {weights_lib.MAX_CONV1_PADDING}] (torchvision pads 2, neon 3)",
-    )
     p.check("model.width", _number(0, 1, low_open=True), "must be in (0, 1]")
     p.check("model.arch", _one_of(models.ARCHITECTURES), f"must be one of {models.ARCHITECTURES}")
     p.check("model.bn_update", lambda v: isinstance(v, bool), "must be True or False")
+    _check_model_options(p)
+
+
+def _check_model_options(p: _Problems) -> None:
+    """``model.options``: the backbone's own, checked by the backbone (AlexNet's
+    conv1_padding; a key another architecture has is refused, naming its options)."""
+    model = p.config.model
+    if model.get("arch") not in models.ARCHITECTURES:
+        return
+    try:
+        _, aside = models.options_for(model.arch, config_compat.model_options(model))
+    except ValueError as e:
+        p.add(str(e))
+        return
+    for key in aside:
+        log.warning("model.options.%s is not an option of %s: ignored", key, model.arch)
 
 
 def _check_optim_and_outputs(p: _Problems) -> None:
-    p.check("optim.optimizer", _one_of(optim.OPTIMIZERS), f"must be one of {optim.OPTIMIZERS}")
-    p.check("optim.schedule", _one_of(optim.SCHEDULES), f"must be one of {optim.SCHEDULES}")
+    p.check(
+        "optim.optimizer", _one_of(settings.OPTIMIZERS), f"must be one of {settings.OPTIMIZERS}"
+    )
+    p.check("optim.schedule", _one_of(settings.SCHEDULES), f"must be one of {settings.SCHEDULES}")
     p.check("optim.learning_rate", _number(0), "must be a finite number >= 0")
     p.check(
         "optim.lr_changes",
@@ -233,109 +244,3 @@ def _check_call_size(config: ml_collections.ConfigDict, p: _Problems) -> None:
             f"call: one call's patches need {format_bytes(needed)}, more than this machine's "
             f"{format_bytes(memory)} of memory"
         )
-
-
-def physical_memory() -> int:
-    """Bytes of RAM (0 when the platform does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def format_bytes(n: float) -> str:
-    """1.5 KiB, 23.7 GiB, 1.1 TiB: the unit that fits."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def _check_weights(config: ml_collections.ConfigDict, p: _Problems) -> None:
-    weights_dir = config.init.weights
-    if not weights_dir:
-        return
-    meta = Path(weights_dir) / weights_lib.METADATA_FILE
-    if not meta.is_file():
-        p.add(
-            f"init.weights={weights_dir}: no converted weights there (metadata.json missing). "
-            "Create them with convert/alexnet_to_flax.py (for the smoke config, "
-            "scripts/quickstart.sh pretrains and converts the synthetic source network), or "
-            "pass --config.init.weights='' to train from scratch"
-        )
-        return
-    try:
-        metadata = weights_lib.read_metadata(meta)
-    except WeightsError as e:
-        p.add(f"init.weights: {e}")
-        return
-    block = metadata["architecture"]
-    arch, width = weights_lib.backbone_of(block), float(block.get("width", 1.0))
-    if arch != config.model.arch:
-        p.add(
-            f"init.weights={weights_dir}: {arch} weights, but model.arch={config.model.arch!r}; "
-            f"pass --config.model.arch={arch} (or use a voc07_{arch} config)"
-        )
-    if width != config.model.width:
-        p.add(
-            f"init.weights={weights_dir}: weights of width {width:g}, but model.width="
-            f"{config.model.width:g}; pass --config.model.width={width:g}"
-        )
-
-
-def _check_model_and_regexes(config: ml_collections.ConfigDict, p: _Problems) -> None:
-    """The network at this patch size, and every regex against its real parameter paths."""
-    m = config.model
-    model = TransferNet(
-        num_classes=m.num_classes,
-        conv1_padding=m.conv1_padding,
-        head_hidden=m.head_hidden,
-        width=m.width,
-        arch=m.arch,
-    )
-    size, b = config.patches.size, models.backbone(m.arch)
-    try:
-        if size < b.min_patch:
-            raise ValueError
-        shapes = jax.eval_shape(
-            model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-        )
-    except Exception:  # the conv stack leaves nothing of too small an input
-        p.add(
-            f"patches.size={size}: too small for {m.arch}'s conv and pooling layers (>= {b.min_patch})"
-        )
-        return
-    paths = optim.param_paths(shapes["params"])
-    for key in ("optim.trainable", "optim.no_decay"):
-        for pattern in p.get(key):
-            if not any(re.fullmatch(pattern, path) for path in paths):
-                p.add(f"{key}: {pattern!r} matches no parameter (paths look like {paths[:3]})")
-    _check_feature_cache(config, paths, p)
-
-
-def _check_feature_cache(config: ml_collections.ConfigDict, paths: list[str], p: _Problems):
-    """The cache holds the frozen prefix's output (AlexNet, VGG-16: fc6; ResNet-50: the
-    pooled features): usable only when nothing in that prefix trains or changes."""
-    if not config.feature_cache.enabled:
-        return
-    b = models.backbone(config.model.arch)
-    below = [
-        path
-        for path in paths
-        if path.split("/")[0] in b.prefix_layers
-        and any(re.fullmatch(pattern, path) for pattern in config.optim.trainable)
-    ]
-    if below:
-        p.add(
-            f"feature_cache.enabled=True caches {config.model.arch}'s {b.cached} output, so "
-            f"every trainable parameter must be above {b.cached}; optim.trainable makes these "
-            f"trainable: {', '.join(below)}"
-        )
-    if b.has_batch_norm and config.model.bn_update:
-        p.add(
-            "feature_cache.enabled=True with model.bn_update=True: updated BatchNorm statistics "
-            "change the cached features; keep the pretrained statistics (bn_update=False)"
-        )
-    if jax.process_count() > 1:
-        p.add("feature_cache.enabled=True: the cache is built and read by a single process")

@@ -10,6 +10,7 @@ name, because a silently half-loaded backbone trains for hours and then disappoi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,8 +26,8 @@ from flax import serialization, traverse_util
 from voc_jax import models
 from voc_jax.atomic import atomic_directory
 from voc_jax.errors import WeightsError
-from voc_jax.model import TransferHead
-from voc_jax.models.alexnet import MAX_CONV1_PADDING
+from voc_jax.models import Backbone
+from voc_jax.models.transfer import HEAD_HIDDEN, TransferHead
 from voc_jax.preprocessing import Preprocessing
 
 PARAMS_FILE = "params.msgpack"
@@ -68,20 +69,16 @@ def shape_problems(tree: Mapping[str, Any], expected: Mapping[str, tuple[int, ..
 
 
 def classifier_shapes(
-    arch: str, num_classes: int = 1000, width: float = 1.0
+    b: Backbone, num_classes: int = 1000, width: float = 1.0, options: Any = None
 ) -> dict[str, tuple[int, ...]]:
     """Flat variable shapes of an ImageNet classifier (independent of the input size)."""
-    side = max(models.backbone(arch).min_patch, 64)
+    side = max(b.min_patch, 64)
     shapes = jax.eval_shape(
-        models.build(arch, num_classes, width=width).init,
+        b.build(num_classes, options, width=width).init,
         jax.random.key(0),
         jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32),
     )
     return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
-
-
-def expected_alexnet_shapes(num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
-    return classifier_shapes("alexnet", num_classes)
 
 
 def expected_head_shapes(num_classes: int, hidden: int, features: int = 4096) -> dict:
@@ -93,16 +90,31 @@ def expected_head_shapes(num_classes: int, hidden: int, features: int = 4096) ->
     return {f"head/{k}": tuple(v.shape) for k, v in flatten(shapes["params"]).items()}
 
 
-def backbone_of(architecture: Mapping[str, Any]) -> str:
+def backbone_of(architecture: Mapping[str, Any]) -> Backbone:
     """The backbone of an architecture block (a transfer model names it; format 1: AlexNet)."""
     name = architecture.get("name")
-    return architecture.get("backbone", "alexnet") if name == "transfer" else name
+    arch = architecture.get("backbone", "alexnet") if name == "transfer" else name
+    try:
+        return models.backbone(arch)
+    except ValueError:
+        raise WeightsError(
+            f"architecture {name!r} (backbone {arch!r}) is not one of "
+            f"{', '.join(models.ARCHITECTURES)} or 'transfer'"
+        ) from None
 
 
-def backbone_shapes(arch: str, width: float) -> dict[str, tuple[int, ...]]:
+def options_of(architecture: Mapping[str, Any]) -> Any:
+    """The backbone's own options recorded in an architecture block (AlexNet: conv1_padding)."""
+    try:
+        return backbone_of(architecture).options_of(architecture)
+    except ValueError as e:
+        raise WeightsError(str(e)) from e
+
+
+def backbone_shapes(b: Backbone, width: float, options: Any = None) -> dict[str, tuple[int, ...]]:
     """The classifier's shapes without its classifier layer: what a transfer model keeps."""
-    b = models.backbone(arch)
-    return {k: v for k, v in classifier_shapes(arch, 1000, width).items() if _layer(k) in b.layers}
+    shapes = classifier_shapes(b, 1000, width, options)
+    return {k: v for k, v in shapes.items() if _layer(k) in b.layers}
 
 
 def _layer(flat_name: str) -> str:
@@ -112,24 +124,17 @@ def _layer(flat_name: str) -> str:
 
 def expected_shapes(architecture: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Shapes for the architecture block of a metadata file (a classifier or 'transfer')."""
-    name = architecture.get("name")
+    b = backbone_of(architecture)
     width = float(architecture.get("width", 1.0))
-    if name in models.ARCHITECTURES:
-        return classifier_shapes(name, int(architecture.get("num_classes", 1000)), width)
-    if name == "transfer":
-        arch = backbone_of(architecture)
-        if arch not in models.ARCHITECTURES:
-            raise WeightsError(f"unknown backbone {arch!r}; expected one of {models.ARCHITECTURES}")
-        head = expected_head_shapes(
-            int(architecture["num_classes"]),
-            int(architecture.get("head_hidden", 4096)),
-            models.backbone(arch).head_width(width),
-        )
-        return backbone_shapes(arch, width) | head
-    raise WeightsError(
-        f"unknown architecture name {name!r}; expected 'transfer' or one of "
-        f"{', '.join(models.ARCHITECTURES)}"
+    options = options_of(architecture)
+    if architecture.get("name") != "transfer":
+        return classifier_shapes(b, int(architecture.get("num_classes", 1000)), width, options)
+    head = expected_head_shapes(
+        int(architecture["num_classes"]),
+        int(architecture.get("head_hidden", HEAD_HIDDEN)),
+        b.head_width(width),
     )
+    return backbone_shapes(b, width, options) | head
 
 
 def as_variables(tree: Mapping[str, Any]) -> Variables:
@@ -196,23 +201,13 @@ def check_metadata(metadata: Mapping[str, Any], where: str | os.PathLike[str]) -
         if not isinstance(metadata.get(key), dict):
             raise WeightsError(f"{meta_path}: missing the '{key}' block")
     arch = metadata["architecture"]
-    backbone = backbone_of(arch)
-    if backbone not in models.ARCHITECTURES:
-        raise WeightsError(
-            f"{meta_path}: architecture {arch.get('name')!r} (backbone {backbone!r}) is not one "
-            f"of {', '.join(models.ARCHITECTURES)} or 'transfer'"
-        )
+    try:
+        backbone_of(arch).options_of(arch)
+    except (WeightsError, ValueError) as e:
+        raise WeightsError(f"{meta_path}: {e}") from e
     width = arch.get("width", 1.0)
     if not isinstance(width, int | float) or not (math.isfinite(width) and 0 < width <= 1):
         raise WeightsError(f"{meta_path}: architecture.width={width!r} is out of range (0, 1]")
-    padding = arch.get("conv1_padding")
-    if backbone == "alexnet" and (
-        not isinstance(padding, int) or not 0 <= padding <= MAX_CONV1_PADDING
-    ):
-        raise WeightsError(
-            f"{meta_path}: architecture.conv1_padding={padding!r} is out of range "
-            f"(0..{MAX_CONV1_PADDING}; torchvision 2, neon 3)"
-        )
     try:
         prep = Preprocessing.from_dict(metadata["preprocessing"])
     except (KeyError, TypeError, ValueError) as e:
@@ -262,12 +257,10 @@ def preprocessing_of(metadata: Mapping[str, Any]) -> Preprocessing:
 def classifier_from_metadata(metadata: Mapping[str, Any], **overrides: Any):
     """The ImageNet classifier that converted weights plug into."""
     arch = metadata["architecture"]
-    if arch["name"] not in models.ARCHITECTURES:
+    if arch["name"] == "transfer":
         raise WeightsError(f"weights are a {arch['name']!r} model, not an ImageNet classifier")
-    fields: dict[str, Any] = {"width": float(arch.get("width", 1.0))}
-    if arch["name"] == "alexnet":
-        fields["conv1_padding"] = int(arch["conv1_padding"])
-    return models.build(arch["name"], int(arch["num_classes"]), **(fields | overrides))
+    fields = {"width": float(arch.get("width", 1.0))} | overrides
+    return backbone_of(arch).build(int(arch["num_classes"]), options_of(arch), **fields)
 
 
 def init_head(num_classes: int, hidden: int, seed: int, features: int = 4096) -> Params:
@@ -299,8 +292,7 @@ def transfer_variables(
     converted = as_variables(converted)
     source = converted["params"]
     arch_block = metadata["architecture"]
-    arch, width = backbone_of(arch_block), float(arch_block.get("width", 1.0))
-    b = models.backbone(arch)
+    b, width = backbone_of(arch_block), float(arch_block.get("width", 1.0))
     has_head = "head" in source
     keep_head = has_head if keep_head is None else keep_head
     if keep_head and not has_head:
@@ -316,11 +308,12 @@ def transfer_variables(
     expected = expected_shapes(
         {
             "name": "transfer",
-            "backbone": arch,
+            "backbone": b.name,
             "width": width,
             "num_classes": num_classes,
             "head_hidden": head_hidden,
         }
+        | dataclasses.asdict(options_of(arch_block))
     )
     problems = shape_problems(variables, expected)
     if problems:

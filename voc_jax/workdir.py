@@ -23,7 +23,8 @@ CHECKPOINTS = "checkpoints"
 # Fields a checkpoint's arrays depend on: a resume (or an evaluation) with another value
 # cannot restore it, so it is refused up front, naming them.
 # Config fields added after workdirs were first written, with the value older runs had.
-LATER_FIELDS = {"model.arch": "alexnet", "model.bn_update": False}
+# (An old top-level model.conv1_padding is AlexNet's option now: voc_jax.config_compat.)
+LATER_FIELDS = {"model.arch": "alexnet", "model.bn_update": False, "model.options": {}}
 SHAPE_FIELDS = ("model.arch", "model.num_classes", "model.head_hidden", "model.width")
 STATE_FIELDS = ("optim.optimizer", "optim.trainable")
 

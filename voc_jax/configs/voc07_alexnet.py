@@ -1,147 +1,28 @@
 """The reference recipe (docs/reference.md): ImageNet AlexNet fine-tuned end to end on VOC 2007
-trainval patches, 448 per image as 7 SGD updates of 64, evaluated on VOC 2007 test.
+trainval patches, 448 per image as 7 SGD updates of 64, evaluated on VOC 2007 test (the
+method, voc07_base.py, on AlexNet).
 
     python -m voc_jax.train --config voc_jax/configs/voc07_alexnet.py --workdir runs/ref \
         --config.data.root=data/VOCdevkit/VOC2007 --config.init.weights=weights/alexnet_tv
+
+The frozen variant (Oquab et al.: only the new head trains; the same as voc07_frozen.py):
+
+    python -m voc_jax.train --config voc_jax/configs/voc07_alexnet.py:frozen ...
 """
 
 import ml_collections
 
-from voc_jax.data.patches import REFERENCE_SCALES
+from voc_jax.configs import voc07_base
 
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0  # everything random derives from it: head init, shuffles, sampling, dropout
-    c.num_epochs = 10  # the published run; the reference converged after ~15
-    c.batch_size = 64  # patches per SGD update (per image micro-batch)
-    c.images_per_step = 1  # images per jitted call; each adds batch_size patches per update
-    c.log_every_steps = 50  # SGD updates between TensorBoard points
-    # An update's gradient computed in this many sequential slices of its batch, summed: the
-    # same update (to float rounding; dropout masks drawn per slice) with a smaller working
-    # set. 0 = auto: slices of 16 patches on the CPU backend for VGG-16 and ResNet-50
-    # (ResNet-50's full step measured 1.44x faster as 4 x 16 than as 64; docs/performance.md),
-    # the whole batch elsewhere and with model.bn_update
-    c.grad_chunks = 1
-
-    c.data = ml_collections.ConfigDict()
-    c.data.root = ""  # the VOC2007 directory (Annotations/, JPEGImages/, ImageSets/Main/)
-    c.data.train_split = "trainval"
-    c.data.test_split = "test"
-    c.data.max_train_images = 5000  # the reference uses the first 5000 of 5011; 0 = all
-    c.data.max_test_images = 0  # 0 = all
-    # Validation before training: none | exist | sizes (headers only, fast) | decode (every
-    # image decoded once, ~30 s for VOC 2007, remembered in WORKDIR/image_check.json)
-    c.data.check_images = "decode"
-    c.data.strict = False  # annotation warnings (clipped / dropped boxes) become errors
-    c.data.workers = 2  # host pipeline worker processes (0 = in the training process)
-    # True: generate the synthetic VOC set at an explicit data.root that does not exist
-    # (otherwise a missing data.root is an error: a typo must not train on generated data)
-    c.data.generate = False
-    c.data.synthetic = ml_collections.ConfigDict()
-    # Generate the synthetic VOC set into WORKDIR/data/VOC2007 when data.root is empty and
-    # that directory is absent (the smoke configs)
-    c.data.synthetic.generate = False
-    c.data.synthetic.num_trainval = 200
-    c.data.synthetic.num_test = 100
-    c.data.synthetic.seed = 0
-    c.data.synthetic.min_side = 200  # image sides drawn from [min_side, max_side]
-    c.data.synthetic.max_side = 500
-
-    c.patches = ml_collections.ConfigDict()
-    c.patches.size = 224  # network input side (patches are resized to size x size)
-    c.patches.scales = REFERENCE_SCALES  # patch side = (min(W, H) - 1) / s
-    c.patches.per_image = 448  # K: patches sampled per image (train and test)
-    c.patches.min_patches = 448  # geometry: stop once this many patches ...
-    c.patches.min_scales = 11  # ... and this many scales were used
-    c.patches.min_patch_overlap = 0.2  # label rule: intersection >= 20% of the patch ...
-    c.patches.min_box_coverage = 0.6  # ... and >= 60% of the box
-    c.patches.difficult = "object"  # object (reference) | ignore | exclude
-    c.patches.shuffle = True  # mix positives over the 7 micro-batches
-    c.patches.test_sampling = "random"  # random (reference) | spread (deterministic)
-    c.patches.canvas = (500, 500)  # device image buffer; larger images are scaled down
-    # exact: resample the fractional patch box (default, better); reference: truncate each
-    # coordinate to a whole pixel first, as the reference's PIL crop did (its exact pixels)
-    c.patches.crop_boxes = "exact"
-    # Where patches are cropped: device (the jitted step, from the image), host (PIL in the
-    # pipeline workers), auto = host on the CPU backend (2.5x cheaper there), device elsewhere
-    c.patches.crops = "auto"
-    c.patches.max_rows = 0  # row intervals per image for the shared crop pass; 0 = what the
-    # scales can need, 2 * sum(ceil(scale)) (86 for the reference's 13 scales)
-
-    c.model = ml_collections.ConfigDict()
-    # The backbone: alexnet | vgg16 | resnet50 (voc07_vgg16.py, voc07_resnet50.py); converted
-    # weights must be of this architecture (and width)
+def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
+    c = voc07_base.get_config()
     c.model.arch = "alexnet"
-    c.model.num_classes = 21  # background + 20
-    c.model.head_hidden = 4096  # the new Dense layer's width
-    c.model.dropout_rate = 0.5
-    c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
-    c.model.conv1_padding = 2  # only for training from scratch; weights carry their own
-    # Multiplier on every backbone channel and hidden width: 1.0 is the real network (and
-    # what ImageNet weights are); the tests train a 1/16-wide network from scratch.
-    c.model.width = 1.0
-    # BatchNorm (ResNet-50 only): False keeps the pretrained statistics in training too (an
-    # update sees 64 patches of ONE image, a poor sample for batch statistics); True uses
-    # batch statistics when training and updates the running ones (torch's momentum 0.1),
-    # which are then checkpointed. Scale and bias train as optim.trainable says either way.
-    c.model.bn_update = False
-
-    c.init = ml_collections.ConfigDict()
-    c.init.weights = ""  # converter output directory; empty = train from scratch
-    c.init.keep_head = False  # use the head stored in the weights (a converted VOC model)
-    # Normalisation when training from scratch (converted weights carry their own):
-    c.init.channel_order = "RGB"
-    c.init.scale = 1.0 / 255.0
-    c.init.mean = (0.485, 0.456, 0.406)
-    c.init.std = (0.229, 0.224, 0.225)
-
-    c.optim = ml_collections.ConfigDict()
-    c.optim.optimizer = "sgd"  # sgd (the reference) | adamw
-    c.optim.trainable = (".*",)  # regexes over param paths; the reference trains everything
-    c.optim.learning_rate = 1e-4
-    c.optim.schedule = "step"  # step (set to value at epoch) | cosine
-    c.optim.lr_changes = ((15, 1e-5), (20, 1e-6))  # (epoch, new rate) for schedule=step
-    c.optim.warmup_epochs = 0.0  # linear warm-up from 0
-    c.optim.momentum = 0.9  # sgd only
-    c.optim.nesterov = False  # sgd only
-    c.optim.b1 = 0.9  # adamw only: first-moment decay
-    c.optim.b2 = 0.999  # adamw only: second-moment decay
-    c.optim.eps = 1e-8  # adamw only
-    # sgd: coupled L2 added to the gradient, as neon; adamw: decoupled, multiplied by the rate
-    c.optim.weight_decay = 5e-4
-    c.optim.no_decay = ()  # regexes of params without decay; the reference decays biases too
-    # An update averages images_per_step x batch_size patches (the reference: 1 x 64). True
-    # multiplies every rate by images_per_step (the linear scaling rule) when that grows.
-    c.optim.scale_lr = False
-
-    c.distributed = False  # True: jax.distributed.initialize(); also done automatically when a
-    # cluster is detected (SLURM with > 1 task, Open MPI, JAX_COORDINATOR_ADDRESS set)
-    c.cluster = ml_collections.ConfigDict()
-    c.cluster.coordinator = ""  # host:port of process 0; empty = from the cluster environment
-    c.cluster.num_processes = 0  # 0 = from the cluster environment
-    c.cluster.process_id = -1  # -1 = from the cluster environment
-    c.cluster.local_device_ids = ()  # this process's devices; empty = all local ones
-    c.cluster.cpu_collectives = ""  # "gloo" for multi-process runs on CPUs; "" = JAX's default
-
-    # Frozen backbone only (every trainable parameter above fc6): compute the fc6 activations
-    # of every candidate patch once, then train from them (voc_jax.feature_cache).
-    c.feature_cache = ml_collections.ConfigDict()
-    c.feature_cache.enabled = False
-    c.feature_cache.dtype = "float16"  # float16 | bfloat16 | float32 (rows on disk)
-    c.feature_cache.dir = ""  # where caches go; empty = WORKDIR/feature_cache
-
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every_steps = 1000  # SGD updates between checkpoints (and every epoch end)
-    c.checkpoint.max_to_keep = 3
-    # Resuming with another images_per_step than the checkpoint's is refused (it would skip
-    # or repeat part of an epoch); True restarts the epoch at the nearest image boundary
-    c.checkpoint.allow_batch_change = False
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.exponent = 5.0  # image score = sum over patches of p(c | patch) ** exponent
-    c.eval.protocols = ("voc07", "area", "reference")  # AP protocols reported
-    c.eval.every_epochs = 0  # also evaluate every N epochs (0 = only at the end)
-    c.eval.images_per_step = 1  # test images per jitted call
-    c.eval.plots = True  # PR curves and per-class bar chart as PNG
+    # conv1's padding: 2 for torchvision's AlexNet, 3 for neon's; only for training from
+    # scratch (converted weights carry their own)
+    c.model.options.conv1_padding = 2
+    if variant == "frozen":
+        voc07_base.head_only(c)
+    elif variant != "finetune":
+        raise ValueError(f"voc07_alexnet.py:{variant}: expected finetune or frozen")
     return c

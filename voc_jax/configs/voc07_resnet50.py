@@ -13,11 +13,11 @@ The frozen variant (only the new head trains, from a feature cache of the pooled
 
 import ml_collections
 
-from voc_jax.configs import voc07_alexnet, voc07_frozen
+from voc_jax.configs import voc07_base
 
 
 def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
-    c = voc07_alexnet.get_config()
+    c = voc07_base.get_config()
     c.model.arch = "resnet50"
     # BatchNorm keeps the pretrained statistics (an update sees 64 patches of one image, a
     # poor sample); scale and bias train with their layers. docs/converting.md: the trade-off.
@@ -47,7 +47,7 @@ def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
 
 def _frozen(c: ml_collections.ConfigDict) -> None:
     """The backbone frozen (BatchNorm included), the new head trained at 1e-3 for 10 epochs
-    (voc07_frozen.py's recipe), from cached pooled features (2048 per patch)."""
-    voc07_frozen.head_only(c)
+    (voc07_base.head_only), from cached pooled features (2048 per patch)."""
+    voc07_base.head_only(c)
     c.optim.no_decay = ()  # no BatchNorm parameter trains
     c.feature_cache.enabled = True

@@ -12,11 +12,11 @@ The frozen variant (only the new head trains, from a feature cache of fc6):
 
 import ml_collections
 
-from voc_jax.configs import voc07_alexnet, voc07_frozen
+from voc_jax.configs import voc07_base
 
 
 def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
-    c = voc07_alexnet.get_config()
+    c = voc07_base.get_config()
     c.model.arch = "vgg16"
     # Which layers learn: conv1_x and conv2_x stay as pretrained (generic edge and texture
     # filters; Fast R-CNN freezes them for VGG-16 too, and they cost half the backward pass
@@ -40,6 +40,6 @@ def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
 
 def _frozen(c: ml_collections.ConfigDict) -> None:
     """Oquab et al.'s variant: the backbone frozen, the new head trained at a 10x rate for
-    10 epochs (voc07_frozen.py's recipe), from cached fc6 activations (4096 per patch)."""
-    voc07_frozen.head_only(c)
+    10 epochs (voc07_base.head_only), from cached fc6 activations (4096 per patch)."""
+    voc07_base.head_only(c)
     c.feature_cache.enabled = True

@@ -1,4 +1,4 @@
-"""torchvision state dicts <-> our Flax variables, for every backbone, from one rule set.
+"""torch state dicts <-> our Flax variables, for every backbone, from one rule set.
 
 Each of our modules maps to one torch prefix (``Backbone.torch_prefix``), and its kind follows
 from its variables: a 4-D kernel is a convolution (OIHW -> HWIO), a 2-D kernel a dense layer
@@ -16,27 +16,25 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from voc_jax import models, weights
+from voc_jax import weights
 from voc_jax.errors import UserError
+from voc_jax.models import Backbone
 
 Variables = dict[str, Any]
-DROPPED = ("num_batches_tracked",)
-DISPLAY = {
-    "alexnet": "AlexNet",
-    "vgg16": "VGG-16",
-    "resnet50": "ResNet-50",
-}  # BatchNorm's counter: torch's bookkeeping, no weight
+DROPPED = ("num_batches_tracked",)  # BatchNorm's counter: torch's bookkeeping, no weight
 
 
 class LayoutError(UserError):
     """A state dict that is not the architecture it is said to be."""
 
 
-def flax_shapes(arch: str, num_classes: int, width: float) -> dict[str, dict[str, tuple]]:
+def flax_shapes(
+    b: Backbone, num_classes: int, width: float, options: Any = None
+) -> dict[str, dict[str, tuple]]:
     """{collection: {'module/path/leaf': shape}} of the ImageNet classifier: the one shape
     table (voc_jax.weights.classifier_shapes) split by collection."""
     stats = f"{weights.STATS}/"
-    flat = weights.classifier_shapes(arch, num_classes, width)
+    flat = weights.classifier_shapes(b, num_classes, width, options)
     shapes = {"params": {k: v for k, v in flat.items() if not k.startswith(stats)}}
     if any(k.startswith(stats) for k in flat):
         shapes[weights.STATS] = {k[len(stats) :]: v for k, v in flat.items() if k.startswith(stats)}
@@ -56,9 +54,8 @@ def modules_of(params: Mapping[str, tuple]) -> dict[str, dict[str, tuple]]:
     return modules
 
 
-def torch_shapes(arch: str, shapes: Mapping[str, Mapping[str, tuple]]) -> dict[str, tuple]:
+def torch_shapes(b: Backbone, shapes: Mapping[str, Mapping[str, tuple]]) -> dict[str, tuple]:
     """The torch keys and shapes our variables correspond to (``num_batches_tracked`` aside)."""
-    b = models.backbone(arch)
     expected: dict[str, tuple] = {}
     for module, leaves in modules_of(shapes["params"]).items():
         prefix = b.torch_prefix(module)
@@ -76,16 +73,12 @@ def torch_shapes(arch: str, shapes: Mapping[str, Mapping[str, tuple]]) -> dict[s
     return expected
 
 
-def infer(arch: str, state: Mapping[str, np.ndarray]) -> tuple[int, float]:
-    """(num_classes, width) of a state dict, read off its classifier and first convolution."""
-    b = models.backbone(arch)
+def infer(b: Backbone, state: Mapping[str, np.ndarray]) -> tuple[int, float]:
+    """(num_classes, width) of a state dict, read off its classifier and the layer the
+    backbone reads its width from."""
     classifier = state.get(f"{b.torch_prefix(b.classifier_layer)}.weight")
     num_classes = int(classifier.shape[0]) if getattr(classifier, "ndim", 0) == 2 else 1000
-    first = state.get(b.first_conv)
-    width = 1.0
-    if getattr(first, "ndim", 0) == 4 and first.shape[0] != b.first_channels:
-        width = float(first.shape[0]) / b.first_channels
-    return num_classes, width
+    return num_classes, b.infer_width(state)
 
 
 def problems(expected: Mapping[str, tuple], state: Mapping[str, np.ndarray]) -> list[str]:
@@ -101,19 +94,18 @@ def problems(expected: Mapping[str, tuple], state: Mapping[str, np.ndarray]) -> 
 
 
 def torch_to_flax(
-    arch: str, state: Mapping[str, np.ndarray], source: str
+    b: Backbone, state: Mapping[str, np.ndarray], source: str, options: Any = None
 ) -> tuple[Variables, int, float]:
-    """(variables, num_classes, width) of a torchvision-layout ``arch`` state dict; every
+    """(variables, num_classes, width) of a torch-layout state dict of backbone ``b``; every
     tensor used, every shape checked."""
-    num_classes, width = infer(arch, state)
-    shapes = flax_shapes(arch, num_classes, width)
-    found = problems(torch_shapes(arch, shapes), state)
+    num_classes, width = infer(b, state)
+    shapes = flax_shapes(b, num_classes, width, options)
+    found = problems(torch_shapes(b, shapes), state)
     if found:
         raise LayoutError(
-            f"{source}: not a torchvision {DISPLAY[arch]} state dict ({len(found)} problems; "
-            "--arch names the architecture):\n  " + "\n  ".join(found)
+            f"{source}: not a state dict of {b.display} ({len(found)} problems; --arch names "
+            "the architecture):\n  " + "\n  ".join(found)
         )
-    b = models.backbone(arch)
     params: dict[str, Any] = {}
     stats: dict[str, Any] = {}
     for module, leaves in modules_of(shapes["params"]).items():

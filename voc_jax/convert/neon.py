@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from voc_jax.errors import UserError, first_line
-from voc_jax.model import CONV_LAYERS, DENSE_LAYERS
+from voc_jax.models.alexnet import CONV_LAYERS, DENSE_LAYERS
 
-# AlexNet's layer table (voc_jax.model): conv geometry and torchvision names. conv1's padding
+# AlexNet's layer table (voc_jax.models.alexnet): conv geometry and torchvision names. conv1's padding
 # is whatever the file says (3 in neon's AlexNet) and is recorded in the metadata.
 TORCH_CONV = tuple(layer.torch_name for layer in CONV_LAYERS)
 TORCH_LINEAR = tuple(layer.torch_name for layer in DENSE_LAYERS)

@@ -10,12 +10,28 @@ from pathlib import Path
 from tqdm import tqdm
 
 from voc_jax import distributed
-from voc_jax.data.synthetic import generate
+from voc_jax.data.synthetic import SyntheticConfig, generate
 from voc_jax.data.voc import DecodedCache, VocDataset, load_dataset
 from voc_jax.errors import DataError
-from voc_jax.settings import DataSettings
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """Where a run's images come from and how they are checked (``config.data``)."""
+
+    root: str  # "" = WORKDIR/data/VOC2007
+    generate: bool  # generate the synthetic set at an explicit root that does not exist
+    synthetic_generate: bool  # ... or at WORKDIR/data/VOC2007 when root is empty
+    synthetic: SyntheticConfig
+    train_split: str
+    test_split: str
+    max_train_images: int
+    max_test_images: int
+    check_images: str
+    strict: bool
+    workers: int
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,8 +20,17 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from voc_jax.models import common
-from voc_jax.models.backbone import Backbone
-from voc_jax.models.common import Dtype, Options, adaptive_avg_pool, conv, dense_relu, scaled
+from voc_jax.models.backbone import Backbone, TorchvisionWeights, width_from
+from voc_jax.models.common import (
+    Dtype,
+    Options,
+    adaptive_avg_pool,
+    conv,
+    dense_relu,
+    is_int_in,
+    option,
+    scaled,
+)
 from voc_jax.pooling import max_pool_3x3_s2
 
 
@@ -62,13 +71,27 @@ _TORCH_NAMES = {layer.name: layer.torch_name for layer in ALEXNET_LAYERS}
 MAX_CONV1_PADDING = 5  # torchvision uses 2, neon 3; a kernel of 11 makes more meaningless
 
 
+@dataclasses.dataclass(frozen=True)
+class AlexNetOptions:
+    """AlexNet's own option: conv1's padding, 2 in torchvision, 3 in neon. Converted weights
+    record theirs (``architecture.conv1_padding``); ``model.options.conv1_padding`` is used
+    when training from scratch."""
+
+    conv1_padding: int = option(
+        2,
+        is_int_in(0, MAX_CONV1_PADDING),
+        f"an integer in [0, {MAX_CONV1_PADDING}] (torchvision pads 2, neon 3)",
+    )
+
+
 def to_fc6(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
     """conv1..fc6 (after its ReLU, before its dropout): what a frozen backbone always computes
     the same way, and what the feature cache stores."""
     del train  # no dropout or BatchNorm below fc6
+    conv1_padding = (o.specific or AlexNetOptions()).conv1_padding
     x = x.astype(o.dtype)
     for layer in CONV_LAYERS:
-        pad = o.conv1_padding if layer.padding is None else layer.padding
+        pad = conv1_padding if layer.padding is None else layer.padding
         x = conv(
             scaled(layer.features, o.width),
             layer.kernel,
@@ -104,7 +127,9 @@ class AlexNet(nn.Module):
         self, images: jax.Array, *, train: bool = False, features_only: bool = False
     ) -> jax.Array:
         """Logits; with ``features_only`` the fc7 activations (after ReLU and dropout)."""
-        o = Options(self.width, self.dtype, self.dropout_rate, self.conv1_padding)
+        o = Options(
+            self.width, self.dtype, self.dropout_rate, specific=AlexNetOptions(self.conv1_padding)
+        )
         x = fc6_to_fc7(to_fc6(images, o, train), o, train)
         if features_only:
             return x.astype(jnp.float32)
@@ -112,8 +137,54 @@ class AlexNet(nn.Module):
         return x.astype(jnp.float32)
 
 
+# ----------------------------------------------------------------------------- torch side
+# torch is imported inside these functions only: voc_jax never imports it at import time.
+
+
+def torch_classifier(num_classes: int = 1000, width: float = 1.0, options=None):
+    """torchvision's AlexNet; narrower with ``width`` < 1 (every layer of the table above
+    scaled, same module indices and state-dict names), so that the tiny plumbing runs (quick
+    demo, dry GPU check) can use a small one."""
+    import torch
+    import torchvision
+
+    conv1_padding = (options or AlexNetOptions()).conv1_padding
+    model = torchvision.models.alexnet(weights=None, num_classes=num_classes)
+    if width != 1.0:
+        channels = 3
+        for layer in CONV_LAYERS:
+            index = int(layer.torch_name.rsplit(".", 1)[1])
+            out = scaled(layer.features, width)
+            model.features[index] = torch.nn.Conv2d(
+                channels, out, layer.kernel, layer.stride, layer.padding or 0
+            )
+            channels = out
+        features = channels * POOLED_SIZE * POOLED_SIZE
+        for layer in DENSE_LAYERS:
+            index = int(layer.torch_name.rsplit(".", 1)[1])
+            out = num_classes if layer.name == "fc8" else scaled(layer.features, width)
+            model.classifier[index] = torch.nn.Linear(features, out)
+            features = out
+    model.features[0].padding = (conv1_padding, conv1_padding)
+    return model
+
+
+def torch_features(model) -> tuple:
+    """torchvision's AlexNet up to fc7's ReLU (what the transfer head reads; its dropouts sit
+    before fc6 and fc7, ours after: the same function in eval mode)."""
+    import torch
+
+    trunk = torch.nn.Sequential(
+        model.features, model.avgpool, torch.nn.Flatten(1), *list(model.classifier)[:6]
+    )
+    return trunk, model.classifier[4].out_features
+
+
 BACKBONE = Backbone(
     name="alexnet",
+    display="AlexNet",
+    classifier=AlexNet,
+    options=AlexNetOptions,
     to_prefix=to_fc6,
     from_prefix=fc6_to_fc7,
     layers=BACKBONE_LAYERS,
@@ -123,9 +194,11 @@ BACKBONE = Backbone(
     prefix_width=lambda width: scaled(FC_WIDTH, width),
     head_width=lambda width: scaled(FC_WIDTH, width),
     torch_prefix=lambda path: _TORCH_NAMES[path],
+    infer_width=width_from("features.0.weight", CONV_LAYERS[0].features),
     flatten_grid={"fc6": POOLED_SIZE},
-    first_conv="features.0.weight",
-    first_channels=64,
     min_patch=63,
     has_batch_norm=False,
+    torchvision=TorchvisionWeights("AlexNet_Weights", "IMAGENET1K_V1"),
+    torch_classifier=torch_classifier,
+    torch_features=torch_features,
 )

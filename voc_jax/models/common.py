@@ -1,9 +1,10 @@
 """What every backbone shares: the options a model is built with, the width multiplier, the
-adaptive average pool, the He initialiser, and the torch-layout rules the converter follows."""
+adaptive average pool, the He initialiser, and the building blocks of torch's layouts."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -20,16 +21,32 @@ BN_MOMENTUM = 0.9
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """How a backbone is built. ``width`` multiplies every channel and hidden width (tests run
-    narrow instances); ``conv1_padding`` is AlexNet's (2 torchvision, 3 neon; others ignore
-    it); ``bn_update``: BatchNorm uses and updates batch statistics in training mode (torch's
-    momentum 0.1) instead of keeping the pretrained ones (the default, see docs/converting.md)."""
+    """How a backbone is built. ``width`` multiplies the channel and hidden widths (tests run
+    narrow instances); ``bn_update``: BatchNorm uses and updates batch statistics in training
+    mode (torch's momentum 0.1) instead of keeping the pretrained ones (the default, see
+    docs/converting.md); ``specific``: the backbone's own options (its ``Backbone.options``
+    dataclass, e.g. AlexNet's conv1 padding), None for its defaults."""
 
     width: float = 1.0
     dtype: Dtype = jnp.float32  # compute dtype; params and BatchNorm statistics stay float32
     dropout_rate: float = 0.5
-    conv1_padding: int = 2
     bn_update: bool = False
+    specific: Any = None
+
+
+def option(default: Any, check: Callable[[Any], bool], want: str) -> Any:
+    """A field of a backbone's own options dataclass: its default, the test a value must
+    pass and what to say when it does not ("an integer in [0, 5]")."""
+    return dataclasses.field(default=default, metadata={"check": check, "want": want})
+
+
+def is_int_in(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """A backbone with no options of its own."""
 
 
 def scaled(features: int, width: float) -> int:

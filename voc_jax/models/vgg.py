@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from voc_jax.models import common
-from voc_jax.models.backbone import Backbone
+from voc_jax.models.backbone import Backbone, TorchvisionWeights, width_from
 from voc_jax.models.common import Dtype, Options, adaptive_avg_pool, conv, dense_relu, scaled
 
 # (stage, number of 3x3 convolutions, channels); a 2x2 max-pool ends every stage.
@@ -80,8 +80,43 @@ class VGG16(nn.Module):
         return x.astype(jnp.float32)
 
 
+# ----------------------------------------------------------------------------- torch side
+# torch is imported inside these functions only: voc_jax never imports it at import time.
+
+
+def torch_classifier(num_classes: int = 1000, width: float = 1.0, options=None):
+    """torchvision's VGG-16 (configuration D); narrower with ``width`` < 1 (same module
+    indices, so the same state-dict names)."""
+    import torch
+    import torchvision
+
+    if width == 1.0:
+        return torchvision.models.vgg16(weights=None, num_classes=num_classes)
+    cfg: list = []
+    for _, convs, channels in STAGES:
+        cfg += [scaled(channels, width)] * convs + ["M"]
+    model = torchvision.models.VGG(torchvision.models.vgg.make_layers(cfg), num_classes)
+    fc = scaled(FC_WIDTH, width)
+    model.classifier[0] = torch.nn.Linear(cfg[-2] * POOLED_SIZE * POOLED_SIZE, fc)
+    model.classifier[3] = torch.nn.Linear(fc, fc)
+    model.classifier[6] = torch.nn.Linear(fc, num_classes)
+    return model
+
+
+def torch_features(model) -> tuple:
+    """torchvision's VGG-16 up to fc7's ReLU and dropout (what the transfer head reads)."""
+    import torch
+
+    trunk = torch.nn.Sequential(
+        model.features, model.avgpool, torch.nn.Flatten(1), *list(model.classifier)[:6]
+    )
+    return trunk, model.classifier[3].out_features
+
+
 BACKBONE = Backbone(
     name="vgg16",
+    display="VGG-16",
+    classifier=VGG16,
     to_prefix=to_fc6,
     from_prefix=fc6_to_fc7,
     layers=CONV_NAMES + ("fc6", "fc7"),
@@ -91,9 +126,13 @@ BACKBONE = Backbone(
     prefix_width=lambda width: scaled(FC_WIDTH, width),
     head_width=lambda width: scaled(FC_WIDTH, width),
     torch_prefix=lambda path: TORCH_NAMES[path],
+    infer_width=width_from("features.0.weight", STAGES[0][2]),
     flatten_grid={"fc6": POOLED_SIZE},
-    first_conv="features.0.weight",
-    first_channels=64,
     min_patch=32,
     has_batch_norm=False,
+    torchvision=TorchvisionWeights("VGG16_Weights", "IMAGENET1K_V1"),
+    torch_classifier=torch_classifier,
+    torch_features=torch_features,
+    cpu_grad_slice=16,  # measured faster on the CPU in 16-patch slices (docs/performance.md)
+    quick_width=0.25,
 )

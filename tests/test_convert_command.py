@@ -1,4 +1,7 @@
-"""convert/alexnet_to_flax.py: parity with torchvision, strictness, bad inputs, atomic output."""
+"""voc_jax/convert/command.py, the converter's command (convert/alexnet_to_flax.py and
+voc-jax-convert; voc_jax.convert.alexnet_to_flax is its old module name, an alias): parity with
+torchvision, strictness, bad inputs, atomic output. The library's own functions (safetensors,
+the package source, each backbone's torch reference) are in tests/test_converter.py."""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import torchvision
 
 from tests.helpers import REPO, run_cli, seeded_alexnet
 from voc_jax import weights
-from voc_jax.convert import alexnet_to_flax as converter
+from voc_jax.convert import command, converter
+from voc_jax.models import alexnet
 
 SCRIPT = REPO / "convert" / "alexnet_to_flax.py"
 
@@ -126,7 +130,7 @@ def test_metadata(converted, pth):
 
 def test_fc6_is_permuted_to_hwc(torch_model):
     state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
-    params = converter.torch_to_flax(state, "mem")[0]["params"]
+    params = converter.torch_to_flax(alexnet.BACKBONE, state, "mem")[0]["params"]
     w = state["classifier.1.weight"]  # (4096, 256*6*6), input index c*36 + h*6 + w
     c, h, col, out = 17, 4, 2, 123
     assert params["fc6"]["kernel"][(h * 6 + col) * 256 + c, out] == w[out, c * 36 + h * 6 + col]
@@ -139,15 +143,15 @@ def test_verify_catches_a_wrong_layout(pth, tmp_path, monkeypatch, capsys):
     """Without the fc6 permutation the logits differ: --verify exits 1 and writes nothing."""
     original = converter.torch_to_flax
 
-    def unpermuted(state, source, arch="alexnet"):
-        variables, n, width = original(state, source, arch)
+    def unpermuted(b, state, source, options=None):
+        variables, n, width = original(b, state, source, options)
         variables["params"]["fc6"]["kernel"] = np.ascontiguousarray(state["classifier.1.weight"].T)
         return variables, n, width
 
     monkeypatch.setattr(converter, "torch_to_flax", unpermuted)
     out = tmp_path / "out"
     args = ["--pth", str(pth), "--out", str(out), "--verify", "--verify-size", "224"]
-    assert converter.main(args) == 1
+    assert command.main(args) == 1
     assert "disagrees" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
@@ -192,7 +196,7 @@ def test_vgg_state_dict_reports_every_problem(tmp_path):
     result = run_cli("--pth", str(src), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     err = result.stderr
-    assert "not a torchvision AlexNet state dict" in err
+    assert "not a state dict of AlexNet" in err
     assert "unexpected features.13.weight" in err  # VGG-only layer
     assert "wrong shape features.3.weight" in err  # both have it, different shapes
     assert "missing features.10.weight" in err  # a max-pool in VGG
@@ -227,9 +231,9 @@ def test_existing_output_needs_force(pth, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    assert converter.main(["--pth", str(pth), "--out", str(out)]) == 2
+    assert command.main(["--pth", str(pth), "--out", str(out)]) == 2
     assert (out / "keep.txt").read_text() == "precious"
-    assert converter.main(["--pth", str(pth), "--out", str(out), "--force"]) == 0
+    assert command.main(["--pth", str(pth), "--out", str(out), "--force"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "params.msgpack"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary leftovers
 
@@ -262,7 +266,7 @@ def test_help_explains_every_option():
 @pytest.mark.slow  # full-size conversions
 def test_preprocessing_override(pth, tmp_path):
     out = tmp_path / "out"
-    code = converter.main(
+    code = command.main(
         ["--pth", str(pth), "--out", str(out), "--channel-order", "BGR", "--scale", "1"]
         + ["--mean", "1", "2", "3", "--std", "4", "5", "6"]
     )

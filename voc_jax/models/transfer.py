@@ -13,33 +13,25 @@ ResNet-50: the pooled features), and the two halves compose to the whole network
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from voc_jax import models
-from voc_jax.models.alexnet import (  # noqa: F401  (AlexNet's names, for existing importers)
-    ALEXNET_LAYERS,
-    BACKBONE_LAYERS,
-    CONV_LAYERS,
-    DENSE_LAYERS,
-    FC6_PREFIX,
-    FC_WIDTH,
-    POOLED_SIZE,
-    AlexNet,
-    Layer,
-)
-from voc_jax.models.common import Dtype, Options, adaptive_avg_pool  # noqa: F401
+from voc_jax.models.common import Dtype, Options
 
 STARTS = ("image", "prefix")
 STOPS = ("prefix", "logits")
+HEAD_HIDDEN = 4096  # the reference's new Dense layer
 
 
 class TransferHead(nn.Module):
     """The new layers of docs/reference.md: Dense 4096 + ReLU + dropout + Dense num_classes."""
 
     num_classes: int = 21
-    hidden: int = FC_WIDTH
+    hidden: int = HEAD_HIDDEN
     dropout_rate: float = 0.5
     dtype: Dtype = jnp.float32
 
@@ -67,13 +59,13 @@ class TransferNet(nn.Module):
     """A backbone + the transfer head; returns logits (background at index 0)."""
 
     num_classes: int = 21
-    conv1_padding: int = 2  # AlexNet's (2 torchvision, 3 neon); other backbones ignore it
     dropout_rate: float = 0.5
-    head_hidden: int = FC_WIDTH
+    head_hidden: int = HEAD_HIDDEN
     dtype: Dtype = jnp.float32
     width: float = 1.0  # channel/hidden width multiplier of the backbone; 1.0 = the real one
     arch: str = "alexnet"  # voc_jax.models.ARCHITECTURES
     bn_update: bool = False  # BatchNorm uses and updates batch statistics when training
+    options: Any = None  # the backbone's own options (Backbone.options); None: its defaults
 
     @property
     def backbone(self) -> models.Backbone:
@@ -93,8 +85,9 @@ class TransferNet(nn.Module):
         and runs the rest (the backbone's remaining layers, the head)."""
         if start not in STARTS or stop not in STOPS:
             raise ValueError(f"start must be one of {STARTS}, stop one of {STOPS}: {start}, {stop}")
-        o = Options(self.width, self.dtype, self.dropout_rate, self.conv1_padding, self.bn_update)
         b = self.backbone
+        specific = self.options if self.options is not None else b.options()
+        o = Options(self.width, self.dtype, self.dropout_rate, self.bn_update, specific)
         if start == "image":
             x = b.to_prefix(x, o, train)
             if stop == "prefix":

@@ -1,4 +1,5 @@
-"""The Flax AlexNet and transfer model: shapes, pooling, initialisers, dropout, dtypes."""
+"""voc_jax/models/transfer.py (the transfer model) on the AlexNet backbone, and the Flax AlexNet
+itself (voc_jax/models/alexnet.py): shapes, pooling, initialisers, dropout, dtypes."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from voc_jax.model import AlexNet, TransferHead, TransferNet, adaptive_avg_pool
+from voc_jax.models.alexnet import AlexNet
+from voc_jax.models.common import adaptive_avg_pool
+from voc_jax.models.transfer import TransferHead, TransferNet
 
 SMALL = (1, 64, 64, 3)  # smallest convenient input: 64 -> 15 -> 7 -> 7 -> 3 -> 3 -> 1 -> 6x6
 NARROW = 1 / 16  # structure tests need not pay for 60 M parameters
@@ -151,26 +154,3 @@ def test_conv1_padding_changes_the_map():
             params,
         )
         assert inter[1]["intermediates"]["conv1"]["__call__"][0].shape == (1, side, side, 64)
-
-
-@pytest.mark.parametrize("shape", [(2, 55, 55, 8), (1, 13, 17, 3), (3, 27, 27, 4)])
-def test_max_pool_and_its_gradient_are_flax_s(shape):
-    from flax import linen as nn
-
-    from voc_jax.pooling import max_pool_3x3_s2
-
-    rng = np.random.default_rng(0)
-    # Coarse values: many ties inside windows, where the first maximum must get the gradient.
-    x = jnp.asarray(rng.integers(0, 4, shape), jnp.float32)
-    ref = lambda v: nn.max_pool(v, (3, 3), strides=(2, 2), padding="VALID")  # noqa: E731
-    np.testing.assert_array_equal(max_pool_3x3_s2(x), ref(x))
-    # Integer cotangents: sums are exact in any order, so the routing must match bitwise.
-    exact = jnp.asarray(rng.integers(-50, 50, ref(x).shape), jnp.float32)
-    ours = jax.grad(lambda v: (max_pool_3x3_s2(v) * exact).sum())(x)
-    theirs = jax.grad(lambda v: (ref(v) * exact).sum())(x)
-    np.testing.assert_array_equal(ours, theirs)
-    # Real cotangents: overlapping windows add in another order, equal to float rounding.
-    weights = jnp.asarray(rng.standard_normal(ref(x).shape), jnp.float32)
-    ours = jax.grad(lambda v: (max_pool_3x3_s2(v) * weights).sum())(x)
-    theirs = jax.grad(lambda v: (ref(v) * weights).sum())(x)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
