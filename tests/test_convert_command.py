@@ -195,8 +195,12 @@ def test_vgg_state_dict_reports_every_problem(tmp_path):
     torch.save(torchvision.models.vgg11(weights=None).state_dict(), src)
     result = run_cli("--pth", str(src), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
-    err = result.stderr
-    assert "not a state dict of AlexNet" in err
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "not a state dict of AlexNet" in lines[0]
+    assert "--verbose lists all" in lines[0]
+    result = run_cli("--pth", str(src), "--out", str(tmp_path / "out"), "--verbose")
+    assert result.returncode == 2
+    err = result.stdout  # every problem, one a line
     assert "unexpected features.13.weight" in err  # VGG-only layer
     assert "wrong shape features.3.weight" in err  # both have it, different shapes
     assert "missing features.10.weight" in err  # a max-pool in VGG
@@ -227,13 +231,16 @@ def test_missing_file(tmp_path):
 
 
 @pytest.mark.slow  # full-size conversions
-def test_existing_output_needs_force(pth, tmp_path):
+def test_existing_output_needs_force_and_only_a_converter_output_is_replaced(pth, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     assert command.main(["--pth", str(pth), "--out", str(out)]) == 2
+    assert command.main(["--pth", str(pth), "--out", str(out), "--force"]) == 2  # the user's
     assert (out / "keep.txt").read_text() == "precious"
-    assert command.main(["--pth", str(pth), "--out", str(out), "--force"]) == 0
+    (out / "keep.txt").unlink()
+    assert command.main(["--pth", str(pth), "--out", str(out), "--force"]) == 0  # empty: fine
+    assert command.main(["--pth", str(pth), "--out", str(out), "--force"]) == 0  # ours: replaced
     assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "params.msgpack"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary leftovers
 

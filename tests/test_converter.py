@@ -70,4 +70,4 @@ def test_another_architectures_file_is_refused_naming_every_problem(narrow_resne
     with pytest.raises(converter.ConversionError) as error:
         converter.from_file(alexnet.BACKBONE, tmp_path / "r.st")
     assert "not a state dict of AlexNet" in str(error.value)
-    assert "missing features.0.weight" in str(error.value)
+    assert any(p.startswith("missing features.0.weight") for p in error.value.problems)

@@ -531,3 +531,193 @@ def check_case(case: Case, capsys, also: str = "") -> None:
     assert also in lines[0], (also, lines[0])
     assert case.watch.exists() == existed, f"{case.watch} created or removed"
     assert directory_listing(case.watch) == before, f"{case.watch} changed"
+
+
+# ----------------------------------------------------------------------------- round 4
+
+
+def narrow_state(seed: int = 0) -> dict:
+    """A sixteenth-wide ResNet-50 state dict (BatchNorm statistics included)."""
+    import torch
+
+    from voc_jax.convert import torch_models
+
+    torch.manual_seed(seed)
+    return dict(torch_models.classifier("resnet50", 10, 1 / 16).state_dict())
+
+
+def test_convert_round4_errors(tmp_path, capsys):
+    """--force never deletes a directory that is not a converter output; two tensors that
+    become one name, non-finite weights and negative variances are refused naming them;
+    --verify-size is bounded up front; a pickle of Python objects is refused without
+    suggesting weights_only=False; a long layout report is one line."""
+    import torch
+
+    users = tmp_path / "thesis"
+    (users / "sub").mkdir(parents=True)
+    (users / "thesis.tex").write_text("chapter 1")
+    (users / "sub" / "data.csv").write_text("1,2")
+    good = tmp_path / "good.pth"
+    state = narrow_state()
+    torch.save(state, good)
+    dup = tmp_path / "dup.pth"
+    torch.save(state | {"module.fc.bias": state["fc.bias"].clone()}, dup)
+    nan = tmp_path / "nan.pth"
+    torch.save(
+        state | {"layer2.0.conv2.weight": state["layer2.0.conv2.weight"] * float("nan")}, nan
+    )
+    neg = tmp_path / "neg.pth"
+    torch.save(state | {"layer1.0.bn1.running_var": -state["layer1.0.bn1.running_var"]}, neg)
+    obj = tmp_path / "obj.pth"
+    torch.save({"model": torch.nn.Linear(2, 2)}, obj)
+    vgg = tmp_path / "vgg.pth"
+    torch.save(dict(torch.nn.Sequential(torch.nn.Linear(3, 3)).state_dict()), vgg)
+    out = tmp_path / "out"
+    r50 = ["--arch", "resnet50"]
+    cases = [
+        Case(converter_main, [*r50, "--pth", str(good), "--out", str(users), "--force"],
+             "is not a converter output (it holds sub, thesis.tex)", users),
+        Case(converter_main, [*r50, "--pth", str(dup), "--out", str(out)],
+             "entries 'fc.bias' and 'module.fc.bias' are the same tensor", out),
+        Case(converter_main, [*r50, "--pth", str(nan), "--out", str(out)],
+             "layer2.0.conv2.weight: ", out),
+        Case(converter_main, [*r50, "--pth", str(neg), "--out", str(out)],
+             "layer1.0.bn1.running_var: negative variance", out),
+        Case(converter_main, [*r50, "--pth", str(good), "--out", str(out), "--verify",
+                              "--verify-size", "100000"], "at most 2048 pixels a side", out),
+        Case(converter_main, ["--pth", str(obj), "--out", str(out)],
+             "holds Python objects besides tensors", out),
+        Case(converter_main, [*r50, "--pth", str(vgg), "--out", str(out)],
+             "(--verbose lists all", out),
+    ]  # fmt: skip
+    for case in cases:
+        check_case(case, capsys)
+    code, _, err = call(converter_main, ["--pth", str(obj), "--out", str(out)], capsys)
+    assert "weights_only=False" not in err
+    code, printed, _ = call(
+        converter_main, [*r50, "--pth", str(vgg), "--out", str(out), "--verbose"], capsys
+    )
+    assert code == 2 and "missing layer4.2.bn3.running_var" in printed
+
+
+def test_a_converter_output_is_replaced_with_force(tmp_path, capsys):
+    import torch
+
+    good = tmp_path / "good.pth"
+    torch.save(narrow_state(), good)
+    out = tmp_path / "out"
+    argv = ["--arch", "resnet50", "--pth", str(good), "--out", str(out)]
+    assert converter_main(argv) == 0
+    assert converter_main([*argv, "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "params.msgpack"]
+
+
+def test_non_finite_converted_weights_are_refused_at_load(tmp_path, capsys):
+    """Weights written before voc-jax checked their values (or damaged since) are refused
+    when training loads them (init.weights), naming the tensor."""
+    import numpy as np
+
+    from voc_jax import weights as weights_lib
+    from voc_jax.convert import converter, layout
+    from voc_jax.models import resnet
+
+    state = {k: v.numpy() for k, v in narrow_state().items()}
+    variables, _, _ = layout.torch_to_flax(resnet.BACKBONE, state, "mem")
+    variables["batch_stats"]["layer3_1"]["bn2"]["var"] = -np.ones_like(
+        variables["batch_stats"]["layer3_1"]["bn2"]["var"]
+    )
+    meta = converter._from_state(
+        resnet.BACKBONE,
+        state,
+        _torch_file(tmp_path, state),
+        {"kind": "pth", "name": "x"},
+        resnet.BACKBONE.preprocessing,
+    ).metadata
+    out = weights_lib.save_converted(tmp_path / "w", variables, meta)
+    with pytest.raises(
+        weights_lib.WeightsError, match="batch_stats/layer3_1/bn2/var: negative variance"
+    ):
+        weights_lib.load_converted(out)
+
+
+def _torch_file(tmp_path, state):
+    import torch
+
+    path = tmp_path / "s.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    return path
+
+
+def test_evaluate_and_predict_refuse_to_score_a_random_network(tmp_path, capsys, tiny_data_root):
+    """No checkpoint and an empty init.weights: refused, as train --config.num_epochs=0 is;
+    a checkpoints/ that is a file cannot be listed."""
+    from tests.configs import tiny
+    from voc_jax import workdir as workdir_lib
+
+    work = tmp_path / "w"
+    work.mkdir()
+    config = tiny.get_config()
+    config.data.root = str(tiny_data_root)
+    (work / "config.json").write_text(config.to_json_best_effort())
+    cases = [
+        Case(evaluate.main, ["voc_jax.evaluate", f"--workdir={work}"], "nothing to evaluate", work),
+        Case(
+            predict.main,
+            ["voc_jax.predict", f"--workdir={work}", "x.jpg"],
+            "nothing to evaluate",
+            work,
+        ),
+    ]
+    for case in cases:
+        check_case(case, capsys)
+    (work / workdir_lib.CHECKPOINTS).write_text("")
+    check_case(
+        Case(evaluate.main, ["voc_jax.evaluate", f"--workdir={work}"], "is not a directory", work),
+        capsys,
+    )
+
+
+def test_evaluate_a_workdir_in_use_before_its_config_says_so(tmp_path, capsys):
+    from voc_jax.workdir_lock import WorkdirLock
+
+    work = tmp_path / "w"
+    with WorkdirLock(work, "train"):
+        check_case(
+            Case(evaluate.main, ["voc_jax.evaluate", f"--workdir={work}"],
+                 "is in use by process", work / "eval"),
+            capsys,
+        )  # fmt: skip
+
+
+def test_an_image_past_the_pixel_limit_is_one_line(tmp_path, capsys, trained_tiny):
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (9000, 8000)).save(big)  # 72 MP: past the default 64 MP
+    out = tmp_path / "pred"
+    out.mkdir()  # stays empty
+    check_case(
+        Case(predict.main, ["voc_jax.predict", f"--workdir={trained_tiny}", f"--out={out}",
+                            str(big)], "is 9000x8000 pixels (72.0 MP", out),
+        capsys,
+    )  # fmt: skip
+
+
+def test_resume_refuses_a_toggled_bn_update(tmp_path, capsys, trained_tiny):
+    work = tmp_path / "w"
+    shutil.copytree(trained_tiny, work)
+    argv = train_args(work, "--config.model.bn_update=True")
+    check_case(Case(train.main, argv, "model.bn_update: False in config.json, True now",
+                    work / "checkpoints"), capsys)  # fmt: skip
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_a_read_only_predict_folder_is_refused_before_predicting(
+    tmp_path, capsys, trained_tiny, tiny_data_root
+):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    image = next((tiny_data_root / "JPEGImages").glob("*.jpg"))
+    argv = ["voc_jax.predict", f"--workdir={trained_tiny}", f"--out={out}", str(image)]
+    check_case(Case(predict.main, argv, "cannot write there", out), capsys)

@@ -271,3 +271,30 @@ def test_host_crops_equal_the_device_crops(records):
         diffs.append(np.abs(got - host["patches"].astype(np.float32)).ravel())
     d = np.concatenate(diffs)
     assert d.mean() <= 1.0 and np.percentile(d, 99) <= 4.0, (d.mean(), np.percentile(d, 99))
+
+
+def test_exif_orientation_is_applied_only_where_asked(tmp_path):
+    """A phone photo stored sideways (EXIF orientation 6: turn 90 degrees clockwise) is
+    upright for predict (orient=True); datasets keep the stored pixels their boxes describe."""
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[:, :5] = 255  # a white stripe on the left of the stored image
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(rgb).save(path, exif=exif, quality=95)
+    stored = decode_image(str(path))
+    upright = decode_image(str(path), orient=True)
+    assert stored.shape == (20, 30, 3) and upright.shape == (30, 20, 3)
+    assert upright[:5].mean() > 200 and upright[-5:].mean() < 50  # the stripe is on top now
+
+
+def test_the_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch):
+    from voc_jax.data import voc
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (300, 200)).save(path)
+    monkeypatch.setenv(voc.MAX_PIXELS_ENV, "50000")
+    with pytest.raises(ImageError, match=r"big\.png: is 300x200 pixels .*data\.max_image_pixels"):
+        decode_image(str(path))
+    monkeypatch.setenv(voc.MAX_PIXELS_ENV, "60000")
+    assert decode_image(str(path)).shape == (200, 300, 3)

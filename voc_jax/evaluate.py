@@ -278,6 +278,7 @@ def evaluate_workdir(
         config = config.copy_and_resolve_references()
         config.data.test_split = split
     with distributed.workdir_lock(workdir, "evaluate"):
+        workdir_lib.check_before_evaluating(config, workdir)
         workdir_lib.check_unchanged(config, workdir, workdir_lib.SHAPE_FIELDS, "evaluate")
         exp = Experiment.build(config)
         found, variables = workdir_lib.restore_variables(workdir, exp.model.variables, step)

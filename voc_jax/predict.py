@@ -11,6 +11,7 @@ writes ``<out>/<image stem>.png``: the image and one overlay per top class.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from voc_jax import workdir as workdir_lib
 from voc_jax.classes import VOC_CLASSES
 from voc_jax.data import patches as P
 from voc_jax.data.pipeline import ImageError, decode_image, example_from_boxes, fit_canvas
+from voc_jax.data.voc import set_max_pixels
 from voc_jax.errors import ConfigError
 from voc_jax.experiment import Experiment
 
@@ -63,7 +65,7 @@ class Predictor:
 
     def __call__(self, path: str | Path) -> dict:
         c = self.patch_cfg
-        rgb = decode_image(str(path))
+        rgb = decode_image(str(path), orient=True)  # a phone photo's EXIF orientation
         rgb, _ = fit_canvas(rgb, np.zeros((0, 4), np.float32), c.canvas)
         h, w = rgb.shape[:2]
         if min(h, w) < 2:
@@ -132,18 +134,33 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
         flag_values=fv,
     )
     flags.DEFINE_string("out", None, "where PNGs go (default WORKDIR/predict)", flag_values=fv)
+    flags.DEFINE_integer(
+        "max_pixels", None, "the most pixels an image may have (default: the training config's "
+        "data.max_image_pixels)", lower_bound=1, flag_values=fv,
+    )  # fmt: skip
 
 
 def predict_images(
-    workdir: Path, images: Sequence[str], *, step: int | None, top: int, out: str | None
+    workdir: Path,
+    images: Sequence[str],
+    *,
+    step: int | None,
+    top: int,
+    out: str | None,
+    max_pixels: int | None = None,
 ) -> int:
     """Predict every image; a bad one is reported (one error line) and the rest go on;
     exit status 2 at the end if any failed."""
-    exp = Experiment.build(workdir_lib.load_config(workdir))
-    found, variables = workdir_lib.restore_variables(workdir, exp.model.variables, step)
-    predictor = Predictor(exp, variables)
+    config = workdir_lib.load_config(workdir)
+    workdir_lib.check_before_evaluating(config, workdir)
+    set_max_pixels(max_pixels or config.data.max_image_pixels)
     out_dir = Path(out) if out else workdir / "predict"
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir, os.W_OK | os.X_OK):  # before the predictions, not after
+        raise ConfigError(f"{out_dir}: cannot write there (permission denied); pass --out DIR")
+    exp = Experiment.build(config)
+    found, variables = workdir_lib.restore_variables(workdir, exp.model.variables, step)
+    predictor = Predictor(exp, variables)
     failed = 0
     for path, name in zip(images, output_names(images), strict=True):
         try:
@@ -168,7 +185,10 @@ def predict_images(
 def run_command(fv: flags.FlagValues, images: list[str]) -> int:
     if fv.workdir is None or not images:
         raise ConfigError("usage: python -m voc_jax.predict --workdir DIR IMAGE...")
-    return predict_images(Path(fv.workdir), images, step=fv.checkpoint, top=fv.top, out=fv.out)
+    return predict_images(
+        Path(fv.workdir), images, step=fv.checkpoint, top=fv.top, out=fv.out,
+        max_pixels=fv.max_pixels,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

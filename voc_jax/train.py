@@ -410,31 +410,34 @@ def run_epoch(loop: Loop, progress: Progress, epoch: int, stop: _StopFlag) -> Pr
                desc=f"epoch {epoch + 1}/{exp.train.num_epochs}",
                disable=not distributed.is_main())  # fmt: skip
     pending, meter = Pending(), RateMeter(exp.train.images_per_step, exp.patches.patches_per_image)
-    for batch_index in range(start, loop.calls_per_epoch):
-        before = step
-        state, metrics = loop.train_step(state, exp.put_batch(next(iterator)))
-        step += loop.updates_per_call
-        pending.add(step, batch_index, metrics)
-        meter.tick()
-        bar.update(1)
-        last = batch_index + 1 == loop.calls_per_epoch
-        log_now = crossed(before, step, exp.train.log_every_steps) or last
-        save_now = crossed(before, step, exp.checkpoint.every_steps) and not last
-        if log_now or save_now or stop.requested:
-            fetched = pending.fetch(epoch)
-            sums = sums.plus(fetched)
-            if log_now:
-                write_row(loop.writer, bar, step, epoch, fetched[-1] | meter.rates())
-        position = (
-            Position(epoch + 1, 0) if last and stop.requested else Position(epoch, batch_index + 1)
-        )
-        progress = Progress(state, step, position, sums)
-        if save_now:
-            save(loop, progress)
-        if stop.requested:
-            bar.close()
-            raise StopRequested(progress)
-    bar.close()
+    try:  # the bar closed on every way out: a full disk's error line stays the last
+        for batch_index in range(start, loop.calls_per_epoch):
+            before = step
+            state, metrics = loop.train_step(state, exp.put_batch(next(iterator)))
+            step += loop.updates_per_call
+            pending.add(step, batch_index, metrics)
+            meter.tick()
+            bar.update(1)
+            last = batch_index + 1 == loop.calls_per_epoch
+            log_now = crossed(before, step, exp.train.log_every_steps) or last
+            save_now = crossed(before, step, exp.checkpoint.every_steps) and not last
+            if log_now or save_now or stop.requested:
+                fetched = pending.fetch(epoch)
+                sums = sums.plus(fetched)
+                if log_now:
+                    write_row(loop.writer, bar, step, epoch, fetched[-1] | meter.rates())
+            position = (
+                Position(epoch + 1, 0)
+                if last and stop.requested
+                else Position(epoch, batch_index + 1)
+            )
+            progress = Progress(state, step, position, sums)
+            if save_now:
+                save(loop, progress)
+            if stop.requested:
+                raise StopRequested(progress)
+    finally:
+        bar.close()
     sums = sums.plus(pending.fetch(epoch))
     if sums.calls:
         loop.writer.write(step, sums.means(), epoch=epoch + 1)

@@ -115,6 +115,7 @@ def _check_run_and_data(config: ml_collections.ConfigDict, p: _Problems) -> None
     p.check("data.max_test_images", _int(0), "must be >= 0 (0: all)")
     p.check("data.check_images", _one_of(IMAGE_CHECKS), f"must be one of {IMAGE_CHECKS}")
     p.check("data.workers", _int(0), "must be an integer >= 0")
+    p.check("data.max_image_pixels", _int(1), "must be an integer >= 1 (pixels)")
     p.check("data.train_split", lambda v: isinstance(v, str) and v, "must name a split")
     p.check("data.test_split", lambda v: isinstance(v, str) and v, "must name a split")
     p.check("data.synthetic.num_trainval", _int(1), "must be >= 1")

@@ -68,6 +68,24 @@ def shape_problems(tree: Mapping[str, Any], expected: Mapping[str, tuple[int, ..
     return problems
 
 
+def value_problems(tensors: Mapping[str, Any]) -> list[str]:
+    """Tensors no network should hold: NaN or infinite values anywhere, a negative BatchNorm
+    variance (its square root is taken). One line each, naming the tensor (a flat variable
+    path, or a torch state-dict key)."""
+    found = []
+    for key, value in tensors.items():
+        a = np.asarray(value)
+        if not np.issubdtype(a.dtype, np.floating):
+            continue
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if bad:
+            found.append(f"{key}: {bad} of {a.size} values are NaN or infinite")
+        elif key.endswith(("running_var", "/var")) and (a < 0).any():
+            negative = int((a < 0).sum())
+            found.append(f"{key}: negative variance ({negative} values, min {a.min():.3g})")
+    return found
+
+
 def classifier_shapes(
     b: Backbone, num_classes: int = 1000, width: float = 1.0, options: Any = None
 ) -> dict[str, tuple[int, ...]]:
@@ -246,6 +264,13 @@ def load_converted(path: str | os.PathLike[str]) -> tuple[Variables, dict[str, A
     if problems:
         raise WeightsError(
             f"{params_path}: does not match its metadata:\n  " + "\n  ".join(problems)
+        )
+    bad = value_problems(flatten(variables))
+    if bad:
+        raise WeightsError(
+            f"{params_path}: {len(bad)} tensors hold values no trained network has (a damaged "
+            "file, or weights converted before voc-jax checked them; convert again): "
+            + "; ".join(bad[:5])
         )
     return variables, metadata
 

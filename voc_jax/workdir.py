@@ -13,7 +13,8 @@ import ml_collections
 from voc_jax import distributed
 from voc_jax.atomic import free_name
 from voc_jax.checkpoint import Checkpointer, abstract_like
-from voc_jax.errors import CheckpointError, ConfigError, DataError
+from voc_jax.errors import CheckpointError, ConfigError, DataError, WorkdirBusy
+from voc_jax.workdir_lock import busy_holder
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
@@ -24,9 +25,16 @@ CHECKPOINTS = "checkpoints"
 # cannot restore it, so it is refused up front, naming them.
 # Config fields added after workdirs were first written, with the value older runs had.
 # (An old top-level model.conv1_padding is AlexNet's option now: voc_jax.config_compat.)
-LATER_FIELDS = {"model.arch": "alexnet", "model.bn_update": False, "model.options": {}}
+LATER_FIELDS = {
+    "model.arch": "alexnet",
+    "model.bn_update": False,
+    "model.options": {},
+    "data.max_image_pixels": 64_000_000,
+}
 SHAPE_FIELDS = ("model.arch", "model.num_classes", "model.head_hidden", "model.width")
-STATE_FIELDS = ("optim.optimizer", "optim.trainable")
+# model.bn_update: a resume that toggles it would restore statistics updated by batches and
+# then freeze them (or start updating pretrained ones) mid-run: refused like a shape change.
+STATE_FIELDS = ("optim.optimizer", "optim.trainable", "model.bn_update")
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
@@ -62,6 +70,24 @@ def check_before_training(config: ml_collections.ConfigDict, workdir: Path) -> N
         raise ConfigError(
             f"num_epochs=0 only evaluates, but {workdir} has no checkpoint and init.weights is "
             "empty: there is nothing to evaluate. Train first, or pass --config.init.weights"
+        )
+
+
+def check_before_evaluating(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """An evaluation must score trained weights or converted ones: refuse a workdir whose
+    checkpoints cannot be listed, or that has none while init.weights is empty (it would
+    score a random network), as ``train --config.num_epochs=0`` does."""
+    directory = workdir / CHECKPOINTS
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(
+            f"{directory}: is not a directory, so the workdir's checkpoints cannot be listed; "
+            "move it away (or use another --workdir)"
+        )
+    if not (directory.is_dir() and _steps(directory)) and not config.init.weights:
+        raise ConfigError(
+            f"{workdir} has no checkpoint and init.weights is empty: there is nothing to "
+            "evaluate (it would score a randomly initialised network). Train first, or pass "
+            "--config.init.weights"
         )
 
 
@@ -122,6 +148,13 @@ def load_config(
         return given
     path = workdir / CONFIG_FILE
     if not path.exists():
+        holder = busy_holder(workdir)
+        if holder is not None:
+            raise WorkdirBusy(
+                f"{workdir} is in use by process {holder.get('pid', '?')} "
+                f"({holder.get('purpose', 'a run')} since {holder.get('since', '?')}), which "
+                f"has not written {CONFIG_FILE} yet; wait for it to start training"
+            )
         raise ConfigError(f"{path}: not found; is {workdir} a training workdir?")
     config = ml_collections.ConfigDict(json.loads(path.read_text()))
     for key, value in LATER_FIELDS.items():  # a workdir trained before these existed

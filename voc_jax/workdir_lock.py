@@ -34,6 +34,27 @@ def _holder(path: Path) -> dict:
         return {}
 
 
+def busy_holder(workdir: str | Path) -> dict | None:
+    """Who holds ``workdir``'s lock right now (its record), or None when nobody does: a
+    probe that takes and at once releases the lock, changing nothing."""
+    path = Path(workdir) / LOCK_FILE
+    if not path.is_file():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(path) or {"pid": "?"}
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 class WorkdirLock:
     """``with WorkdirLock(workdir, "train"):`` ... ; raises WorkdirBusy if another run holds it."""
 

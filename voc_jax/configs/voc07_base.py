@@ -104,6 +104,9 @@ def _data() -> ml_collections.ConfigDict:
     d.check_images = "decode"
     d.strict = False  # annotation warnings (clipped / dropped boxes) become errors
     d.workers = 2  # host pipeline worker processes (0 = in the training process)
+    # The most pixels an image may have, checked before it is decoded (VOC's: 0.25 MP; a
+    # small PNG can hold 100 MP, 300 MB decoded): a larger one is refused, naming it
+    d.max_image_pixels = 64_000_000
     # True: generate the synthetic VOC set at an explicit data.root that does not exist
     # (otherwise a missing data.root is an error: a typo must not train on generated data)
     d.generate = False

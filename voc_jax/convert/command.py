@@ -21,6 +21,7 @@ Exit codes: 0 done, 1 verification above tolerance, 2 bad input (nothing written
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -102,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="input sizes for --verify: a side (224) or HEIGHTxWIDTH (239x263); default both",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="list every problem of a state dict that does not fit --arch (the error names "
+        "the first few)",
+    )
     parser.add_argument("--rtol", type=float, default=1e-4, help="--verify relative tolerance")
     parser.add_argument("--atol", type=float, default=1e-5, help="--verify absolute tolerance")
     pre = parser.add_argument_group(
@@ -136,12 +143,24 @@ def overrides_of(args: argparse.Namespace) -> PreprocessingOverrides:
     )
 
 
+MAX_VERIFY_SIDE = 2048  # --verify checks a layout: 224 and an odd size say it all
+
+
 def check_output(out: Path, force: bool) -> None:
-    """Refuse an output we could not write before any (slow) conversion work."""
+    """Refuse an output we could not write, or must not replace, before any (slow) work:
+    ``--force`` replaces a previous converter output, nothing else (a directory holding
+    anything but a converter's two files is the user's, and stays)."""
     if out.exists() and not force:
         raise ConversionError(f"{out}: already exists; pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise ConversionError(f"{out}: exists and is not a directory")
+    if out.exists() and not is_converter_output(out):
+        held = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+        raise ConversionError(
+            f"{out}: is not a converter output (it holds {shown or 'nothing'}), so --force "
+            "will not replace it; choose another --out"
+        )
     parent = out.absolute().parent
     while not parent.exists():
         parent = parent.parent
@@ -149,6 +168,34 @@ def check_output(out: Path, force: bool) -> None:
         raise ConversionError(f"{out}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConversionError(f"{out}: cannot write into {parent} (permission denied)")
+
+
+def is_converter_output(directory: Path) -> bool:
+    """An empty directory, or the two files a converter writes, its metadata saying so."""
+    names = {p.name for p in directory.iterdir()}
+    if not names:
+        return True
+    if not names <= {weights_lib.PARAMS_FILE, weights_lib.METADATA_FILE}:
+        return False
+    try:
+        meta = json.loads((directory / weights_lib.METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == weights_lib.FORMAT_NAME
+
+
+def check_verify_sizes(args: argparse.Namespace, b) -> None:
+    """--verify-size within what the network takes and what a check needs."""
+    sizes = " ".join(f"{h}x{w}" for h, w in args.verify_size)
+    if any(min(size) < b.min_patch for size in args.verify_size):
+        raise ConversionError(
+            f"--verify-size {sizes}: {args.arch} needs at least {b.min_patch} pixels a side"
+        )
+    if any(max(size) > MAX_VERIFY_SIDE for size in args.verify_size):
+        raise ConversionError(
+            f"--verify-size {sizes}: at most {MAX_VERIFY_SIDE} pixels a side (a layout "
+            "check needs no more: 224 and an odd size such as 239x263 are the default)"
+        )
 
 
 def convert(args: argparse.Namespace) -> Converted:
@@ -172,13 +219,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     check_output(args.out, args.force)
     b = models.backbone(args.arch)
-    if args.verify and any(min(size) < b.min_patch for size in args.verify_size):
-        sizes = " ".join(f"{h}x{w}" for h, w in args.verify_size)
-        raise ConversionError(
-            f"--verify-size {sizes}: {args.arch} needs at least {b.min_patch} pixels a side"
-        )
+    if args.verify:
+        check_verify_sizes(args, b)
     overrides_of(args).apply(b.preprocessing)  # bad overrides fail before reading anything
-    result = convert(args)
+    try:
+        result = convert(args)
+    except ConversionError as e:
+        if args.verbose and e.problems:
+            print("\n".join(e.problems))
+        elif len(e.problems) > 5:
+            e.args = (f"{e.args[0]} (--verbose lists all {len(e.problems)})",)
+        raise
     print(summary(result))
     if args.verify and not verify(args, result):
         print("error: converted model disagrees with torch; nothing written", file=sys.stderr)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import urllib.error
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -35,7 +35,12 @@ SAFETENSORS_MAGIC_LIMIT = 100 << 20  # a safetensors header longer than this is 
 
 
 class ConversionError(UserError):
-    """Bad input: the message names the file and every problem found."""
+    """Bad input: the message names the file and the problems found (``problems``: all of
+    them, one line each, where there are many: the command's --verbose prints them)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +100,18 @@ def load_pth(path: Path) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        text = str(e)
+        if "weights_only" in text or "Unsupported global" in text:
+            # torch's own hint says to load it with weights_only=False: never for a file
+            # of unknown origin (a pickle runs code).
+            found = next((w for w in text.split() if w.startswith("GLOBAL")), "")
+            raise ConversionError(
+                f"{path}: holds Python objects besides tensors ({found or 'pickled classes'}), "
+                "which voc-jax will not unpickle (loading them would run their code); save a "
+                "plain state dict instead: torch.save(model.state_dict(), PATH), or "
+                "safetensors.torch.save_file(model.state_dict(), PATH)"
+            ) from e
+        first_line = text.strip().splitlines()[0] if text.strip() else ""
         raise ConversionError(
             f"{path}: not a readable torch state dict ({type(e).__name__}: {first_line[:200]}); "
             "expected a file written by torch.save(model.state_dict(), PATH)"
@@ -108,13 +124,29 @@ def load_pth(path: Path) -> dict[str, np.ndarray]:
         raise ConversionError(
             f"{path}: holds a {type(obj).__name__}, not a state dict (a mapping of tensors)"
         )
-    state: dict[str, np.ndarray] = {}
     for name, value in obj.items():
         if not isinstance(value, torch.Tensor):
             raise ConversionError(
                 f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor"
             )
-        state[str(name).removeprefix("module.")] = value.detach().float().cpu().numpy()
+    return unprefixed(
+        ((str(name), value.detach().float().cpu().numpy()) for name, value in obj.items()), path
+    )
+
+
+def unprefixed(items: Iterable[tuple[str, np.ndarray]], path: Path) -> dict[str, np.ndarray]:
+    """Tensors by name without DataParallel's ``module.`` prefix; two entries that become one
+    name (``fc.bias`` and ``module.fc.bias``) are refused, naming both, never one dropped."""
+    state: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}
+    for name, value in items:
+        key = name.removeprefix("module.")
+        if key in state:
+            raise ConversionError(
+                f"{path}: entries {origin[key]!r} and {name!r} are the same tensor once "
+                "DataParallel's 'module.' prefix is dropped; keep one of them"
+            )
+        state[key], origin[key] = value, name
     return state
 
 
@@ -138,19 +170,21 @@ def load_safetensors(path: Path) -> dict[str, np.ndarray]:
             f"{path}: reading .safetensors needs the package safetensors: "
             "pip install 'voc-jax[convert]' (or pip install safetensors)"
         ) from None
-    state: dict[str, np.ndarray] = {}
+
+    def tensors(f):
+        for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            tensor = f.get_tensor(name)
+            if not tensor.is_floating_point() and "num_batches_tracked" not in name:
+                raise ConversionError(
+                    f"{path}: tensor {name!r} is {tensor.dtype}, not a floating-point weight"
+                )
+            yield name, tensor.float().numpy()
+
     try:
         with safe_open(path, framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                tensor = f.get_tensor(name)
-                if not tensor.is_floating_point() and "num_batches_tracked" not in name:
-                    raise ConversionError(
-                        f"{path}: tensor {name!r} is {tensor.dtype}, not a floating-point weight"
-                    )
-                state[name.removeprefix("module.")] = tensor.float().numpy()
+            return unprefixed(tensors(f), path)
     except (SafetensorError, OSError, ValueError) as e:
         raise ConversionError(f"{path}: not a readable safetensors file ({e})") from e
-    return state
 
 
 def torch_to_flax(
@@ -161,7 +195,7 @@ def torch_to_flax(
     try:
         return layout.torch_to_flax(b, state, source, options)
     except layout.LayoutError as e:
-        raise ConversionError(str(e)) from e
+        raise ConversionError(str(e), e.problems) from e
 
 
 # ----------------------------------------------------------------------------- sources
@@ -299,6 +333,10 @@ def from_neon(path: Path, overrides: PreprocessingOverrides | None = None) -> Co
     }
     if facts["kind"] == "transfer":
         architecture["head_hidden"] = facts["head_hidden"]
+        try:
+            layout.check_values(state, str(path))
+        except layout.LayoutError as e:
+            raise ConversionError(str(e)) from e
         variables = transfer_to_flax(state)
     else:
         options = alexnet.AlexNetOptions(facts["conv1_padding"])

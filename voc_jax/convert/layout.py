@@ -25,7 +25,12 @@ DROPPED = ("num_batches_tracked",)  # BatchNorm's counter: torch's bookkeeping, 
 
 
 class LayoutError(UserError):
-    """A state dict that is not the architecture it is said to be."""
+    """A state dict that is not the architecture it is said to be (``problems``: every one,
+    for a report file; the message names the first few)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
 
 
 def flax_shapes(
@@ -93,19 +98,39 @@ def problems(expected: Mapping[str, tuple], state: Mapping[str, np.ndarray]) -> 
     return lines
 
 
+def check_values(state: Mapping[str, np.ndarray], source: str) -> None:
+    found = weights.value_problems(state)
+    if found:
+        raise LayoutError(
+            f"{source}: {len(found)} tensors hold values no trained network has (a damaged or "
+            f"diverged file?): " + "; ".join(found[:5]) + ("; ..." if len(found) > 5 else "")
+        )
+
+
+def report(source: str, what: str, found: list[str], shown: int = 5) -> str:
+    """One line for a list of layout problems: the counts by kind and the first few keys."""
+    kinds = {
+        k: sum(1 for line in found if line.startswith(k))
+        for k in ("missing", "unexpected", "wrong shape")
+    }
+    counts = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+    first = "; ".join(found[:shown]) + ("; ..." if len(found) > shown else "")
+    return (
+        f"{source}: not a state dict of {what} ({counts}; --arch names the architecture): {first}"
+    )
+
+
 def torch_to_flax(
     b: Backbone, state: Mapping[str, np.ndarray], source: str, options: Any = None
 ) -> tuple[Variables, int, float]:
     """(variables, num_classes, width) of a torch-layout state dict of backbone ``b``; every
-    tensor used, every shape checked."""
+    tensor used, every shape checked, every value finite."""
     num_classes, width = infer(b, state)
     shapes = flax_shapes(b, num_classes, width, options)
     found = problems(torch_shapes(b, shapes), state)
     if found:
-        raise LayoutError(
-            f"{source}: not a state dict of {b.display} ({len(found)} problems; --arch names "
-            "the architecture):\n  " + "\n  ".join(found)
-        )
+        raise LayoutError(report(source, b.display, found), found)
+    check_values(state, source)
     params: dict[str, Any] = {}
     stats: dict[str, Any] = {}
     for module, leaves in modules_of(shapes["params"]).items():

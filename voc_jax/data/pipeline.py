@@ -33,11 +33,11 @@ from typing import Any, Literal
 import grain
 import numpy as np
 from absl import flags
-from PIL import Image
+from PIL import Image, ImageOps
 
 from voc_jax.data import patches as P
 from voc_jax.data.crops import share_intervals
-from voc_jax.data.voc import ModeError, VocRecord, check_mode
+from voc_jax.data.voc import ModeError, TooLarge, VocRecord, check_mode, check_pixels
 from voc_jax.errors import DataError
 
 Batch = dict[str, np.ndarray]
@@ -71,18 +71,26 @@ class ImageError(DataError):
     """An image file that cannot be used; the message names it."""
 
 
-def decode_image(path: str, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """RGB uint8 [H, W, 3] from any file PIL reads (grayscale, CMYK, palette, PNG named .jpg)."""
+def decode_image(
+    path: str, expected_size: tuple[int, int] | None = None, *, orient: bool = False
+) -> np.ndarray:
+    """RGB uint8 [H, W, 3] from any file PIL reads (grayscale, CMYK, palette, PNG named .jpg).
+    ``orient``: turn the pixels as the file's EXIF orientation says (a phone photo taken
+    upright is stored sideways); for a user's images (predict). Datasets keep their stored
+    pixels, which their boxes describe (VOC's JPEGs carry no orientation)."""
     try:
         with Image.open(path) as im:
             check_mode(im.mode)
+            check_pixels(im.size)
+            if orient:
+                im = ImageOps.exif_transpose(im)
             if im.mode == "RGBA" or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
                 flat = Image.new("RGB", im.size, (0, 0, 0))
                 flat.paste(im, mask=im.getchannel("A"))
                 im = flat
             rgb = np.asarray(im.convert("RGB"))
-    except ModeError as e:
+    except (ModeError, TooLarge) as e:
         raise ImageError(f"{path}: {e}") from e
     except Exception as e:  # PIL raises many types for broken files
         raise ImageError(f"{path}: cannot decode ({type(e).__name__}: {e})") from e

@@ -11,7 +11,13 @@ from tqdm import tqdm
 
 from voc_jax import distributed
 from voc_jax.data.synthetic import SyntheticConfig, generate
-from voc_jax.data.voc import DecodedCache, VocDataset, load_dataset
+from voc_jax.data.voc import (
+    DEFAULT_MAX_PIXELS,
+    DecodedCache,
+    VocDataset,
+    load_dataset,
+    set_max_pixels,
+)
 from voc_jax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,7 @@ class DataSettings:
     check_images: str
     strict: bool
     workers: int
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +128,7 @@ def load_split(
 def load_splits(data: DataSettings, workdir: Path, *, train: bool) -> Splits:
     """Resolve (or generate) the data root and load the splits a run needs, validated: the
     test split always, the training split when ``train``."""
+    set_max_pixels(data.max_image_pixels)  # every image read from here on, workers too
     root = resolve_data_root(data, workdir)
     # Images decoded once are remembered in the workdir (Splits.remember_decoded), saved only
     # when every check passed and the run proceeds.

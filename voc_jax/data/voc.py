@@ -258,6 +258,41 @@ class ModeError(ValueError):
     """An image whose pixels are not 8 bits per channel."""
 
 
+# The most pixels an image may have (VOC's are at most 500 x 500; a phone photo 12-50 MP): a
+# 291 KB PNG can hold 10000 x 10000 pixels, 300 MB decoded. Raised with data.max_image_pixels
+# (training, evaluation) or predict's --max_pixels, both of which set this variable, which
+# the pipeline's worker processes inherit.
+MAX_PIXELS_ENV = "VOC_JAX_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+def max_pixels() -> int:
+    try:
+        return int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
+
+
+def set_max_pixels(limit: int) -> None:
+    os.environ[MAX_PIXELS_ENV] = str(int(limit))
+
+
+class TooLarge(ValueError):
+    """An image with more pixels than the limit (the message says how to raise it)."""
+
+
+def check_pixels(size: tuple[int, int]) -> None:
+    """Refuse, before decoding, an image larger than the limit."""
+    w, h = size
+    limit = max_pixels()
+    if w * h > limit:
+        raise TooLarge(
+            f"is {w}x{h} pixels ({w * h / 1e6:.1f} MP, {3 * w * h / 2**20:.0f} MiB decoded), "
+            f"more than the limit of {limit / 1e6:g} MP; raise it with "
+            f"--config.data.max_image_pixels (predict: --max_pixels) if it is meant"
+        )
+
+
 def check_mode(mode: str) -> None:
     """Refuse an image whose pixels are not 8 bits per channel (naming the mode)."""
     if mode not in EIGHT_BIT_MODES:
@@ -273,6 +308,7 @@ def image_size(path: Path) -> tuple[int, int]:
 
     with Image.open(path) as im:
         check_mode(im.mode)
+        check_pixels(im.size)
         return im.size
 
 
@@ -283,6 +319,7 @@ def decode_check(path: Path) -> tuple[int, int]:
 
     with Image.open(path) as im:
         check_mode(im.mode)
+        check_pixels(im.size)
         im.load()
         return im.size
 
@@ -380,7 +417,7 @@ def load_dataset(
             except Exception as e:  # PIL raises several types for broken files
                 problem = (
                     str(e)
-                    if isinstance(e, ModeError)
+                    if isinstance(e, (ModeError, TooLarge))
                     else f"does not decode ({type(e).__name__}: {e})"
                 )
                 problems.append(Problem("error", str(image_path), problem))
