@@ -40,7 +40,7 @@ def test_build_gives_each_classifier_and_refuses_unknown_names():
         models.build("vgg19")
 
 
-@pytest.mark.parametrize("arch", ["alexnet", "vgg16", "resnet50"])
+@pytest.mark.parametrize("arch", models.ARCHITECTURES)
 @pytest.mark.parametrize("size", [(224, 224), (239, 263)], ids=["224", "239x263"])
 def test_logits_match_torchvision(arch, size):
     """Narrow instances (AlexNet's too: the tiny plumbing runs convert one) through the

@@ -15,13 +15,13 @@ from typing import Any
 
 from flax import linen as nn
 
-from voc_jax.models import alexnet, resnet, vgg
+from voc_jax.models import alexnet, efficientnet_lite, resnet, vgg
 from voc_jax.models.backbone import Backbone
 from voc_jax.models.common import Options
 
 # The registry: the one place that lists the architectures.
 BACKBONES: dict[str, Backbone] = {
-    b.name: b for b in (alexnet.BACKBONE, vgg.BACKBONE, resnet.BACKBONE)
+    b.name: b for b in (alexnet.BACKBONE, vgg.BACKBONE, resnet.BACKBONE, efficientnet_lite.BACKBONE)
 }
 ARCHITECTURES = tuple(BACKBONES)
 

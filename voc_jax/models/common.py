@@ -102,13 +102,21 @@ def conv(
     )
 
 
-def batch_norm(options: Options, train: bool, name: str) -> nn.BatchNorm:
-    """torchvision's BatchNorm2d: statistics in float32 whatever the compute dtype; batch
-    statistics only when training with ``bn_update``."""
+def batch_norm(
+    options: Options,
+    train: bool,
+    name: str,
+    *,
+    epsilon: float = BN_EPSILON,
+    momentum: float = BN_MOMENTUM,
+) -> nn.BatchNorm:
+    """torch's BatchNorm2d (torchvision's epsilon and momentum unless the weights were
+    trained with others): statistics in float32 whatever the compute dtype; batch statistics
+    only when training with ``bn_update``."""
     return nn.BatchNorm(
         use_running_average=not (train and options.bn_update),
-        momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON,
+        momentum=momentum,
+        epsilon=epsilon,
         dtype=options.dtype,
         param_dtype=jnp.float32,
         name=name,

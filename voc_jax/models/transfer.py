@@ -23,7 +23,7 @@ from voc_jax import models
 from voc_jax.models.common import Dtype, Options
 
 STARTS = ("image", "prefix")
-STOPS = ("prefix", "logits")
+STOPS = ("prefix", "features", "logits")
 HEAD_HIDDEN = 4096  # the reference's new Dense layer
 
 
@@ -81,8 +81,10 @@ class TransferNet(nn.Module):
         stop: str = "logits",
     ) -> jax.Array:
         """Logits of images. ``stop="prefix"`` returns the frozen prefix's activations (what
-        the feature cache stores) instead; ``start="prefix"`` takes such activations as input
-        and runs the rest (the backbone's remaining layers, the head)."""
+        the feature cache stores) instead, ``stop="features"`` what the head reads (the
+        linear probe's features: AlexNet's fc7, ResNet-50's pooled features); ``start=
+        "prefix"`` takes prefix activations as input and runs the rest (the backbone's
+        remaining layers, the head)."""
         if start not in STARTS or stop not in STOPS:
             raise ValueError(f"start must be one of {STARTS}, stop one of {STOPS}: {start}, {stop}")
         b = self.backbone
@@ -93,6 +95,8 @@ class TransferNet(nn.Module):
             if stop == "prefix":
                 return x
         x = b.from_prefix(x, o, train)
+        if stop == "features":
+            return x.astype(jnp.float32)
         x = TransferHead(
             self.num_classes, self.head_hidden, self.dropout_rate, self.dtype, name="head"
         )(x, train=train)
