@@ -1,0 +1,221 @@
+"""The field's standard baseline: a linear classifier per class on the whole image's pooled
+features, the VOC07 linear evaluation of the self-supervised literature, on the same converted
+weights and photos as the patch method, made as strong as it honestly can be.
+
+Each photo goes through the pretrained backbone once, whole: resized to the network's input
+size (``size``, bilinear with antialiasing, aspect not kept), or at its own size (``size=None``:
+the network pools any size; each side rounded to a multiple of ``round_to`` pixels, at most a
+few percent, so that photos share a few compiled shapes instead of one per size). The features
+are what the transfer head reads (AlexNet and VGG-16: fc7; ResNet-50 and EfficientNet-Lite0:
+the globally pooled features), standardised with the training split's mean and deviation. One
+scikit-learn logistic regression per class: positives are the images with a non-difficult
+object of the class, negatives those without any, difficult-only images are left out (the
+official protocol ignores them); C is chosen per class on train -> val by the val split's AP
+(all-points), then refit on trainval and scored on test. The APs use the same protocols as
+the method's evaluation (voc_jax.metrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from voc_jax import metrics, weights
+from voc_jax.classes import VOC_CLASSES
+from voc_jax.data.pipeline import decode_image
+from voc_jax.data.voc import VocRecord
+from voc_jax.models.transfer import TransferNet
+
+C_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSettings:
+    size: int | None = 224  # the network's input side; None: each photo at its own size
+    round_to: int = 16  # own size: each side rounded to a multiple of this (>= 1)
+    batch: int = 16  # photos per forward pass (of one shape)
+    c_grid: tuple[float, ...] = C_GRID
+    protocols: tuple[str, ...] = ("voc07", "area")
+
+    @property
+    def name(self) -> str:
+        return f"{self.size}px" if self.size else "own size"
+
+
+def photo(path: Path, settings: ProbeSettings) -> np.ndarray:
+    """The photo as the probe shows it: RGB uint8 at the probe's size."""
+    rgb = decode_image(str(path))
+    h, w = rgb.shape[:2]
+    if settings.size:
+        target = (settings.size, settings.size)
+    else:
+        r = settings.round_to
+        target = (max(r, round(w / r) * r), max(r, round(h / r) * r))
+        if target == (w, h):
+            return rgb
+    return np.asarray(Image.fromarray(rgb).resize(target, Image.BILINEAR))
+
+
+class FeatureExtractor:
+    """Converted weights -> the whole image's features (what the transfer head reads)."""
+
+    def __init__(self, weights_dir: str | Path):
+        converted, metadata = weights.load_converted(weights_dir)
+        block = metadata["architecture"]
+        b = weights.backbone_of(block)
+        self.arch = b.name
+        self.preprocessing = weights.preprocessing_of(metadata)
+        self.model = TransferNet(
+            arch=b.name, width=float(block.get("width", 1.0)), options=weights.options_of(block)
+        )
+        variables = weights.transfer_variables(converted, metadata, head_hidden=8, seed=0)
+        self.variables = jax.device_put({k: v for k, v in variables.items() if k != "head"})
+        prep = self.preprocessing
+        self._apply = jax.jit(lambda v, x: self.model.apply(v, prep.normalize(x), stop="features"))
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """[N, H, W, 3] uint8 of one shape -> [N, D] float32."""
+        return np.asarray(self._apply(self.variables, pixels))
+
+
+def extract(
+    extractor: FeatureExtractor,
+    records: Sequence[VocRecord],
+    settings: ProbeSettings,
+    progress: bool = True,
+) -> np.ndarray:
+    """[N, D] features of the records' photos, in record order (batched by shape)."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    photos = []
+    for i, record in enumerate(tqdm(records, desc="decoding", unit="img", disable=not progress)):
+        photos.append(photo(record.image_path, settings))
+        by_shape.setdefault(photos[-1].shape, []).append(i)
+    out: np.ndarray | None = None
+    bar = tqdm(total=len(records), desc=f"features ({settings.name})", unit="img",
+               disable=not progress)  # fmt: skip
+    for indices in by_shape.values():
+        for start in range(0, len(indices), settings.batch):
+            chunk = indices[start : start + settings.batch]
+            pixels = np.stack([photos[i] for i in chunk])
+            if len(chunk) < settings.batch:  # one compiled batch size per shape
+                pad = np.repeat(pixels[:1], settings.batch - len(chunk), axis=0)
+                pixels = np.concatenate([pixels, pad])
+            features = extractor(pixels)[: len(chunk)]
+            if out is None:
+                out = np.zeros((len(records), features.shape[1]), np.float32)
+            out[chunk] = features
+            bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+class _Constant:
+    """The classifier of a class whose training images are all positive or all negative (a
+    small dataset): one score for every image, which ranks nothing."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        return np.full(len(x), self.value)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, c: float):
+    from sklearn.linear_model import LogisticRegression
+
+    if y.all() or not y.any():
+        return _Constant(1.0 if y.any() else -1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence notes at the smallest C
+        return LogisticRegression(C=c, max_iter=3000).fit(x, y)
+
+
+def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    return [(a - mean) / std for a in (train, *others)]
+
+
+def choose_c(
+    train_x: np.ndarray, train_t: np.ndarray, val_x: np.ndarray, val_t: np.ndarray, grid
+) -> list[float]:
+    """Per class, the C whose train-fitted classifier has the best all-points AP on val."""
+    train_x, val_x = _standardise(train_x, val_x)
+    chosen = []
+    for c in range(len(VOC_CLASSES)):
+        keep = train_t[:, c] != 0
+        best, best_ap = grid[0], -1.0
+        for value in grid:
+            clf = _fit(train_x[keep], train_t[keep, c] > 0, value)
+            ap = metrics.average_precision(clf.decision_function(val_x), val_t[:, c], "area")
+            if ap > best_ap:
+                best, best_ap = value, ap
+        chosen.append(best)
+    return chosen
+
+
+def fit_and_score(
+    trainval_x: np.ndarray, trainval_t: np.ndarray, test_x: np.ndarray, cs: Sequence[float]
+) -> np.ndarray:
+    """[N_test, 20] decision values of the per-class classifiers refit on trainval."""
+    trainval_x, test_x = _standardise(trainval_x, test_x)
+    scores = np.zeros((len(test_x), len(VOC_CLASSES)))
+    for c, value in enumerate(cs):
+        keep = trainval_t[:, c] != 0
+        scores[:, c] = _fit(trainval_x[keep], trainval_t[keep, c] > 0, value).decision_function(
+            test_x
+        )
+    return scores
+
+
+def targets_of(records: Sequence[VocRecord]) -> np.ndarray:
+    return np.stack([r.targets() for r in records])
+
+
+def run(
+    extractor: FeatureExtractor,
+    splits: dict[str, Sequence[VocRecord]],
+    settings: ProbeSettings,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The whole baseline on ``splits`` (train, val, trainval, test): per-protocol APs of the
+    test split, the chosen Cs, the test scores and the wall time."""
+    start = time.perf_counter()
+    trainval_ids = {r.image_id for r in splits["trainval"]}
+    missing = [
+        r.image_id for r in (*splits["train"], *splits["val"]) if r.image_id not in trainval_ids
+    ]
+    if missing:
+        raise ValueError(f"train/val images not in trainval: {missing[:3]}")
+    index = {r.image_id: i for i, r in enumerate(splits["trainval"])}
+    trainval_x = extract(extractor, splits["trainval"], settings, progress)
+    test_x = extract(extractor, splits["test"], settings, progress)
+    features_s = time.perf_counter() - start
+    rows = lambda records: [index[r.image_id] for r in records]  # noqa: E731
+    train_x, val_x = trainval_x[rows(splits["train"])], trainval_x[rows(splits["val"])]
+    cs = choose_c(
+        train_x, targets_of(splits["train"]), val_x, targets_of(splits["val"]), settings.c_grid
+    )
+    test_t = targets_of(splits["test"])
+    scores = fit_and_score(trainval_x, targets_of(splits["trainval"]), test_x, cs)
+    results = {}
+    for protocol in settings.protocols:
+        r = metrics.mean_average_precision(scores, test_t, protocol)
+        results[protocol] = {"ap": [float(a) for a in r["ap"]], "map": r["map"]}
+    return {
+        "results": results,
+        "c": dict(zip(VOC_CLASSES, cs, strict=True)),
+        "features_seconds": features_s,
+        "seconds": time.perf_counter() - start,
+        "feature_width": int(trainval_x.shape[1]),
+        "scores": scores,
+        "image_ids": [r.image_id for r in splits["test"]],
+    }
