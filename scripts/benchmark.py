@@ -19,13 +19,17 @@ Sections:
   e2e       training through the real pipeline (grain iterator -> device -> step, as
             voc_jax.train runs it): patches/s and the fraction of wall time the device
             waits for data
-  backbones VGG-16 and ResNet-50 (--arch; not in the default set: minutes on a CPU): the
+  backbones VGG-16, ResNet-50 and EfficientNet-Lite0 (--arch; not in the default set:
+            minutes on a CPU): the
             full, frozen and eval steps of each transfer network against the same network in
             PyTorch, on already-cropped patches, XLA's FLOP count and the GEMM-peak fraction
             python scripts/benchmark.py --only backbones --json docs/benchmark_backbones.json
   blocks    ResNet-50 piece by piece (the stem, one identity block per stage): forward + both
             gradients against torchvision's modules, 16 patches (one slice of the sliced
             full step): where the full step's gap to PyTorch comes from
+  depthwise EfficientNet-Lite0's depthwise convolutions, formulation by formulation (XLA's
+            grouped conv with voc-jax's options, with XLA's defaults, in NCHW; voc-jax's
+            shifted slices) against PyTorch's grouped conv2d, forward and both gradients
 
 Timings are medians over --repeats after a warm-up; results are printed as a table and
 written as JSON. Ratios are what to compare across machines; absolute numbers depend on it.
@@ -37,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -128,11 +133,26 @@ def add_peak_fractions(rows: list[dict], args: argparse.Namespace) -> list[dict]
     return [*rows, peak_row]
 
 
+TEMPORARY: list[Path] = []  # removed when the benchmark ends, however it ends
+
+
+def temporary_dir(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    TEMPORARY.append(path)
+    return path
+
+
+def remove_temporary() -> None:
+    for path in TEMPORARY:
+        shutil.rmtree(path, ignore_errors=True)
+    TEMPORARY.clear()
+
+
 def dataset_records(args: argparse.Namespace) -> tuple[list[VocRecord], str]:
     root = Path(args.data) if args.data else SHARED_SUBSET
     if root.is_dir():
         return load_dataset(root, "trainval").records, str(root)
-    tmp = Path(tempfile.mkdtemp(prefix="voc-jax-bench-"))
+    tmp = temporary_dir("voc-jax-bench-")
     n = 8 if args.quick else 64
     root = generate(tmp / "VOC2007", SyntheticConfig(num_trainval=n, num_test=0))
     return load_dataset(root, "trainval").records, f"synthetic ({root})"
@@ -643,7 +663,7 @@ def bench_cache(records, config, args) -> list[dict]:
     exp = Experiment.build(cfg)
     params = exp.model.variables  # what the evaluation step applies
     subset = VocDataset(Path("."), "bench", list(records[:n]), [])
-    work = Path(tempfile.mkdtemp(prefix="voc-jax-cache-"))
+    work = temporary_dir("voc-jax-cache-")
     start = time.perf_counter()
     cache = feature_cache.ensure(exp, subset, work, progress=False)
     build_s = time.perf_counter() - start
@@ -651,11 +671,11 @@ def bench_cache(records, config, args) -> list[dict]:
     size = total * cache.width * 2
 
     # One uncached evaluation pass over the same candidates (the build's own batches).
-    pc = exp.patches
-    k_pad = int(-(-int(np.diff(cache.offsets).max()) // cfg.batch_size) * cfg.batch_size)
+    pc, chunk = exp.patches, exp.forward_chunk()
     eval_step = exp.eval_step()
     examples = [
-        feature_cache.candidates_example(r, i, pc, k_pad) for i, r in enumerate(subset.records)
+        feature_cache.candidates_example(r, i, pc, feature_cache.padded_rows(cache.rows(i), chunk))
+        for i, r in enumerate(subset.records)
     ]
     batches = [{k: np.asarray(v)[None] for k, v in e.items()} for e in examples]
     jax.block_until_ready(eval_step(params, batches[0]))  # compile, as the build did
@@ -978,6 +998,105 @@ def bench_blocks(records, config, args) -> list[dict]:
     return rows
 
 
+# EfficientNet-Lite0's depthwise convolutions, (channels, side, kernel, stride) as a 224-px
+# patch meets them: block 1 (96 at 112 px, 3x3/2), block 2 (144 at 56), block 4 (240 at 28,
+# 5x5), block 8 (480 at 14, 5x5), block 13 (1152 at 7, 5x5).
+DEPTHWISE_CASES = (
+    (96, 112, 3, 2),
+    (144, 56, 3, 1),
+    (240, 28, 5, 1),
+    (480, 14, 5, 1),
+    (1152, 7, 5, 1),
+)
+
+
+def bench_depthwise(records, config, args) -> list[dict]:
+    """Depthwise convolutions, the known weak spot of XLA on CPUs, formulation by
+    formulation: forward and forward + both gradients of one layer on --grad-chunk-patches
+    patches, against PyTorch's grouped conv2d on the same threads and tensors. XLA's grouped
+    convolution as voc-jax compiles it (YNNPACK for dots only), with XLA's defaults (YNNPACK's
+    convolutions too), in NCHW instead of NHWC, and voc-jax's sum of k*k shifted slices
+    (voc_jax.models.efficientnet_lite.DepthwiseConv)."""
+    rows = []
+    for channels, side, k, stride in DEPTHWISE_CASES:
+        side = max(1, round(side * args.patch_size / 224))
+        rows += depthwise_case(channels, side, k, stride, args)
+    return rows
+
+
+def depthwise_case(channels: int, side: int, k: int, stride: int, args) -> list[dict]:
+    import torch
+
+    from voc_jax import xla_options
+    from voc_jax.models import efficientnet_lite as lite
+
+    n, device = args.grad_chunk_patches, torch_device(args)
+    rng = np.random.default_rng(0)
+    x = jax.device_put(rng.standard_normal((n, side, side, channels)).astype(np.float32))
+    pads = [lite.same_padding(side, k, stride)] * 2
+    module = lite.DepthwiseConv(k, stride)
+    w = module.init(jax.random.key(0), x)["params"]["kernel"]
+    dims = {"NHWC": ("NHWC", "HWIO", "NHWC"), "NCHW": ("NCHW", "OIHW", "NCHW")}
+
+    def grouped(w, x, layout="NHWC"):
+        if layout == "NCHW":
+            x, w = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)
+        y = jax.lax.conv_general_dilated(
+            x, w, (stride, stride), pads, dimension_numbers=dims[layout],
+            feature_group_count=channels,
+        )  # fmt: skip
+        return y.transpose(0, 2, 3, 1) if layout == "NCHW" else y
+
+    forms = {
+        "XLA grouped conv (voc-jax options)": (xla_options.jit, grouped),
+        "XLA grouped conv (XLA defaults: YNNPACK convolutions)": (jax.jit, grouped),
+        "XLA grouped conv, NCHW": (xla_options.jit, lambda w, x: grouped(w, x, "NCHW")),
+        "shifted slices (voc-jax)": (
+            xla_options.jit,
+            lambda w, x: module.apply({"params": {"kernel": w}}, x),
+        ),
+    }
+    runners = {}
+    for name, (jit, f) in forms.items():
+        fwd = jit(f)
+        both = jit(jax.grad(lambda w, x, f=f: (f(w, x) ** 2).sum(), argnums=(0, 1)))
+        runners[(name, "forward")] = lambda fwd=fwd: jax.block_until_ready(fwd(w, x))
+        runners[(name, "gradients")] = lambda both=both: jax.block_until_ready(both(w, x))
+    tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(device)
+    tw = torch.from_numpy(np.asarray(w).transpose(3, 2, 0, 1).copy()).to(device)
+    tpad = (pads[1][0], pads[1][1], pads[0][0], pads[0][1])
+    conv = torch.nn.functional.conv2d
+
+    def torch_forward():
+        with torch.no_grad():
+            conv(torch.nn.functional.pad(tx, tpad), tw, None, stride, 0, 1, channels)
+        torch_sync(device)
+
+    def torch_gradients():
+        a, b = tx.clone().requires_grad_(True), tw.clone().requires_grad_(True)
+        y = conv(torch.nn.functional.pad(a, tpad), b, None, stride, 0, 1, channels)
+        (y**2).sum().backward()
+        torch_sync(device)
+
+    runners[("torch", "forward")] = torch_forward
+    runners[("torch", "gradients")] = torch_gradients
+    t = interleaved_medians(runners, args.repeats)
+    rows = []
+    for (name, what), seconds in t.items():
+        if name != "torch":
+            rows.append({
+                "section": "depthwise",
+                "what": f"{channels} channels, {side}x{side}, {k}x{k}/{stride}, {n} patches: "
+                f"{name}, {what}",
+                "variant": name,
+                "step": what,
+                "seconds": seconds,
+                "torch_seconds": t[("torch", what)],
+                "ratio_vs_baseline": t[("torch", what)] / seconds,
+            })  # fmt: skip
+    return rows
+
+
 def random_variables(module: nn.Module, x: jax.Array, rng: np.random.Generator) -> dict:
     """Random parameters (N(0, 0.05)) and BatchNorm statistics (mean 0, variance 1) of the
     module's shapes: timing needs no initialiser, whose compile takes longer than the piece."""
@@ -1051,6 +1170,7 @@ SECTIONS = {
     "profile": bench_profile,
     "backbones": bench_backbones,
     "blocks": bench_blocks,
+    "depthwise": bench_depthwise,
 }
 
 
@@ -1165,6 +1285,10 @@ def main() -> int:
         parser.error(f"--width {args.width:g}: a channel multiplier must be positive")
     if args.grad_chunk_patches < 1:
         parser.error(f"--grad-chunk-patches {args.grad_chunk_patches}: needs at least 1 patch")
+    for name in ("repeats", "batch", "images", "cache_images", "patch_size"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} {value}: must be at least 1")
     if args.quick:
         args.patch_size = min(args.patch_size, 64)
         args.repeats = 1
@@ -1246,7 +1370,15 @@ def check_targets(rows: list[dict]) -> list[str]:
     return lines
 
 
+def main_cleaning_up() -> int:
+    """main, its temporary datasets and caches removed on every exit path."""
+    try:
+        return main()
+    finally:
+        remove_temporary()
+
+
 if __name__ == "__main__":
     from voc_jax.cli import run_guarded
 
-    sys.exit(run_guarded(main))
+    sys.exit(run_guarded(main_cleaning_up))

@@ -87,3 +87,28 @@ def test_parity_script_and_backbones_section_at_tiny_sizes():
     pieces = ["stem", "layer1_1", "layer2_1", "layer3_1", "layer4_1", "whole"]
     assert [r["piece"] for r in rows] == [p for p in pieces for _ in ("ours", "torch")]
     assert all(r["seconds"] > 0 and r["flops"] > 0 for r in rows)
+    # EfficientNet-Lite0's depthwise convolutions, formulation by formulation, against torch.
+    rows = benchmark.bench_depthwise(records, None, args)
+    forms = {r["variant"] for r in rows}
+    assert "shifted slices (voc-jax)" in forms and len(forms) == 4
+    assert len(rows) == len(benchmark.DEPTHWISE_CASES) * 4 * 2
+    assert all(r["seconds"] > 0 and r["ratio_vs_baseline"] > 0 for r in rows)
+
+
+@pytest.mark.slow  # starts a process
+def test_bad_counts_are_refused_before_any_work_and_nothing_is_left_behind(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    for flag in ("--repeats", "--batch", "--images"):
+        result = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "benchmark.py"), flag, "0", "--quick"],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert result.returncode == 2 and f"{flag} 0: must be at least 1" in result.stderr
+    # A real (tiny) run on generated data removes its temporary dataset when it ends.
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--quick", "--only", "crops",
+         "--data", str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not list(tmp_path.glob("voc-jax-*")), list(tmp_path.iterdir())
