@@ -56,7 +56,7 @@ from PIL import Image
 
 from voc_jax import models
 from voc_jax.data.crops import crop_batch
-from voc_jax.data.pipeline import PatchConfig, epoch_dataset, iterate
+from voc_jax.data.pipeline import PatchConfig, epoch_dataset, iterating
 from voc_jax.data.synthetic import SyntheticConfig, generate
 from voc_jax.data.voc import VocRecord, load_dataset
 from voc_jax.models.common import Options, scaled
@@ -167,13 +167,13 @@ def bench_pipeline(records, config, args) -> list[dict]:
     rows = []
     for workers in sorted({0, args.workers}):
         ds = epoch_dataset(records[: n + warm], config, images_per_batch=1, train=True, seed=0)
-        it = iterate(ds, workers=workers)
-        for _ in range(warm):
-            next(it)
-        start = time.perf_counter()
-        for _ in range(n):
-            next(it)
-        seconds = time.perf_counter() - start
+        with iterating(ds, workers=workers) as it:
+            for _ in range(warm):
+                next(it)
+            start = time.perf_counter()
+            for _ in range(n):
+                next(it)
+            seconds = time.perf_counter() - start
         rows.append(
             {
                 "section": "pipeline",
@@ -619,20 +619,20 @@ def bench_e2e(records, config, args) -> list[dict]:
     )
     n = 2 if args.quick else args.e2e_images
     ds = epoch_dataset(records[: n + 1], pc, images_per_batch=1, train=True, seed=0)
-    it = iterate(ds, workers=args.workers)
-    state, metrics = step(state, exp.put_batch(next(it)))  # compile
-    jax.device_get(metrics)
-    waiting = 0.0
-    pending = []
-    start = time.perf_counter()
-    for _ in range(n):
-        t = time.perf_counter()
-        batch = exp.put_batch(next(it))
-        waiting += time.perf_counter() - t
-        state, metrics = step(state, batch)
-        pending.append(metrics)  # fetched at log steps only, as voc_jax.train does
-    jax.device_get(pending)
-    wall = time.perf_counter() - start
+    with iterating(ds, workers=args.workers) as it:
+        state, metrics = step(state, exp.put_batch(next(it)))  # compile
+        jax.device_get(metrics)
+        waiting = 0.0
+        pending = []
+        start = time.perf_counter()
+        for _ in range(n):
+            t = time.perf_counter()
+            batch = exp.put_batch(next(it))
+            waiting += time.perf_counter() - t
+            state, metrics = step(state, batch)
+            pending.append(metrics)  # fetched at log steps only, as voc_jax.train does
+        jax.device_get(pending)
+        wall = time.perf_counter() - start
     return [
         {
             "section": "e2e",
@@ -1209,10 +1209,11 @@ def format_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         per_image = f"{r['images_per_s']:.1f}" if "images_per_s" in r else ""
+        per_patch = f"{r['patches_per_s']:.0f}" if "patches_per_s" in r else ""
         ratio = r.get("ratio_vs_baseline", r.get("ratio_vs_first"))
         ratio_text = f"{ratio:.2f}x" if ratio is not None else ""
         lines.append(
-            f"| {r['section']} | {r['what']} | {per_image} | {r['patches_per_s']:.0f} "
+            f"| {r['section']} | {r['what']} | {per_image} | {per_patch} "
             f"| {ratio_text} | {_note(r)} |"
         )
     return "\n".join(lines)
@@ -1323,13 +1324,13 @@ def main() -> int:
         f"XLA_FLAGS={env['xla']['XLA_FLAGS']!r}; voc-jax compiler options "
         f"{env['xla']['voc_jax_compiler_options']} ({env['xla']['switch']})"
     )
-    print(format_table(rows))
     targets = check_targets(rows)
-    for line in targets:
-        print(line)
-    if args.json:
+    if args.json:  # first: minutes of measurements are not lost to a formatting slip
         payload = {"env": env, "results": rows, "targets": targets}
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    print(format_table(rows))
+    for line in targets:
+        print(line)
     return 0
 
 

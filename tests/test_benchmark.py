@@ -93,6 +93,8 @@ def test_parity_script_and_backbones_section_at_tiny_sizes():
     assert "shifted slices (voc-jax)" in forms and len(forms) == 4
     assert len(rows) == len(benchmark.DEPTHWISE_CASES) * 4 * 2
     assert all(r["seconds"] > 0 and r["ratio_vs_baseline"] > 0 for r in rows)
+    table = benchmark.format_table(rows)  # rows timed in seconds, no patches/s column
+    assert table.count("\n") == len(rows) + 1 and " ms" in table
 
 
 @pytest.mark.slow  # starts a process

@@ -76,3 +76,20 @@ def test_orbax_errors_are_printed_when_the_command_ends_otherwise(stderr_log):
     assert "a failure voc-jax did not report" in stderr_log()
     _orbax_error("later")  # not held once the command is over
     assert "later" in stderr_log()
+
+
+def test_a_config_variant_is_refused_in_a_sentence_where_the_config_has_none():
+    from voc_jax.cli import load_config_file
+    from voc_jax.errors import ConfigError
+
+    assert load_config_file("voc_jax/configs/voc07_alexnet.py:frozen").optim.trainable == (
+        "head/.*",
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config_file("voc_jax/configs/smoke.py:frozen")
+    assert str(e.value) == (
+        "--config voc_jax/configs/smoke.py:frozen: smoke.py takes no argument (no ':frozen' "
+        "variant); use --config voc_jax/configs/smoke.py"
+    )
+    with pytest.raises(ConfigError, match="expected finetune or frozen"):
+        load_config_file("voc_jax/configs/voc07_alexnet.py:frost")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -267,6 +268,27 @@ def test_too_little_disk_is_said_in_units_that_fit(tmp_path, dataset, dtype, mon
     message = str(e.value)
     assert " KiB in " in message and "only 1.0 KiB are free" in message
     assert ("feature_cache.dtype=float16" in message) == (dtype == "float32")
+
+
+def test_an_interrupted_builds_own_blocks_count_as_free(tmp_path, dataset, monkeypatch):
+    """A build stopped by a full disk continues once space is freed: the blocks its reserved
+    features.npy already holds are its own, not space it still needs."""
+    import re
+    import shutil
+    from collections import namedtuple
+
+    from voc_jax.errors import DiskFull
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 1024))
+    exp = Experiment.build(frozen_config())
+    with pytest.raises(DiskFull) as e:
+        feature_cache.ensure(exp, dataset, tmp_path, progress=False)
+    directory = Path(re.search(r" in (\S+) but only", str(e.value)).group(1))
+    # The interrupted build's reservation: blocks on disk, more than the whole cache needs.
+    (directory / "features.npy").write_bytes(np.random.default_rng(0).bytes(8 << 20))
+    feature_cache.ensure(exp, dataset, tmp_path, progress=False)
+    assert json.loads((directory / "manifest.json").read_text())["complete"] is True
 
 
 def test_a_cache_directory_in_use_says_which_setting_to_change(tmp_path, dataset):

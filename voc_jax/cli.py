@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import difflib
 import importlib.util
+import inspect
 import logging
 import signal
 import sys
@@ -149,7 +150,14 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
+        if argument and not inspect.signature(module.get_config).parameters:
+            raise ConfigError(
+                f"--config {path}: {file.name} takes no argument (no ':{argument}' variant); "
+                f"use --config {file}"
+            )
         return module.get_config(argument) if argument else module.get_config()
+    except ConfigError:
+        raise
     except Exception as e:
         raise ConfigError(f"--config {file}: cannot be loaded ({first_line(e)})") from e
 

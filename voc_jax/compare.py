@@ -301,7 +301,9 @@ def report(rows: dict, setting: Setting, args: argparse.Namespace, splits, maps)
         table(rows, setting),
         "",
         "AP in %, on the test split; VOC07: the official 11-point protocol; area: all-points "
-        "AP; difficult-only images ignored in both. Chance: the mean of 200 random draws.",
+        "AP; difficult-only images ignored in both. Chance: the mean of 200 random draws. "
+        "Wall time: this invocation's (a patch run resumed from, or reusing, an earlier "
+        "invocation's workdir counts only what ran now).",
     ]
     if command:
         lines += ["", f"Command: `{command}`"]

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from voc_jax import cli, distributed, experiment, metrics
 from voc_jax import workdir as workdir_lib
 from voc_jax.classes import VOC_CLASSES
-from voc_jax.data.pipeline import iterate
+from voc_jax.data.pipeline import iterating
 from voc_jax.data.splits import load_splits
 from voc_jax.data.voc import VocDataset, VocRecord
 from voc_jax.errors import ConfigError
@@ -63,13 +63,13 @@ def compute_scores(
     step = exp.eval_step()
     variables = exp.put_params(variables)
     out = {k: np.full((len(records), len(VOC_CLASSES)), np.nan) for k in ("power", "mean", "max")}
-    iterator = iterate(dataset, workers=exp.data.workers)
-    for _ in tqdm(range(len(dataset)), desc="evaluating", unit="batch", disable=not progress):
-        # Every process's images, gathered on every process (padding has image_index -1).
-        result = distributed.to_host(step(variables, exp.put_batch(next(iterator))))
-        keep = result["image_index"] >= 0
-        for pooling in out:
-            out[pooling][result["image_index"][keep]] = result[pooling][keep]
+    with iterating(dataset, workers=exp.data.workers) as iterator:
+        for _ in tqdm(range(len(dataset)), desc="evaluating", unit="batch", disable=not progress):
+            # Every process's images, gathered on every process (padding has image_index -1).
+            result = distributed.to_host(step(variables, exp.put_batch(next(iterator))))
+            keep = result["image_index"] >= 0
+            for pooling in out:
+                out[pooling][result["image_index"][keep]] = result[pooling][keep]
     missing = np.isnan(out["power"]).any(axis=1)
     if missing.any():
         raise RuntimeError(f"{missing.sum()} images were not scored; this is a bug")

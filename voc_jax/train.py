@@ -12,6 +12,7 @@ checkpoint and exit (130); every user error is one ``error:`` line and exit 2.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -32,7 +33,7 @@ from voc_jax import cli, distributed, experiment, feature_cache, steps
 from voc_jax import evaluate as evaluate_lib
 from voc_jax import workdir as workdir_lib
 from voc_jax.checkpoint import Checkpointer, abstract_like
-from voc_jax.data.pipeline import iterate
+from voc_jax.data.pipeline import iterating
 from voc_jax.data.splits import load_splits
 from voc_jax.data.voc import VocDataset
 from voc_jax.errors import ConfigError, DiskFull, is_disk_full
@@ -405,12 +406,15 @@ def run_epoch(loop: Loop, progress: Progress, epoch: int, stop: _StopFlag) -> Pr
     sums = progress.sums if start else EpochSums()
     # Batch b depends only on (seed, epoch, b): resume by skipping, on any process count.
     dataset = exp.dataset(loop.train_set.records, train=True, epoch=epoch, features=loop.features)
-    iterator = iterate(dataset[start:], workers=exp.data.workers)
-    bar = tqdm(total=loop.calls_per_epoch, initial=start, unit="call",
-               desc=f"epoch {epoch + 1}/{exp.train.num_epochs}",
-               disable=not distributed.is_main())  # fmt: skip
+    # The bar and the iterator closed on every way out: a full disk's error line stays the
+    # last, and the workers' prefetched shared memory is unlinked.
     pending, meter = Pending(), RateMeter(exp.train.images_per_step, exp.patches.patches_per_image)
-    try:  # the bar closed on every way out: a full disk's error line stays the last
+    with contextlib.ExitStack() as closing:
+        iterator = closing.enter_context(iterating(dataset[start:], workers=exp.data.workers))
+        bar = tqdm(total=loop.calls_per_epoch, initial=start, unit="call",
+                   desc=f"epoch {epoch + 1}/{exp.train.num_epochs}",
+                   disable=not distributed.is_main())  # fmt: skip
+        closing.callback(bar.close)
         for batch_index in range(start, loop.calls_per_epoch):
             before = step
             state, metrics = loop.train_step(state, exp.put_batch(next(iterator)))
@@ -436,8 +440,6 @@ def run_epoch(loop: Loop, progress: Progress, epoch: int, stop: _StopFlag) -> Pr
                 save(loop, progress)
             if stop.requested:
                 raise StopRequested(progress)
-    finally:
-        bar.close()
     sums = sums.plus(pending.fetch(epoch))
     if sums.calls:
         loop.writer.write(step, sums.means(), epoch=epoch + 1)

@@ -26,8 +26,10 @@ feature cache:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+import gc
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import grain
@@ -382,3 +384,36 @@ def iterate(dataset: grain.MapDataset, workers: int = 0, prefetch: int = 2) -> A
             grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch)
         )
     return iter(it_ds)
+
+
+@contextlib.contextmanager
+def iterating(dataset: grain.MapDataset, workers: int = 0, prefetch: int = 2) -> Iterator[Any]:
+    """``iterate``, closed on every way out (an error, a stop request, an abandoned epoch):
+    grain's workers hand batches over in shared memory (``/dev/shm``), and what they had
+    prefetched is unlinked only by the iterator's ``close``; otherwise Python's resource
+    tracker finds it at exit ("leaked shared_memory objects") or, after a kill, nobody does.
+    The batches already consumed are unlinked by grain's deletion thread, asynchronously:
+    waited for here, so that none is still queued when the process exits."""
+    iterator = iterate(dataset, workers, prefetch)
+    try:
+        yield iterator
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+        if workers > 0:
+            gc.collect()  # the last batches' arrays, then their queued deletions
+            wait_for_shared_memory_deletes()
+
+
+def wait_for_shared_memory_deletes(timeout: float = 30.0) -> None:
+    """Wait until grain's deletion thread has unlinked every shared-memory batch queued so far
+    (``SharedMemoryArray.__del__`` hands them to a one-thread pool, whose daemon thread dies
+    with the process: what it had not reached was left in /dev/shm)."""
+    try:
+        from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+    except ImportError:  # another grain layout: nothing known to wait for
+        return
+    pool = getattr(SharedMemoryArray, "_del_thread_pool", None)
+    if pool is not None:
+        pool.apply_async(int).wait(timeout)  # one thread: runs after every earlier deletion
