@@ -47,6 +47,43 @@ def build_parser() -> argparse.ArgumentParser:
         default="alexnet",
         help="the network's architecture, in its torch layout (default: alexnet)",
     )
+    add_source_flags(parser)
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare torch and Flax logits on a random batch; exit 1 above tolerance",
+    )
+    parser.add_argument(
+        "--verify-size",
+        type=_size,
+        nargs="+",
+        default=[(224, 224), (239, 263)],
+        metavar="SIZE",
+        help="input sizes for --verify: a side (224) or HEIGHTxWIDTH (239x263); default both",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="list every problem of a state dict that does not fit --arch (the error names "
+        "the first few)",
+    )
+    parser.add_argument("--rtol", type=float, default=1e-4, help="--verify relative tolerance")
+    parser.add_argument("--atol", type=float, default=1e-5, help="--verify absolute tolerance")
+    pre = parser.add_argument_group(
+        "preprocessing (for --pth files trained with another normalisation than the "
+        "architecture's weights: torchvision's for AlexNet, VGG-16, ResNet-50)"
+    )
+    pre.add_argument("--channel-order", choices=("RGB", "BGR"), default=None)
+    pre.add_argument("--scale", type=float, default=None, help="multiplier on 0-255 pixels")
+    pre.add_argument("--mean", type=float, nargs=3, default=None, metavar=("C0", "C1", "C2"))
+    pre.add_argument("--std", type=float, nargs=3, default=None, metavar=("C0", "C1", "C2"))
+    return parser
+
+
+def add_source_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the weights come from: exactly one of the sources."""
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument(
         "--torchvision",
@@ -88,38 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
         "scaled by its keep probability (neon's dropout is not inverted). Preprocessing: BGR, "
         "0-255, minus (102.98, 115.95, 122.77); conv1 padding from the file (3)",
     )
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
-    parser.add_argument(
-        "--verify",
-        action="store_true",
-        help="compare torch and Flax logits on a random batch; exit 1 above tolerance",
-    )
-    parser.add_argument(
-        "--verify-size",
-        type=_size,
-        nargs="+",
-        default=[(224, 224), (239, 263)],
-        metavar="SIZE",
-        help="input sizes for --verify: a side (224) or HEIGHTxWIDTH (239x263); default both",
-    )
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        help="list every problem of a state dict that does not fit --arch (the error names "
-        "the first few)",
-    )
-    parser.add_argument("--rtol", type=float, default=1e-4, help="--verify relative tolerance")
-    parser.add_argument("--atol", type=float, default=1e-5, help="--verify absolute tolerance")
-    pre = parser.add_argument_group(
-        "preprocessing (for --pth files trained with another normalisation than the "
-        "architecture's weights: torchvision's for AlexNet, VGG-16, ResNet-50)"
-    )
-    pre.add_argument("--channel-order", choices=("RGB", "BGR"), default=None)
-    pre.add_argument("--scale", type=float, default=None, help="multiplier on 0-255 pixels")
-    pre.add_argument("--mean", type=float, nargs=3, default=None, metavar=("C0", "C1", "C2"))
-    pre.add_argument("--std", type=float, nargs=3, default=None, metavar=("C0", "C1", "C2"))
-    return parser
 
 
 def _size(text: str) -> tuple[int, int]:
