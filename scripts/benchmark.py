@@ -28,8 +28,9 @@ Sections:
             gradients against torchvision's modules, 16 patches (one slice of the sliced
             full step): where the full step's gap to PyTorch comes from
   depthwise EfficientNet-Lite0's depthwise convolutions, formulation by formulation (XLA's
-            grouped conv with voc-jax's options, with XLA's defaults, in NCHW; voc-jax's
-            shifted slices) against PyTorch's grouped conv2d, forward and both gradients
+            grouped conv with voc-jax's options, with XLA's defaults, in NCHW; shifted
+            slices autodiffed, and with voc-jax's written-out gradient) against PyTorch's
+            grouped conv2d, forward and both gradients
 
 Timings are medians over --repeats after a warm-up; results are printed as a table and
 written as JSON. Ratios are what to compare across machines; absolute numbers depend on it.
@@ -38,6 +39,7 @@ written as JSON. Ratios are what to compare across machines; absolute numbers de
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -827,14 +829,13 @@ def bench_backbones(records, config, args) -> list[dict]:
 
 
 def backbone_rows(arch: str, records, args) -> list[dict]:
-    import dataclasses
-
+    """One backbone's steps against PyTorch's. Where the full step runs in slices (auto on a
+    CPU, or --grad-chunks), the same update in one piece is timed beside it, so the slicing's
+    gain is measured in the same run."""
     import torch
 
-    from voc_jax import optim
     from voc_jax.experiment import Experiment
 
-    width = args.width
     cfg = train_config(args, (".*",))
     cfg.model.arch, cfg.grad_chunks = arch, args.grad_chunks
     exp = Experiment.build(cfg)
@@ -842,52 +843,62 @@ def backbone_rows(arch: str, records, args) -> list[dict]:
     batches = device_batches(records, cfg, args, 2, crops="host")
     runners, flops = {}, {}
     for name, trainable in (("full", (".*",)), ("frozen", ("head/.*",))):
-        if name not in args.backbone_steps:
-            continue
-        settings = dataclasses.replace(exp.settings.optim, trainable=trainable)
-        optimizer = optim.make_optimizer(settings, exp.model.params, 100, 10)
-        state = jax.tree.map(jax.numpy.copy, exp.initial_state(optimizer))
-        step = exp.train_step(optimizer)
-        flops[name] = compiled_flops(step, state, batches[0])
-        runners[name] = Stepper(state, step, batches)
-        runners[f"torch_{name}"] = torch_backbone_train(arch, width, args, name == "frozen")
+        if name in args.backbone_steps:
+            runners[name], flops[name] = train_runner(exp, trainable, batches)
+            frozen = name == "frozen"
+            runners[f"torch_{name}"] = torch_backbone_train(arch, args.width, args, frozen)
+    unsliced = "full" in args.backbone_steps and chunks > 1
+    if unsliced:  # the same model and settings, one gradient slice
+        train = dataclasses.replace(exp.settings.train, grad_chunks=1)
+        whole = dataclasses.replace(exp, settings=dataclasses.replace(exp.settings, train=train))
+        runners["full_unsliced"], flops["full_unsliced"] = train_runner(whole, (".*",), batches)
     if "eval" in args.backbone_steps:
         evaluate = exp.eval_step()
         variables = exp.model.variables
         flops["eval"] = compiled_flops(evaluate, variables, batches[0])
         runners["eval"] = lambda: jax.block_until_ready(evaluate(variables, batches[0]))
-        runners["torch_eval"] = torch_backbone_eval(arch, width, args)
+        runners["torch_eval"] = torch_backbone_eval(arch, args.width, args)
     t = interleaved_medians(runners, args.repeats)
-    n, threads = args.batch, torch.get_num_threads()
-    rows = []
+    sliced = f" in {chunks} slices" if chunks > 1 else ""
+    what = {"full": "full fine-tune step", "frozen": "frozen-backbone step", "eval": "eval"}
+    threads = f"PyTorch ({torch.get_num_threads()} threads)"
+    entries = []  # (step, variant, runner, description)
     for name in args.backbone_steps:
-        sliced = f" in {chunks} slices" if chunks > 1 else ""
-        what = {
-            "full": f"full fine-tune step{sliced}",
-            "frozen": f"frozen-backbone step{sliced}",
-            "eval": f"eval{sliced}",
-        }
-        for variant, key in (("ours", name), ("torch", f"torch_{name}")):
-            side = "JAX" if variant == "ours" else f"PyTorch ({threads} threads)"
-            text = what[name] if variant == "ours" else what[name].replace(sliced, "")
-            row = {
-                "section": "backbones",
-                "what": f"{arch}{'' if width == 1 else f' (width {width:g})'}: {side} "
-                f"{text}, {n} cropped patches at {args.patch_size}px",
-                "arch": arch,
-                "variant": variant,
-                "step": name,
-                "patches_per_s": n / t[key],
-                "seconds": t[key],
-                "flops": flops[name],  # XLA's count of the same network's step
-            }
-            if variant == "ours":
-                row["ratio_vs_baseline"] = t[f"torch_{name}"] / t[name]
-            rows.append(row)
+        entries.append((name, "ours", name, f"JAX {what[name]}{sliced}"))
+        if name == "full" and unsliced:
+            entries.append((name, "ours_unsliced", "full_unsliced", f"JAX {what[name]}, unsliced"))
+        entries.append((name, "torch", f"torch_{name}", f"{threads} {what[name]}"))
+    width = "" if args.width == 1 else f" (width {args.width:g})"
+    rows = []
+    for name, variant, key, text in entries:
+        row = {
+            "section": "backbones",
+            "what": f"{arch}{width}: {text}, {args.batch} cropped patches at {args.patch_size}px",
+            "arch": arch,
+            "variant": variant,
+            "step": name,
+            "patches_per_s": args.batch / t[key],
+            "seconds": t[key],
+            "flops": flops.get(key, flops[name]),  # XLA's count of the same step
+        }  # fmt: skip
+        if variant != "torch":
+            row["ratio_vs_baseline"] = t[f"torch_{name}"] / t[key]
+        rows.append(row)
     for r in runners.values():
         if isinstance(r, Stepper):
             del r.state
     return rows
+
+
+def train_runner(exp, trainable: tuple[str, ...], batches) -> tuple[Stepper, float]:
+    """The experiment's train step with only ``trainable`` learning, and XLA's FLOP count."""
+    from voc_jax import optim
+
+    settings = dataclasses.replace(exp.settings.optim, trainable=trainable)
+    optimizer = optim.make_optimizer(settings, exp.model.params, 100, 10)
+    state = jax.tree.map(jax.numpy.copy, exp.initial_state(optimizer))
+    step = exp.train_step(optimizer)
+    return Stepper(state, step, batches), compiled_flops(step, state, batches[0])
 
 
 def torch_backbone_train(arch: str, width: float, args, frozen: bool) -> Callable[[], None]:
@@ -1015,8 +1026,8 @@ def bench_depthwise(records, config, args) -> list[dict]:
     formulation: forward and forward + both gradients of one layer on --grad-chunk-patches
     patches, against PyTorch's grouped conv2d on the same threads and tensors. XLA's grouped
     convolution as voc-jax compiles it (YNNPACK for dots only), with XLA's defaults (YNNPACK's
-    convolutions too), in NCHW instead of NHWC, and voc-jax's sum of k*k shifted slices
-    (voc_jax.models.efficientnet_lite.DepthwiseConv)."""
+    convolutions too), in NCHW instead of NHWC, and the sum of k*k shifted slices, its
+    gradient by JAX's autodiff and as voc-jax writes it out (voc_jax.models.depthwise)."""
     rows = []
     for channels, side, k, stride in DEPTHWISE_CASES:
         side = max(1, round(side * args.patch_size / 224))
@@ -1028,6 +1039,7 @@ def depthwise_case(channels: int, side: int, k: int, stride: int, args) -> list[
     import torch
 
     from voc_jax import xla_options
+    from voc_jax.models import depthwise
     from voc_jax.models import efficientnet_lite as lite
 
     n, device = args.grad_chunk_patches, torch_device(args)
@@ -1051,7 +1063,11 @@ def depthwise_case(channels: int, side: int, k: int, stride: int, args) -> list[
         "XLA grouped conv (voc-jax options)": (xla_options.jit, grouped),
         "XLA grouped conv (XLA defaults: YNNPACK convolutions)": (jax.jit, grouped),
         "XLA grouped conv, NCHW": (xla_options.jit, lambda w, x: grouped(w, x, "NCHW")),
-        "shifted slices (voc-jax)": (
+        "shifted slices, autodiffed": (
+            xla_options.jit,
+            lambda w, x: depthwise.depthwise_conv_autodiff(x, w[:, :, 0, :], stride, tuple(pads)),
+        ),
+        "shifted slices, gradient written out (voc-jax)": (
             xla_options.jit,
             lambda w, x: module.apply({"params": {"kernel": w}}, x),
         ),

@@ -59,7 +59,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
 
 
 @pytest.mark.slow  # compiles narrow networks
-def test_parity_script_and_backbones_section_at_tiny_sizes():
+def test_parity_script_and_backbones_section_at_tiny_sizes(monkeypatch):
     """scripts/parity.py's comparison and the benchmark's backbones and blocks sections,
     in-process at tiny sizes (the GPU check runs the first two at real size; the dry run
     leaves them out)."""
@@ -74,24 +74,29 @@ def test_parity_script_and_backbones_section_at_tiny_sizes():
     assert all(r["relative"] < 1e-5 for r in rows)
     args = argparse.Namespace(
         quick=True, width=1 / 16, patch_size=64, batch=16, dtype="float32", repeats=1,
-        grad_chunks=0, grad_chunk_patches=4,
-        backbone_steps=("eval",), data=None,
+        grad_chunks=2, grad_chunk_patches=4,
+        backbone_steps=("full", "eval"), data=None,
     )  # fmt: skip
     records, _ = benchmark.dataset_records(args)
     rows = benchmark.backbone_rows("vgg16", records, args)
-    assert [(r["step"], r["variant"]) for r in rows] == [("eval", "ours"), ("eval", "torch")]
+    assert [(r["step"], r["variant"]) for r in rows] == [
+        ("full", "ours"), ("full", "ours_unsliced"), ("full", "torch"),  # sliced beside whole
+        ("eval", "ours"), ("eval", "torch"),
+    ]  # fmt: skip
+    assert "in 2 slices" in rows[0]["what"] and "unsliced" in rows[1]["what"]
     assert all(r["patches_per_s"] > 0 and r["flops"] > 0 for r in rows)
-    assert rows[0]["ratio_vs_baseline"] > 0
+    assert all(r["ratio_vs_baseline"] > 0 for r in rows if r["variant"] != "torch")
     # ResNet-50 piece by piece and whole, each against torchvision's modules.
     rows = benchmark.bench_blocks(records, None, args)
     pieces = ["stem", "layer1_1", "layer2_1", "layer3_1", "layer4_1", "whole"]
     assert [r["piece"] for r in rows] == [p for p in pieces for _ in ("ours", "torch")]
     assert all(r["seconds"] > 0 and r["flops"] > 0 for r in rows)
     # EfficientNet-Lite0's depthwise convolutions, formulation by formulation, against torch.
+    monkeypatch.setattr(benchmark, "DEPTHWISE_CASES", benchmark.DEPTHWISE_CASES[:2])  # strided
     rows = benchmark.bench_depthwise(records, None, args)
     forms = {r["variant"] for r in rows}
-    assert "shifted slices (voc-jax)" in forms and len(forms) == 4
-    assert len(rows) == len(benchmark.DEPTHWISE_CASES) * 4 * 2
+    assert "shifted slices, gradient written out (voc-jax)" in forms and len(forms) == 5
+    assert len(rows) == 2 * 5 * 2
     assert all(r["seconds"] > 0 and r["ratio_vs_baseline"] > 0 for r in rows)
     table = benchmark.format_table(rows)  # rows timed in seconds, no patches/s column
     assert table.count("\n") == len(rows) + 1 and " ms" in table
