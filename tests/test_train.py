@@ -209,6 +209,35 @@ def test_changed_configs_are_all_kept(tmp_path, trained_tiny):
     assert json.loads((work / "config.json").read_text())["log_every_steps"] == 6
 
 
+def test_a_fresh_run_starts_from_the_head_of_head_from(tmp_path, trained_tiny, tiny_data_root):
+    """init.head_from (LP-FT): the fresh run's head is the trained run's, the rest as
+    converted (here: the seed's initialisation); what it trains is an ordinary run."""
+    import jax
+
+    from voc_jax import workdir as workdir_lib
+    from voc_jax.experiment import Experiment
+
+    args = [f"--config.data.root={tiny_data_root}", f"--config.init.head_from={trained_tiny}"]
+    work = tmp_path / "lpft"
+    config = workdir_lib.load_config(trained_tiny)
+    config.init.head_from = str(trained_tiny)
+    exp = Experiment.build(config)
+    fresh = train.Progress(exp.initial_state(exp.optimizer(12)))
+    empty = checkpoint.Checkpointer(tmp_path / "none", asynchronous=False)
+    state = train.restore(exp, empty, fresh).state
+    empty.close()
+    _, trained = final_params(trained_tiny)
+    assert_trees_equal(jax.tree.map(np.asarray, state.params["head"]), trained["head"])
+    assert_trees_equal(
+        jax.tree.map(np.asarray, {k: v for k, v in state.params.items() if k != "head"}),
+        jax.tree.map(np.asarray, {k: v for k, v in fresh.state.params.items() if k != "head"}),
+    )
+    assert train.main(train_args(work, *args, "--config.num_epochs=1")) == 0
+    first = next(r["loss"] for r in read_metrics(work) if "loss" in r)
+    assert first < PINNED_LOSSES[0][1] - 0.1  # a trained head, not a random one
+    assert json.loads((work / "config.json").read_text())["init"]["head_from"] == str(trained_tiny)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_data_root, caplog):
     work = tmp_path / "w"
     with caplog.at_level(logging.INFO):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import jax
 import numpy as np
 import pytest
 
@@ -62,3 +63,34 @@ def test_restore_without_checkpoints_gives_the_initial_weights(tmp_path, caplog)
     assert step == 0 and variables is initial and "evaluating the initial weights" in caplog.text
     with pytest.raises(CheckpointError, match="no checkpoints/ directory"):
         workdir.restore_variables(tmp_path, initial, step=4)
+
+
+def test_head_source_is_checked_before_training(tmp_path, trained_tiny):
+    """init.head_from: a workdir with a checkpoint whose head fits; each failure names it."""
+    config = tiny.get_config()
+    work = tmp_path / "new"
+    config.init.head_from = str(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"init.head_from=.*empty: no checkpoint in"):
+        workdir.check_before_training(config, work)
+    config.init.head_from = str(work)
+    with pytest.raises(ConfigError, match="is this run's own workdir"):
+        workdir.check_before_training(config, work)
+    config.init.head_from = str(trained_tiny)
+    workdir.check_before_training(config, work)  # the same model: fine
+    config.model.head_hidden = 32
+    with pytest.raises(ConfigError, match="model.head_hidden: 64 there, 32 here"):
+        workdir.check_before_training(config, work)
+    assert not work.exists()  # refused before anything is written
+
+
+def test_restore_head_reads_the_newest_checkpoints_head(trained_tiny):
+    from tests.helpers import final_params
+
+    step, params = final_params(trained_tiny)
+    found, head = workdir.restore_head(trained_tiny, params)
+    assert found == step == 24 and workdir.checkpoint_steps(trained_tiny)[-1] == 24
+    for a, b in zip(
+        jax.tree.leaves(head), jax.tree.leaves(params["head"]), strict=True
+    ):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(a), b)

@@ -51,6 +51,7 @@ class InitSettings:
     weights: str  # converter output directory; "" = from scratch
     keep_head: bool
     scratch_preprocessing: Preprocessing  # the normalisation when training from scratch
+    head_from: str = ""  # a training workdir whose newest head starts a fresh run; "" = none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +151,7 @@ def read(config: ml_collections.ConfigDict) -> Settings:
         init=InitSettings(
             weights=str(i.weights or ""),
             keep_head=bool(i.keep_head),
+            head_from=str(i.get("head_from", "") or ""),
             scratch_preprocessing=Preprocessing(
                 channel_order=i.channel_order, scale=i.scale, mean=tuple(i.mean), std=tuple(i.std)
             ),

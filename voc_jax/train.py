@@ -232,7 +232,7 @@ def restore(exp: Experiment, checkpointer: Checkpointer, fresh: Progress) -> Pro
     recorded for ``move_damaged_aside``; a changed global batch, seed or batch size in the
     middle of an epoch refused."""
     if not checkpointer.steps():
-        return fresh
+        return with_head_from(exp, fresh)
     state = fresh.state
     abstract = {"params": abstract_like(state.params), "train": abstract_like(train_part(state))}
     if state.batch_stats:
@@ -254,6 +254,18 @@ def restore(exp: Experiment, checkpointer: Checkpointer, fresh: Progress) -> Pro
         checkpointer.directory,
     )
     return progress
+
+
+def with_head_from(exp: Experiment, fresh: Progress) -> Progress:
+    """A fresh run with ``init.head_from``: the head trained there, in place of a random one."""
+    source = exp.settings.init.head_from
+    if not source:
+        return fresh
+    state = fresh.state
+    step, head = workdir_lib.restore_head(Path(source), state.params)
+    params = {**state.params, "head": jax.device_put(head, exp.replicated)}
+    log.info("the head starts as trained in %s (checkpoint step %d)", source, step)
+    return dataclasses.replace(fresh, state=state.replace(params=params))
 
 
 def drop_rows_past(writer: MetricWriter, step: int) -> None:

@@ -30,6 +30,7 @@ LATER_FIELDS = {
     "model.bn_update": False,
     "model.options": {},
     "data.max_image_pixels": 64_000_000,
+    "init.head_from": "",
 }
 SHAPE_FIELDS = ("model.arch", "model.num_classes", "model.head_hidden", "model.width")
 # model.bn_update: a resume that toggles it would restore statistics updated by batches and
@@ -66,6 +67,8 @@ def check_before_training(config: ml_collections.ConfigDict, workdir: Path) -> N
     has_checkpoints = directory.is_dir() and bool(_steps(directory))
     if has_checkpoints:
         check_unchanged(config, workdir, SHAPE_FIELDS + STATE_FIELDS, "resume")
+    elif config.init.get("head_from"):
+        check_head_source(config, Path(config.init.head_from), workdir)
     elif config.num_epochs == 0 and not config.init.weights:
         raise ConfigError(
             f"num_epochs=0 only evaluates, but {workdir} has no checkpoint and init.weights is "
@@ -89,6 +92,40 @@ def check_before_evaluating(config: ml_collections.ConfigDict, workdir: Path) ->
             "evaluate (it would score a randomly initialised network). Train first, or pass "
             "--config.init.weights"
         )
+
+
+def check_head_source(config: ml_collections.ConfigDict, source: Path, workdir: Path) -> None:
+    """``init.head_from`` must name another training workdir with a checkpoint whose head has
+    this config's shape (the same backbone features, classes and hidden layer)."""
+    what = f"init.head_from={source}"
+    if source.absolute() == workdir.absolute():
+        raise ConfigError(f"{what}: is this run's own workdir; name the run to start from")
+    if not checkpoint_steps(source):
+        raise CheckpointError(
+            f"{what}: no checkpoint in {source / CHECKPOINTS}; train that run first (or leave "
+            "init.head_from empty for a fresh head)"
+        )
+    saved = load_config(source)
+    changed = [
+        f"{key}: {_plain(_get(saved, key))!r} there, {_plain(_get(config, key))!r} here"
+        for key in SHAPE_FIELDS
+        if _plain(_get(saved, key)) != _plain(_get(config, key))
+    ]
+    if changed:
+        raise ConfigError(
+            f"{what}: its head does not fit this model ({'; '.join(changed)}); start from a run "
+            "of the same model"
+        )
+
+
+def restore_head(source: Path, params: dict[str, Any]) -> tuple[int, Any]:
+    """(step, head params) of ``source``'s newest good checkpoint, shaped as ``params["head"]``."""
+    checkpointer = Checkpointer(source / CHECKPOINTS, asynchronous=False)
+    try:
+        step, restored = checkpointer.restore({"params": abstract_like(params)})
+    finally:
+        checkpointer.close()
+    return step, restored["params"]["head"]
 
 
 def check_unchanged(
@@ -128,6 +165,12 @@ def _get(config: ml_collections.ConfigDict, key: str):
 
 def _plain(value):
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+    """The steps of ``workdir``'s checkpoints (none: ``[]``, also without checkpoints/)."""
+    directory = workdir / CHECKPOINTS
+    return _steps(directory) if directory.is_dir() else []
 
 
 def _steps(directory: Path) -> list[int]:

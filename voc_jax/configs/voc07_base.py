@@ -51,6 +51,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.init = ml_collections.ConfigDict()
     c.init.weights = ""  # converter output directory; empty = train from scratch
     c.init.keep_head = False  # use the head stored in the weights (a converted VOC model)
+    # A training workdir (same arch, width, num_classes, head_hidden) whose newest checkpoint's
+    # head starts this run instead of a random one: fine-tuning from the frozen run's trained
+    # head (LP-FT, Kumar et al. 2022). Read once, when the run starts; empty = a fresh head.
+    c.init.head_from = ""
     # Normalisation when training from scratch (converted weights carry their own):
     c.init.channel_order = "RGB"
     c.init.scale = 1.0 / 255.0
