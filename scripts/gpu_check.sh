@@ -28,9 +28,10 @@
 # VOC (the 1182 genuine photos of ../shared/data: 108 MB, more than one call may carry, so
 # bring them as two ignored folders in two calls on a warm machine, trainval's JPEGs and
 # test's, and join them with links; docs/real_voc.md): the frozen variant (224-px patches,
-# 448 per image, the 13 scales, 10 epochs from the feature cache), the fine-tuned one (3
-# epochs here, of the config's 10, to fit one call), the linear probe at 224 px and at each
-# photo's own size, and chance; OUT/real_voc/report.md is the table docs/real_voc.md waits for.
+# 448 per image, the 13 scales, 10 epochs from the feature cache), the fine-tuned one from its
+# trained head (LP-FT; 3 epochs here, of the config's 10, to fit one call), the linear probe
+# at 224 px and at each photo's own size, and chance; OUT/real_voc/report.md is the table
+# docs/real_voc.md waits for.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)

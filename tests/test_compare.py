@@ -73,3 +73,24 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
     argv = ["--voc", str(tmp_path), "--out", str(tmp_path / "o"), "--methods", "frozen,svm"]
     assert compare.main(argv) == 2
     assert "--methods svm: expected some of" in capsys.readouterr().err
+
+
+def test_the_fine_tuned_run_starts_from_the_frozen_head(tmp_path, capsys):
+    """LP-FT by default: without a frozen checkpoint the fine-tuned run is refused before
+    any training, naming both ways out; the table's label says which head started it."""
+    voc = tmp_path / "voc"
+    for split in ("train", "val", "trainval", "test"):
+        (voc / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("")
+    (voc / "Annotations").mkdir()
+    argv = ["--voc", str(voc), "--out", str(tmp_path / "o"), "--weights", str(tmp_path),
+            "--methods", "finetune"]  # fmt: skip
+    assert compare.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "frozen has no checkpoint" in err and "--finetune-head fresh" in err
+    assert not (tmp_path / "o" / "finetune").exists()
+    setting = compare.SETTINGS["cpu"]
+    assert compare.method_label("finetune", setting) == "patches, fine-tuned from the frozen head"
+    assert compare.method_label("finetune", setting, "fresh") == "patches, fine-tuned, fresh head"
+    assert compare.method_label("probe", setting, "fresh") == "linear probe, 224 px"
+    assert "--config.init.head_from" not in " ".join(setting.finetune)  # compare adds it

@@ -7,7 +7,8 @@ pip package, converted and verified into OUT/weights), it runs:
 
 - ``frozen``: the patch method, Oquab et al.'s variant (the backbone frozen, the new head
   trained from a feature cache of the pooled features; ``voc07_lite0.py:frozen``);
-- ``finetune``: the patch method with the config's blocks fine-tuned (``voc07_lite0.py``);
+- ``finetune``: the patch method with the config's blocks fine-tuned (``voc07_lite0.py``),
+  starting from the frozen run's trained head (LP-FT; ``--finetune-head fresh``: a random one);
 - ``probe``: the linear probe of the self-supervised literature (voc_jax.linear_probe): the
   whole photo resized to the network's input size, its pooled features, one logistic
   regression per class, C chosen on train/val, refit on trainval;
@@ -42,10 +43,11 @@ from voc_jax.errors import ConfigError, UserError
 
 METHODS = ("frozen", "finetune", "probe", "probe_own", "chance")
 PROTOCOLS = ("voc07", "area")
+FINETUNE_HEADS = {"frozen": " from the frozen head", "fresh": ", fresh head"}
 CONFIG = "voc_jax/configs/voc07_lite0.py"  # --config: the patch method's, for other weights
 LABELS = {
     "frozen": "patches, frozen (Oquab)",
-    "finetune": "patches, fine-tuned",
+    "finetune": "patches, fine-tuned",  # + FINETUNE_HEADS[--finetune-head]
     "probe": "linear probe, {size} px",
     "probe_own": "linear probe, own size",
     "chance": "chance",
@@ -91,14 +93,12 @@ SETTINGS = {
             *SMALL_GEOMETRY,
         ),
         frozen=("--config.num_epochs=10",),
-        finetune=(
-            "--config.num_epochs=1",
-            "--config.patches.per_image=32",
-            "--config.patches.min_patches=32",
-        ),
+        # One epoch is what fits; the head starts as the frozen run trained it, so the
+        # features need adjusting, not rebuilding: a tenth of the recipe's rate.
+        finetune=("--config.num_epochs=1", "--config.optim.learning_rate=1e-4"),
         about="two CPU cores' size: 128-px patches at 4 scales (1, 1.6, 2.3, 3), 64 per image "
         "sampled for training and spread for testing, updates of 32; frozen: 10 epochs from the "
-        "cache; fine-tuned: 1 epoch of 32 patches per image at 1e-3",
+        "cache; fine-tuned: 1 epoch at 1e-4 from the frozen run's head",
     ),
     "ci": Setting(
         "ci",
@@ -159,6 +159,8 @@ def run_patches(method: str, args: argparse.Namespace, setting: Setting, weights
         *limits,
         *args.train_arg,
     ]
+    if method == "finetune" and args.finetune_head == "frozen":
+        argv.insert(5, f"--config.init.head_from={frozen_head(args.out / 'frozen', workdir)}")
     start = time.perf_counter()
     code = train.main(argv)
     if code != 0:
@@ -173,6 +175,20 @@ def run_patches(method: str, args: argparse.Namespace, setting: Setting, weights
         "workdir": str(workdir),
         "argv": argv[1:],
     }
+
+
+def frozen_head(frozen: Path, workdir: Path) -> Path:
+    """The frozen run, whose trained head starts the fine-tuned one (LP-FT: Kumar et al.
+    2022, fine-tuning distorts pretrained features least from a fitted head). A fine-tuned
+    run already under way resumes from its own checkpoints and needs nothing from it."""
+    from voc_jax import workdir as workdir_lib
+
+    if not workdir_lib.checkpoint_steps(workdir) and not workdir_lib.checkpoint_steps(frozen):
+        raise UserError(
+            f"the fine-tuned run starts from the frozen run's head, but {frozen} has no "
+            "checkpoint: run --methods frozen,finetune (or pass --finetune-head fresh)"
+        )
+    return frozen
 
 
 def run_probe(args: argparse.Namespace, weights: Path, size: int | None, splits) -> dict:
@@ -221,15 +237,16 @@ def load_real_splits(voc: Path, images: int = 0) -> dict:
     return splits
 
 
-def method_label(method: str, setting: Setting) -> str:
-    return LABELS[method].format(size=setting.probe_size)
+def method_label(method: str, setting: Setting, finetune_head: str = "frozen") -> str:
+    label = LABELS[method].format(size=setting.probe_size)
+    return label + FINETUNE_HEADS[finetune_head] if method == "finetune" else label
 
 
-def table(rows: dict[str, dict], setting: Setting) -> str:
+def table(rows: dict[str, dict]) -> str:
     """Markdown: classes and mAP down, each method's VOC07 and all-points AP across, and the
     wall time of each."""
     names = list(rows)
-    header = ["class"] + [f"{method_label(m, setting)}: {p}" for m in names for p in PROTOCOLS]
+    header = ["class"] + [f"{rows[m]['label']}: {p}" for m in names for p in PROTOCOLS]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for c, name in enumerate([*VOC_CLASSES, "**mAP**"]):
         cells = [name]
@@ -249,7 +266,7 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def bar_plot(rows: dict[str, dict], setting: Setting, path: Path) -> None:
+def bar_plot(rows: dict[str, dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,7 +280,7 @@ def bar_plot(rows: dict[str, dict], setting: Setting, path: Path) -> None:
         r = rows[m]["results"]["voc07"]
         values = 100 * np.array([*r["ap"], r["map"]])
         ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width,
-               label=f"{method_label(m, setting)} ({100 * r['map']:.1f})")  # fmt: skip
+               label=f"{rows[m]['label']} ({100 * r['map']:.1f})")  # fmt: skip
     ax.set_xticks(x, [*VOC_CLASSES, "mAP"], rotation=45, ha="right")
     ax.set_ylabel("AP, VOC07 protocol (%)")
     ax.set_ylim(0, 100)
@@ -298,7 +315,7 @@ def report(rows: dict, setting: Setting, args: argparse.Namespace, splits, maps)
         f"Setting `{setting.name}`: {setting.about}. Images: trainval {counts['trainval']} "
         f"(train {counts['train']}, val {counts['val']}), test {counts['test']}.",
         "",
-        table(rows, setting),
+        table(rows),
         "",
         "AP in %, on the test split; VOC07: the official 11-point protocol; area: all-points "
         "AP; difficult-only images ignored in both. Chance: the mean of 200 random draws. "
@@ -329,7 +346,8 @@ def run(args: argparse.Namespace) -> int:
         weights = convert_weights(args.out)
     rows: dict[str, dict] = {}
     for method in args.methods:
-        print(f"\n== {method_label(method, setting)}", flush=True)
+        label = method_label(method, setting, args.finetune_head)
+        print(f"\n== {label}", flush=True)
         if method in ("frozen", "finetune"):
             rows[method] = run_patches(method, args, setting, weights)
         elif method == "probe":
@@ -338,12 +356,13 @@ def run(args: argparse.Namespace) -> int:
             rows[method] = run_probe(args, weights, None, splits)
         else:
             rows[method] = run_chance(splits)
+        rows[method]["label"] = label
         mean = rows[method]["results"]["voc07"]["map"]
-        print(f"{method_label(method, setting)}: VOC07 mAP {100 * mean:.2f}", flush=True)
+        print(f"{label}: VOC07 mAP {100 * mean:.2f}", flush=True)
     maps = score_maps(args, splits, args.score_maps) if "frozen" in rows else []
     results = {"setting": dataclasses.asdict(setting), "voc": str(args.voc), "methods": rows}
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    bar_plot(rows, setting, args.out / "ap_bars.png")
+    bar_plot(rows, args.out / "ap_bars.png")
     text = report(rows, setting, args, splits, maps)
     (args.out / "report.md").write_text(text)
     print("\n" + text)
@@ -395,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="an extra --config.x=... for both patch runs (repeatable)",
+    )
+    parser.add_argument(
+        "--finetune-head",
+        choices=("frozen", "fresh"),
+        default="frozen",
+        help="the fine-tuned run's head at the start: the frozen run's (OUT/frozen, LP-FT; "
+        "the default) or a random one",
     )
     parser.add_argument("--fresh", action="store_true", help="remove OUT's earlier runs first")
     return parser
