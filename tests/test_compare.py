@@ -85,10 +85,15 @@ def test_the_fine_tuned_run_starts_from_the_frozen_head(tmp_path, capsys):
     (voc / "Annotations").mkdir()
     argv = ["--voc", str(voc), "--out", str(tmp_path / "o"), "--weights", str(tmp_path),
             "--methods", "finetune"]  # fmt: skip
-    assert compare.main(argv) == 2
+    for method in ("frozen", "finetune"):
+        (tmp_path / "o" / method).mkdir(parents=True)
+        (tmp_path / "o" / method / "earlier").write_text("")
+    assert compare.main([*argv, "--fresh"]) == 2
     err = capsys.readouterr().err
     assert "frozen has no checkpoint" in err and "--finetune-head fresh" in err
+    # --fresh removed the earlier fine-tuned run only: the frozen one is not being redone.
     assert not (tmp_path / "o" / "finetune").exists()
+    assert (tmp_path / "o" / "frozen" / "earlier").is_file()
     setting = compare.SETTINGS["cpu"]
     assert compare.method_label("finetune", setting) == "patches, fine-tuned from the frozen head"
     assert compare.method_label("finetune", setting, "fresh") == "patches, fine-tuned, fresh head"

@@ -422,14 +422,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the fine-tuned run's head at the start: the frozen run's (OUT/frozen, LP-FT; "
         "the default) or a random one",
     )
-    parser.add_argument("--fresh", action="store_true", help="remove OUT's earlier runs first")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="remove the earlier runs of the --methods first (the others stay: a fine-tuned "
+        "run redone alone still starts from the frozen run's head)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> int:
         if args.fresh:
-            for m in METHODS:
+            for m in set(args.methods) & set(METHODS):
                 shutil.rmtree(args.out / m, ignore_errors=True)
         return run(args)
 
