@@ -302,10 +302,19 @@ def test_the_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch):
 
 
 def _shared_memory_of_size(nbytes: int) -> list[str]:
-    shm = Path("/dev/shm")
-    return [
-        p.name for p in shm.iterdir() if p.name.startswith("psm_") and p.stat().st_size == nbytes
-    ]
+    # Segments come and go while we list them (grain's deletion thread, other tests' workers
+    # under xdist): one unlinked between the listing and its stat is simply not there any more.
+    names = []
+    for p in Path("/dev/shm").iterdir():
+        if not p.name.startswith("psm_"):
+            continue
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:
+            continue
+        if size == nbytes:
+            names.append(p.name)
+    return names
 
 
 @pytest.mark.slow  # starts two worker processes
