@@ -6,11 +6,15 @@ the real thing, EfficientNet-Lite0's genuine weights in the ci setting on every 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
+import numpy as np
 import pytest
 
-from voc_jax import compare
+from voc_jax import compare, compare_out
+from voc_jax.errors import ConfigError
 
 TINY = [
     "--config.patches.per_image=8",
@@ -40,60 +44,239 @@ def narrow_weights(tmp_path_factory):
     return src / "alexnet"
 
 
-@pytest.mark.slow  # a frozen run, a probe and chance on 24 + 24 real photos
+def _argv(voc, out, weights, *extra):
+    return ["--voc", str(voc), "--out", str(out), "--weights", str(weights), "--config",
+            "voc_jax/configs/voc07_alexnet.py", "--setting", "ci", "--images", "24",
+            "--score-maps", "1", *extra, *(f"--train-arg={a}" for a in TINY)]  # fmt: skip
+
+
+@pytest.mark.slow  # a frozen run, a probe and chance on 24 + 24 real photos, then reruns
 def test_one_table_for_the_method_the_probe_and_chance(
     shared_data, narrow_weights, tmp_path, capsys
 ):
     voc = shared_data / "voc2007-subset" / "VOCdevkit" / "VOC2007"
     out = tmp_path / "cmp"
-    argv = ["--voc", str(voc), "--out", str(out), "--weights", str(narrow_weights), "--config",
-            "voc_jax/configs/voc07_alexnet.py", "--setting", "ci", "--methods",
-            "frozen,probe,chance", "--images", "24", "--score-maps", "1", "--floor", "0",
-            *(f"--train-arg={a}" for a in TINY)]  # fmt: skip
+    argv = _argv(voc, out, narrow_weights, "--methods", "frozen,probe,chance", "--floor", "0")
     assert compare.main(argv) == 0
     results = json.loads((out / "results.json").read_text())["methods"]
     assert set(results) == {"frozen", "probe", "chance"}
     for row in results.values():
         assert set(row["results"]) == {"voc07", "area"} and row["seconds"] >= 0
         assert len(row["results"]["voc07"]["ap"]) == 20
+    assert results["frozen"]["reused"] is None
     report = (out / "report.md").read_text()
     assert "| class | patches, frozen (Oquab): voc07 |" in report and "| wall time |" in report
     assert "linear probe, 160 px: area" in report and "chance: voc07" in report
+    assert "n/a" in report  # 24 test photos: some classes have no positive, in every row
     assert (out / "ap_bars.png").stat().st_size > 0 and list((out / "score_maps").glob("*.png"))
     assert (out / "frozen" / "feature_cache").is_dir()  # the frozen method trains from it
-    # The floor: a method below it fails the command (exit 1).
-    assert compare.main([*argv[: -len(TINY) - 2], "--methods", "probe", "--floor", "101"]) == 1
-    assert "below the floor 101" in capsys.readouterr().err
+    capsys.readouterr()
+
+    # Anything that decides the frozen run's result changed: refused in one line before any
+    # work, naming what changed and --fresh; the earlier run and report untouched.
+    before = (out / "report.md").read_text()
+    changed = {
+        "--setting cpu": [*argv, "--setting", "cpu"],
+        "--images 8": [a if a != "24" else "8" for a in argv],
+        "--train-arg": [*argv, "--train-arg=--config.patches.size=64"],
+    }
+    for what, variant in changed.items():
+        assert compare.main(variant) == 2, what
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and "--fresh" in err and "other settings" in err, err
+    assert "patches.size 96 -> 64" in err
+    other = tmp_path / "other_weights"
+    shutil.copytree(narrow_weights, other)
+    meta = json.loads((other / "metadata.json").read_text())
+    (other / "metadata.json").write_text(json.dumps(meta | {"note": "another conversion"}))
+    assert compare.main(_argv(voc, out, other, "--methods", "frozen")) == 2
+    assert "the weights (--weights)" in capsys.readouterr().err
+    assert (out / "report.md").read_text() == before
+
+    # The same command again: the run is reused (evaluated, not retrained), and said so.
+    assert compare.main(_argv(voc, out, narrow_weights, "--methods", "frozen")) == 0
+    row = json.loads((out / "results.json").read_text())["methods"]["frozen"]
+    assert row["reused"] == {"earlier_step": row["reused"]["final_step"],
+                             "final_step": row["reused"]["final_step"], "retrained": False}  # fmt: skip
+    assert "**reused**" in (out / "report.md").read_text()
+
+    # The floor: a method below it fails the command (exit 1), naming the method.
+    assert compare.main(_argv(voc, out, narrow_weights, "--methods", "probe", "--floor", "99")) == 1
+    assert "linear probe, 160 px: VOC07 mAP" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # converts narrow weights (torch)
+def test_late_refusals_come_first(shared_data, narrow_weights, tmp_path, capsys):
+    """Weights of another architecture than the config's, a bad --train-arg, a missing
+    --config: one error line before the probe (or anything) runs, OUT not even made."""
+    voc = shared_data / "voc2007-subset" / "VOCdevkit" / "VOC2007"
+    out = tmp_path / "cmp"
+    base = ["--voc", str(voc), "--out", str(out), "--weights", str(narrow_weights),
+            "--methods", "probe,frozen", "--images", "8"]  # fmt: skip
+    cases = {
+        "efficientnet_lite0": base,  # voc07_lite0.py (the default config), AlexNet weights
+        "patches.size": [*base, "--config", "voc_jax/configs/voc07_alexnet.py",
+                         *(f"--train-arg={a}" for a in TINY), "--train-arg=--config.patches.size=-3"],
+        "no such config file": [*base, "--config", "voc_jax/configs/nope.py"],
+    }  # fmt: skip
+    for what, argv in cases.items():
+        assert compare.main(argv) == 2, what
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and what in err, err
+        assert "voc07_alexnet" in err or what != "efficientnet_lite0"  # a config that exists
+        assert not out.exists()
 
 
 def test_bad_arguments_are_one_line(tmp_path, capsys):
     assert compare.main(["--voc", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not a VOC2007 directory" in capsys.readouterr().err
     (tmp_path / "Annotations").mkdir()
-    argv = ["--voc", str(tmp_path), "--out", str(tmp_path / "o"), "--methods", "frozen,svm"]
+    base = ["--voc", str(tmp_path), "--out", str(tmp_path / "o")]
+    cases = {
+        "--methods svm: expected some of": ["--methods", "frozen,svm"],
+        "--images -1: must be 0": ["--images", "-1"],
+        "--floor nan: must be": ["--floor", "nan"],
+        "only chance would run": ["--methods", "chance", "--floor", "10"],
+        "--score-maps -2": ["--score-maps", "-2"],
+        "no converted weights there": ["--weights", str(tmp_path / "none")],
+    }
+    for what, extra in cases.items():
+        assert compare.main([*base, *extra]) == 2, what
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and what in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def fake_voc(root, train=(), val=(), trainval=(), test=()):
+    """A VOC directory whose split lists name these ids (no images: the refusals come first)."""
+    (root / "Annotations").mkdir(parents=True)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for split, ids in (("train", train), ("val", val), ("trainval", trainval), ("test", test)):
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(i + "\n" for i in ids))
+    return root
+
+
+def test_train_images_outside_trainval_are_one_line(shared_data, tmp_path, capsys):
+    real = shared_data / "voc2007-subset" / "VOCdevkit" / "VOC2007"
+    voc = tmp_path / "voc"
+    shutil.copytree(real / "Annotations", voc / "Annotations")
+    shutil.copytree(real / "JPEGImages", voc / "JPEGImages")
+    ids = (real / "ImageSets" / "Main" / "trainval.txt").read_text().split()[:4]
+    tests = (real / "ImageSets" / "Main" / "test.txt").read_text().split()[:2]
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    for split, names in (("train", [*ids[:2], tests[0]]), ("val", ids[2:]), ("trainval", ids),
+                         ("test", tests)):  # fmt: skip
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    argv = ["--voc", str(voc), "--out", str(tmp_path / "o"), "--methods", "chance"]
     assert compare.main(argv) == 2
-    assert "--methods svm: expected some of" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "train.txt: 1 image(s) not in trainval.txt" in err
+    assert tests[0] in err and not (tmp_path / "o").exists()
+
+
+def test_out_holding_a_users_files_is_refused(shared_data, tmp_path, capsys):
+    voc = shared_data / "voc2007-subset" / "VOCdevkit" / "VOC2007"
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    (out / "report.md").write_text("my report")
+    for extra in ([], ["--fresh"]):
+        assert (
+            compare.main(["--voc", str(voc), "--out", str(out), "--methods", "chance", *extra]) == 2
+        )
+        assert "did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["report.md", "thesis.tex"]
+    assert (out / "report.md").read_text() == "my report"
+    # A new or empty OUT is compare's: marked, and chance's report written there.
+    assert (
+        compare.main(["--voc", str(voc), "--out", str(tmp_path / "new"), "--methods", "chance"])
+        == 0
+    )
+    assert (tmp_path / "new" / compare_out.MARKER).is_file()
+
+
+def test_fresh_checks_everything_first_and_removes_only_compares_runs(tmp_path, capsys):
+    voc = fake_voc(tmp_path / "voc")
+    out = compare_out.CompareOut(tmp_path / "o")
+    out.claim()
+    fingerprint = compare_out.Fingerprint.of({"a": 1}, "w", "i")
+    for run in ("frozen", "finetune"):
+        (out.path / run).mkdir()
+        (out.path / run / "trained").write_text("")
+        out.record(run, fingerprint)
+    (out.path / "probe").mkdir()  # not compare's: never touched
+    (out.path / "probe" / "thesis.tex").write_text("mine")
+    typo = ["--voc", str(tmp_path / "vco"), "--out", str(out.path), "--fresh"]
+    assert compare.main([*typo, "--methods", "frozen,finetune"]) == 2
+    assert "not a VOC2007 directory" in capsys.readouterr().err
+    assert (out.path / "frozen" / "trained").is_file() and (
+        out.path / "finetune" / "trained"
+    ).is_file()
+    # The fine-tuned run alone, fresh: it needs the frozen run's checkpoint; refused before
+    # anything is removed.
+    argv = ["--voc", str(voc), "--out", str(out.path), "--weights", str(tmp_path), "--fresh"]
+    (tmp_path / "metadata.json").write_text("{}")
+    assert compare.main([*argv, "--methods", "finetune"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1
+    assert (out.path / "finetune" / "trained").is_file()
+    assert (out.path / "probe" / "thesis.tex").is_file()
+    out.remove_run("finetune")
+    out.remove_run("probe")  # not recorded: stays
+    assert not (out.path / "finetune").exists() and (out.path / "probe" / "thesis.tex").is_file()
+    assert (out.path / "frozen" / "trained").is_file()
+    assert out.recorded("finetune") is None and out.recorded("frozen") is not None
+
+
+def test_a_run_not_recorded_by_compare_is_refused(tmp_path):
+    out = compare_out.CompareOut(tmp_path / "o")
+    out.claim()
+    (out.path / "frozen").mkdir()
+    fingerprint = compare_out.Fingerprint.of({"a": 1}, "w", "i")
+    with pytest.raises(ConfigError, match="did not make it"):
+        out.check_reuse("frozen", fingerprint, fresh=True)
+
+
+def test_fingerprint_names_what_changed():
+    old = compare_out.Fingerprint.of(
+        {"patches": {"size": 96, "scales": (1.0, 2.0)}, "data": {"root": "/a"}}, "w1", "i1"
+    )
+    stored = dataclasses.asdict(old)
+    same_but_moved = compare_out.Fingerprint.of(
+        {"patches": {"size": 96, "scales": [1.0, 2.0]}, "data": {"root": "/b"}}, "w1", "i1"
+    )
+    assert same_but_moved.changes_from(stored) == [] and same_but_moved.digest == old.digest
+    new = compare_out.Fingerprint.of(
+        {"patches": {"size": 128, "scales": (1.0, 2.0)}, "data": {"root": "/a"}}, "w2", "i2", "f"
+    )
+    assert new.changes_from(stored) == [
+        "patches.size 96 -> 128",
+        "the weights (--weights)",
+        "the images (--voc, --images)",
+        "the frozen run its head starts from",
+    ]
+
+
+def test_chance_leaves_classes_without_positives_out_of_the_mean():
+    from voc_jax.data.voc import VocRecord
+
+    def record(i, label):
+        return VocRecord(f"{i}", None, 10, 10, np.zeros((1, 4), np.float32),
+                         np.array([label], np.int32), np.zeros(1, bool), np.zeros(1, bool))  # fmt: skip
+
+    test = [record(i, 1 + i % 3) for i in range(30)]  # classes 1..3 only
+    result = compare.run_chance({"test": test}, draws=20)
+    for protocol in compare.PROTOCOLS:
+        ap = np.array(result["results"][protocol]["ap"])
+        assert np.isfinite(ap[:3]).all() and np.isnan(ap[3:]).all()
+        assert result["results"][protocol]["map"] == pytest.approx(ap[:3].mean())
+    rows = {"chance": result | {"label": "chance"}}
+    assert "| cow | n/a | n/a |" in compare.table(rows)
 
 
 def test_the_fine_tuned_run_starts_from_the_frozen_head(tmp_path, capsys):
     """LP-FT by default: without a frozen checkpoint the fine-tuned run is refused before
     any training, naming both ways out; the table's label says which head started it."""
-    voc = tmp_path / "voc"
-    for split in ("train", "val", "trainval", "test"):
-        (voc / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
-        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("")
-    (voc / "Annotations").mkdir()
-    argv = ["--voc", str(voc), "--out", str(tmp_path / "o"), "--weights", str(tmp_path),
-            "--methods", "finetune"]  # fmt: skip
-    for method in ("frozen", "finetune"):
-        (tmp_path / "o" / method).mkdir(parents=True)
-        (tmp_path / "o" / method / "earlier").write_text("")
-    assert compare.main([*argv, "--fresh"]) == 2
-    err = capsys.readouterr().err
-    assert "frozen has no checkpoint" in err and "--finetune-head fresh" in err
-    # --fresh removed the earlier fine-tuned run only: the frozen one is not being redone.
-    assert not (tmp_path / "o" / "finetune").exists()
-    assert (tmp_path / "o" / "frozen" / "earlier").is_file()
     setting = compare.SETTINGS["cpu"]
     assert compare.method_label("finetune", setting) == "patches, fine-tuned from the frozen head"
     assert compare.method_label("finetune", setting, "fresh") == "patches, fine-tuned, fresh head"

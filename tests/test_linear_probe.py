@@ -34,7 +34,7 @@ def test_separable_features_give_perfect_ap_and_difficult_only_images_are_left_o
     test_x, test_t = separable(80, 2)
     train_t[:5, 3] = 0  # difficult-only for class 3: neither positive nor negative
     train_x[:5, 3] = 50.0  # ... so their (misleading) feature values must not matter
-    cs = lp.choose_c(train_x, train_t, val_x, val_t, lp.C_GRID)
+    cs = lp.choose_c(train_x, train_t, val_x, val_t, lp.C_GRID, widen=False).cs
     assert len(cs) == len(VOC_CLASSES) and set(cs) <= set(lp.C_GRID)
     trainval_x, trainval_t = np.concatenate([train_x, val_x]), np.concatenate([train_t, val_t])
     scores = lp.fit_and_score(trainval_x, trainval_t, test_x, cs)
@@ -47,7 +47,31 @@ def test_c_is_chosen_on_val():
     """Pure-noise features: whatever C wins on val, the choice is made per class from the grid
     the settings give (a grid of one is that one)."""
     x, t = separable(60, 3, noise=5.0)
-    assert lp.choose_c(x, t, x, t, (0.5,)) == [0.5] * len(VOC_CLASSES)
+    assert lp.choose_c(x, t, x, t, (0.5,)).cs == [0.5] * len(VOC_CLASSES)
+
+
+def test_the_grid_widens_past_an_edge_while_val_ap_improves():
+    """A val AP that peaks at C=1e-7, below the grid: the choice walks down to it and stops
+    there (interior: no edge); one that keeps rising to C_LIMITS is reported on the edge;
+    a flat one stays at the grid's smallest C without walking (ties: no improvement)."""
+    peak = lambda v: -abs(np.log10(v) + 7)  # noqa: E731
+    assert lp._widened(peak, lp.C_GRID) == (pytest.approx(1e-7), False)
+    rising = lambda v: np.log10(v)  # noqa: E731
+    assert lp._widened(rising, lp.C_GRID) == (pytest.approx(lp.C_LIMITS[1]), True)
+    calls = []
+    flat = lambda v: calls.append(v) or 0.5  # noqa: E731
+    assert lp._widened(flat, lp.C_GRID) == (1e-5, False)
+    assert len(calls) == len(lp.C_GRID) + 1  # one look past the edge, no walk
+
+
+def test_widening_choose_c_reports_classes_on_the_edge():
+    """Separable features: the val AP is 1 at every C (ties), nothing walks, nothing is on
+    the edge; every chosen C is on the grid or one decade past it."""
+    train_x, train_t = separable(80, 5)
+    val_x, val_t = separable(40, 6)
+    choice = lp.choose_c(train_x, train_t, val_x, val_t, lp.C_GRID)
+    assert choice.at_edge == {} and len(choice.cs) == len(VOC_CLASSES)
+    assert all(1e-6 <= c <= 1e3 for c in choice.cs)
 
 
 def test_a_class_without_training_positives_scores_every_image_alike():

@@ -18,8 +18,13 @@ pip package, converted and verified into OUT/weights), it runs:
 It writes OUT/report.md (one table: per class and mean, VOC07 and all-points AP, each
 method's wall time; the settings and the command), OUT/results.json, OUT/ap_bars.png (the
 methods side by side) and OUT/score_maps/ (a few test photos, the frozen run's score maps).
-Each method's run stays in OUT/<method>/ (a training workdir for the patch methods: resumed,
-not redone, when the command is run again). ``--setting`` picks the size: ``reference`` (the
+Each patch method's run stays in OUT/<method>/ (a training workdir). OUT is compare's own:
+new, empty, or marked by an earlier invocation (voc_jax.compare_out); anything else is
+refused. A run an earlier invocation left there is reused (resumed, or re-evaluated when it
+had finished) only when its fingerprint (the whole training config, the weights' digest, the
+images, the head it starts from) is unchanged, and the report says so; otherwise the command
+stops, naming what changed, before any work (``--fresh`` redoes it). Every flag, the VOC
+directory and each run's config against the weights are checked before the first method. ``--setting`` picks the size: ``reference`` (the
 reference's own: 224-px patches, 448 per image, all 13 scales; a GPU's work),
 ``cpu`` (what two CPU cores do in about an hour and a half) or ``ci`` (minutes).
 """
@@ -29,22 +34,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from voc_jax import cli, linear_probe, metrics
+from voc_jax import cli, compare_out, linear_probe, metrics
 from voc_jax.classes import VOC_CLASSES
-from voc_jax.errors import ConfigError, UserError
+from voc_jax.errors import ConfigError, DataError, UserError
 
 METHODS = ("frozen", "finetune", "probe", "probe_own", "chance")
 PROTOCOLS = ("voc07", "area")
 FINETUNE_HEADS = {"frozen": " from the frozen head", "fresh": ", fresh head"}
 CONFIG = "voc_jax/configs/voc07_lite0.py"  # --config: the patch method's, for other weights
+DEFAULT_ARCH = "efficientnet_lite0"  # the default weights' (from the package)
 LABELS = {
     "frozen": "patches, frozen (Oquab)",
     "finetune": "patches, fine-tuned",  # + FINETUNE_HEADS[--finetune-head]
@@ -122,7 +128,8 @@ SETTINGS = {
 
 
 def convert_weights(out: Path) -> Path:
-    """EfficientNet-Lite0 from its pip package, checked against its torch implementation."""
+    """EfficientNet-Lite0 from its pip package, checked against its torch implementation
+    (OUT/weights: compare's own, reused when an earlier invocation converted it)."""
     from voc_jax.convert import command
 
     target = out / "weights"
@@ -134,12 +141,21 @@ def convert_weights(out: Path) -> Path:
     return target
 
 
-def run_patches(method: str, args: argparse.Namespace, setting: Setting, weights: Path) -> dict:
-    """One patch-method training (resumed if its workdir holds checkpoints), its AP table."""
-    from voc_jax import train
+@dataclasses.dataclass
+class PatchRun:
+    """One patch-method training compare runs: its argv, its resolved (validated) config and
+    the fingerprint that says whether an earlier run in its workdir may be reused."""
 
+    method: str
+    workdir: Path
+    argv: list[str]
+    config: Any = None
+    fingerprint: compare_out.Fingerprint | None = None
+
+
+def patch_argv(method: str, args: argparse.Namespace, setting: Setting, weights: Path) -> list[str]:
+    """voc_jax.train's argv for ``method`` (without the fine-tuned run's head source)."""
     config = args.config + (":frozen" if method == "frozen" else "")
-    workdir = args.out / method
     limits = (
         [
             f"--config.data.max_train_images={args.images}",
@@ -148,10 +164,10 @@ def run_patches(method: str, args: argparse.Namespace, setting: Setting, weights
         if args.images
         else []
     )
-    argv = [
+    return [
         "voc_jax.train",
         f"--config={config}",
-        f"--workdir={workdir}",
+        f"--workdir={args.out / method}",
         f"--config.data.root={args.voc}",
         f"--config.init.weights={weights}",
         *setting.both,
@@ -159,39 +175,79 @@ def run_patches(method: str, args: argparse.Namespace, setting: Setting, weights
         *limits,
         *args.train_arg,
     ]
+
+
+def resolve_patch_run(
+    method: str, args: argparse.Namespace, setting: Setting, weights: Path | None
+) -> PatchRun:
+    """The run's config, parsed and validated as voc_jax.train would (every flag, the config
+    file, the weights against the config), before anything runs. ``weights`` None: the
+    package's EfficientNet-Lite0, not converted yet (its architecture is checked instead)."""
+    from voc_jax import cli, experiment
+    from voc_jax import train as train_lib
+
+    argv = patch_argv(method, args, setting, weights or args.out / "weights")
     if method == "finetune" and args.finetune_head == "frozen":
-        argv.insert(5, f"--config.init.head_from={frozen_head(args.out / 'frozen', workdir)}")
+        argv.insert(5, f"--config.init.head_from={args.out / 'frozen'}")
+    fv, _ = cli.parse(argv, train_lib.define_flags, program="voc_jax.train")
+    config = fv.config
+    if weights is None:
+        if config.model.arch != DEFAULT_ARCH or config.model.width != 1.0:
+            raise ConfigError(
+                f"--config {args.config}: a {config.model.arch} model (width "
+                f"{config.model.width:g}), but the default weights are {DEFAULT_ARCH}'s; pass "
+                f"--weights DIR converted for it, or --config {CONFIG}"
+            )
+        probe = config.copy_and_resolve_references()
+        probe.init.weights = ""
+        experiment.validate(probe)
+    else:
+        experiment.validate(config)
+    return PatchRun(method, args.out / method, argv, config)
+
+
+def run_patches(run: PatchRun) -> dict:
+    """One patch-method training (resumed, or only re-evaluated, when its workdir holds an
+    earlier run with the same fingerprint), its AP table."""
+    from voc_jax import train
+    from voc_jax import workdir as workdir_lib
+
+    earlier = workdir_lib.checkpoint_steps(run.workdir)
     start = time.perf_counter()
-    code = train.main(argv)
+    code = train.train_and_evaluate(run.config, run.workdir)
     if code != 0:
-        raise UserError(f"the {method} run failed (exit status {code}); its workdir: {workdir}")
+        raise CompareStopped(code, f"the {run.method} run stopped (exit status {code}); its "
+                             f"workdir {run.workdir} resumes when the command is run again")  # fmt: skip
     evals = sorted(
-        (d for d in (workdir / "eval").iterdir() if d.name.isdigit()), key=lambda d: int(d.name)
+        (d for d in (run.workdir / "eval").iterdir() if d.name.isdigit()),
+        key=lambda d: int(d.name),
     )
     table = json.loads((evals[-1] / "ap_table.json").read_text())
+    final = max(workdir_lib.checkpoint_steps(run.workdir), default=0)
+    reused = None
+    if earlier:
+        reused = {"earlier_step": max(earlier), "final_step": final,
+                  "retrained": max(earlier) < final}  # fmt: skip
     return {
         "results": {p: table["results"][p] for p in PROTOCOLS},
         "seconds": time.perf_counter() - start,
-        "workdir": str(workdir),
-        "argv": argv[1:],
+        "workdir": str(run.workdir),
+        "argv": run.argv[1:],
+        "fingerprint": run.fingerprint.digest,
+        "reused": reused,
     }
 
 
-def frozen_head(frozen: Path, workdir: Path) -> Path:
-    """The frozen run, whose trained head starts the fine-tuned one (LP-FT: Kumar et al.
-    2022, fine-tuning distorts pretrained features least from a fitted head). A fine-tuned
-    run already under way resumes from its own checkpoints and needs nothing from it."""
-    from voc_jax import workdir as workdir_lib
+class CompareStopped(UserError):
+    """A training run compare started ended early (interrupted, or a non-finite loss): its
+    exit status is compare's, and the run resumes when the command is run again."""
 
-    if not workdir_lib.checkpoint_steps(workdir) and not workdir_lib.checkpoint_steps(frozen):
-        raise UserError(
-            f"the fine-tuned run starts from the frozen run's head, but {frozen} has no "
-            "checkpoint: run --methods frozen,finetune (or pass --finetune-head fresh)"
-        )
-    return frozen
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
 
 
-def run_probe(args: argparse.Namespace, weights: Path, size: int | None, splits) -> dict:
+def run_probe(weights: Path, size: int | None, splits) -> dict:
     settings = linear_probe.ProbeSettings(size=size)
     extractor = linear_probe.FeatureExtractor(weights)
     result = linear_probe.run(extractor, splits, settings)
@@ -201,7 +257,8 @@ def run_probe(args: argparse.Namespace, weights: Path, size: int | None, splits)
 
 
 def run_chance(splits, draws: int = 200, seed: int = 0) -> dict:
-    """Random scores: per-class AP and mAP averaged over ``draws`` draws (seeded)."""
+    """Random scores: per-class AP averaged over ``draws`` draws (seeded); the mAP over the
+    classes that have a positive test image, as every other row's."""
     targets = linear_probe.targets_of(splits["test"])
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
@@ -214,13 +271,16 @@ def run_chance(splits, draws: int = 200, seed: int = 0) -> dict:
                 for _ in range(draws)
             ]
         )  # fmt: skip
-        results[protocol] = {"ap": aps.mean(0).tolist(), "map": float(aps.mean(1).mean())}
+        ap = aps.mean(0)  # NaN where the class has no positive test image
+        mean = float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
+        results[protocol] = {"ap": [float(a) for a in ap], "map": mean}
     return {"results": results, "seconds": time.perf_counter() - start, "draws": draws}
 
 
 def load_real_splits(voc: Path, images: int = 0) -> dict:
     """train, val, trainval and test records (``images``: the first that many of trainval
-    and test, and the train and val images among them)."""
+    and test, and the train and val images among them). train and val must lie in trainval
+    (the probe chooses C on them and refits on trainval)."""
     from voc_jax.data.voc import load_dataset
 
     splits = {}
@@ -228,6 +288,17 @@ def load_real_splits(voc: Path, images: int = 0) -> dict:
         if not (voc / "ImageSets" / "Main" / f"{split}.txt").is_file():
             raise ConfigError(f"--voc {voc}: no ImageSets/Main/{split}.txt (a VOC2007 directory?)")
         splits[split] = load_dataset(voc, split, images="sizes").records
+    for split in ("trainval", "test"):
+        if not splits[split]:
+            raise DataError(f"--voc {voc}: ImageSets/Main/{split}.txt lists no image")
+    trainval = {r.image_id for r in splits["trainval"]}
+    for split in ("train", "val"):
+        stray = [r.image_id for r in splits[split] if r.image_id not in trainval]
+        if stray:
+            raise DataError(
+                f"{voc / 'ImageSets' / 'Main' / (split + '.txt')}: {len(stray)} image(s) not in "
+                f"trainval.txt (first: {stray[0]}); train and val must be parts of trainval"
+            )
     if images:
         for split in ("trainval", "test"):
             splits[split] = splits[split][:images]
@@ -242,9 +313,13 @@ def method_label(method: str, setting: Setting, finetune_head: str = "frozen") -
     return label + FINETUNE_HEADS[finetune_head] if method == "finetune" else label
 
 
+def _percent(value: float) -> str:
+    return "n/a" if not np.isfinite(value) else f"{100 * value:.1f}"
+
+
 def table(rows: dict[str, dict]) -> str:
     """Markdown: classes and mAP down, each method's VOC07 and all-points AP across, and the
-    wall time of each."""
+    wall time of each. A class without a positive test image has no AP: n/a."""
     names = list(rows)
     header = ["class"] + [f"{rows[m]['label']}: {p}" for m in names for p in PROTOCOLS]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
@@ -254,7 +329,7 @@ def table(rows: dict[str, dict]) -> str:
             for p in PROTOCOLS:
                 r = rows[m]["results"][p]
                 value = r["map"] if c == len(VOC_CLASSES) else r["ap"][c]
-                text = f"{100 * value:.1f}"
+                text = _percent(value)
                 cells.append(f"**{text}**" if c == len(VOC_CLASSES) else text)
         lines.append("| " + " | ".join(cells) + " |")
     times = ["wall time"] + [t for m in names for t in (_minutes(rows[m]["seconds"]), "")]
@@ -278,50 +353,88 @@ def bar_plot(rows: dict[str, dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(16, 5))
     for i, m in enumerate(names):
         r = rows[m]["results"]["voc07"]
-        values = 100 * np.array([*r["ap"], r["map"]])
+        values = np.nan_to_num(100 * np.array([*r["ap"], r["map"]], dtype=float))
         ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width,
-               label=f"{rows[m]['label']} ({100 * r['map']:.1f})")  # fmt: skip
+               label=f"{rows[m]['label']} ({_percent(r['map'])})")  # fmt: skip
     ax.set_xticks(x, [*VOC_CLASSES, "mAP"], rotation=45, ha="right")
     ax.set_ylabel("AP, VOC07 protocol (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=9, ncol=len(names), loc="lower center", bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
     plt.close(fig)
+    tmp.replace(path)
 
 
-def score_maps(args: argparse.Namespace, splits, count: int) -> list[str]:
+def score_maps(out: Path, splits, count: int) -> list[str]:
     """The frozen run's score maps of the first ``count`` test photos with two classes or
     more (where a map shows which patch saw what)."""
     from voc_jax import predict
 
-    workdir = args.out / "frozen"
+    workdir = out / "frozen"
     picked = [r for r in splits["test"] if len(set(r.labels.tolist())) >= 2][:count]
     if not picked or not (workdir / "config.json").is_file():
         return []
-    out = args.out / "score_maps"
+    maps = out / "score_maps"
     predict.predict_images(
-        workdir, [str(r.image_path) for r in picked], step=None, top=3, out=str(out)
+        workdir, [str(r.image_path) for r in picked], step=None, top=3, out=str(maps)
     )
-    return sorted(p.name for p in out.glob("*.png"))
+    return sorted(p.name for p in maps.glob("*.png"))
+
+
+def reuse_notes(rows: dict) -> list[str]:
+    """One line per row that an earlier invocation trained (in whole or in part)."""
+    notes = []
+    for row in rows.values():
+        r = row.get("reused")
+        if not r:
+            continue
+        if r["retrained"]:
+            notes.append(f"- {row['label']}: resumed from step {r['earlier_step']} of an earlier "
+                         f"invocation's run (same fingerprint), trained to step {r['final_step']} "
+                         "now")  # fmt: skip
+        else:
+            notes.append(f"- {row['label']}: **reused**: trained to step {r['final_step']} by an "
+                         "earlier invocation with the same fingerprint (config, weights, "
+                         "images); only evaluated now")  # fmt: skip
+    return notes
+
+
+def c_edge_notes(rows: dict) -> list[str]:
+    """The probe's classes whose chosen C lies on its grid's edge even after widening it."""
+    notes = []
+    for row in rows.values():
+        edge = row.get("c_at_edge") or {}
+        if edge:
+            cells = ", ".join(f"{name} (C={c:g})" for name, c in edge.items())
+            notes.append(f"- {row['label']}: C on the edge of the widened grid for {cells}: "
+                         "the best C may lie beyond it")  # fmt: skip
+    return notes
 
 
 def report(rows: dict, setting: Setting, args: argparse.Namespace, splits, maps) -> str:
     counts = {k: len(v) for k, v in splits.items()}
     command = " ".join(["python -m voc_jax.compare", *sys.argv[1:]]) if sys.argv[1:] else ""
+    weights = args.weights or args.out / "weights"
     lines = [
         f"# The method on real photographs: {args.voc}",
         "",
         f"Setting `{setting.name}`: {setting.about}. Images: trainval {counts['trainval']} "
-        f"(train {counts['train']}, val {counts['val']}), test {counts['test']}.",
+        f"(train {counts['train']}, val {counts['val']}), test {counts['test']}. Weights: "
+        f"`{weights}`.",
         "",
         table(rows),
         "",
         "AP in %, on the test split; VOC07: the official 11-point protocol; area: all-points "
-        "AP; difficult-only images ignored in both. Chance: the mean of 200 random draws. "
-        "Wall time: this invocation's (a patch run resumed from, or reusing, an earlier "
-        "invocation's workdir counts only what ran now).",
+        "AP; difficult-only images ignored in both; n/a: a class without a positive test "
+        "image, left out of every mean. Chance: the mean of 200 random draws. Wall time: "
+        "this invocation's.",
     ]
+    reused = reuse_notes(rows)
+    lines += ["", "Rows from earlier invocations:", *reused] if reused else []
+    edges = c_edge_notes(rows)
+    lines += ["", "The probe's C:", *edges] if edges else []
     if command:
         lines += ["", f"Command: `{command}`"]
     for m in ("frozen", "finetune"):
@@ -332,45 +445,150 @@ def report(rows: dict, setting: Setting, args: argparse.Namespace, splits, maps)
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    if not (args.voc / "Annotations").is_dir():
-        raise ConfigError(f"--voc {args.voc}: not a VOC2007 directory (no Annotations/)")
+def check_flags(args: argparse.Namespace) -> None:
+    """Every flag, before anything is read or written."""
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"--methods {','.join(unknown)}: expected some of {','.join(METHODS)}")
+    if not args.methods or len(set(args.methods)) != len(args.methods):
+        raise ConfigError(f"--methods {','.join(args.methods)}: name each method once")
+    if args.images < 0:
+        raise ConfigError(f"--images {args.images}: must be 0 (every image) or more")
+    if args.score_maps < 0:
+        raise ConfigError(f"--score-maps {args.score_maps}: must be 0 or more")
+    if args.floor is not None:
+        if not (np.isfinite(args.floor) and 0 <= args.floor <= 100):
+            raise ConfigError(f"--floor {args.floor}: must be a VOC07 mAP in % (0 to 100)")
+        if not set(args.methods) - {"chance"}:
+            raise ConfigError(
+                "--floor: only chance would run, and the floor holds every method but chance; "
+                "add a method to --methods or drop --floor"
+            )
+    if not (args.voc / "Annotations").is_dir():
+        raise ConfigError(f"--voc {args.voc}: not a VOC2007 directory (no Annotations/)")
+    if args.weights and not (Path(args.weights) / "metadata.json").is_file():
+        raise ConfigError(
+            f"--weights {args.weights}: no converted weights there (metadata.json missing); "
+            "convert them with voc-jax-convert, or leave --weights out for EfficientNet-Lite0's"
+        )
+
+
+def plan_patch_runs(args, setting: Setting, weights: Path | None) -> list[PatchRun]:
+    """Every patch run's config, resolved and validated (nothing runs or is written)."""
+    runs = [
+        resolve_patch_run(m, args, setting, weights)
+        for m in args.methods
+        if m in ("frozen", "finetune")
+    ]
+    if any(r.method == "finetune" for r in runs) and args.finetune_head == "frozen":
+        frozen_head(args, "frozen" in args.methods)
+    return runs
+
+
+def fingerprint_runs(
+    out: compare_out.CompareOut, runs: list[PatchRun], weights: Path, splits, fresh: bool
+) -> None:
+    """Each run's fingerprint, checked against what an earlier invocation recorded."""
+    weights_digest = compare_out.weights_digest(weights)
+    images = compare_out.images_digest([*splits["trainval"], *splits["test"]])
+    frozen_digest = ""
+    for run in runs:  # frozen first, when both run
+        starts = ""
+        if run.method == "finetune" and run.config.init.head_from:
+            recorded = out.recorded("frozen") or {}
+            starts = frozen_digest or recorded.get("digest", "")
+        run.fingerprint = compare_out.Fingerprint.of(
+            run.config.to_dict(), weights_digest, images, starts
+        )
+        if run.method == "frozen":
+            frozen_digest = run.fingerprint.digest
+        out.check_reuse(run.method, run.fingerprint, fresh)
+
+
+def frozen_head(args: argparse.Namespace, frozen_runs_now: bool) -> None:
+    """The fine-tuned run starts from the frozen run's head (LP-FT: Kumar et al. 2022,
+    fine-tuning distorts pretrained features least from a fitted head): the frozen run must
+    run now or have a checkpoint, unless the fine-tuned run is under way already (and not
+    being redone with --fresh)."""
+    from voc_jax import workdir as workdir_lib
+
+    frozen = args.out / "frozen"
+    if frozen_runs_now:
+        return
+    if not args.fresh and workdir_lib.checkpoint_steps(args.out / "finetune"):
+        return
+    if not workdir_lib.checkpoint_steps(frozen):
+        raise UserError(
+            f"the fine-tuned run starts from the frozen run's head, but {frozen} has no "
+            "checkpoint: run --methods frozen,finetune (or pass --finetune-head fresh)"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check everything, then run the methods in order and write the report."""
+    check_flags(args)
     setting = SETTINGS[args.setting]
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = compare_out.CompareOut(args.out)
+    out.check()
     splits = load_real_splits(args.voc, args.images)
+    needs_weights = any(m != "chance" for m in args.methods)
     weights = Path(args.weights) if args.weights else None
-    if weights is None and any(m != "chance" for m in args.methods):
+    if weights is None and (args.out / "weights" / "metadata.json").is_file():
+        weights = args.out / "weights"  # converted by an earlier invocation
+    runs = plan_patch_runs(args, setting, weights)
+    if weights is not None and runs:
+        fingerprint_runs(out, runs, weights, splits, args.fresh)
+    out.claim()
+    if weights is None and needs_weights:
         weights = convert_weights(args.out)
+        runs = plan_patch_runs(args, setting, weights)
+        fingerprint_runs(out, runs, weights, splits, args.fresh)
+    if args.fresh:
+        for r in runs:
+            out.remove_run(r.method)
+    return run_methods(args, setting, out, runs, weights, splits)
+
+
+def run_methods(args, setting: Setting, out, runs: list[PatchRun], weights, splits) -> int:
+    by_method = {r.method: r for r in runs}
     rows: dict[str, dict] = {}
     for method in args.methods:
         label = method_label(method, setting, args.finetune_head)
         print(f"\n== {label}", flush=True)
-        if method in ("frozen", "finetune"):
-            rows[method] = run_patches(method, args, setting, weights)
+        if method in by_method:
+            out.record(method, by_method[method].fingerprint)
+            try:
+                rows[method] = run_patches(by_method[method])
+            except CompareStopped as stopped:
+                print(str(stopped), file=sys.stderr, flush=True)
+                return stopped.code
         elif method == "probe":
-            rows[method] = run_probe(args, weights, setting.probe_size, splits)
+            rows[method] = run_probe(weights, setting.probe_size, splits)
         elif method == "probe_own":
-            rows[method] = run_probe(args, weights, None, splits)
+            rows[method] = run_probe(weights, None, splits)
         else:
             rows[method] = run_chance(splits)
         rows[method]["label"] = label
-        mean = rows[method]["results"]["voc07"]["map"]
-        print(f"{label}: VOC07 mAP {100 * mean:.2f}", flush=True)
-    maps = score_maps(args, splits, args.score_maps) if "frozen" in rows else []
-    results = {"setting": dataclasses.asdict(setting), "voc": str(args.voc), "methods": rows}
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(f"{label}: VOC07 mAP {_percent(rows[method]['results']['voc07']['map'])}",
+              flush=True)  # fmt: skip
+    maps = score_maps(args.out, splits, args.score_maps) if "frozen" in rows else []
+    results = {
+        "setting": dataclasses.asdict(setting),
+        "voc": str(args.voc),
+        "weights": str(weights) if weights else None,
+        "methods": rows,
+    }
+    out.write_text("results.json", json.dumps(results, indent=2) + "\n")
     bar_plot(rows, args.out / "ap_bars.png")
     text = report(rows, setting, args, splits, maps)
-    (args.out / "report.md").write_text(text)
+    out.write_text("report.md", text)
     print("\n" + text)
     if args.floor is not None:
-        worst = min(rows[m]["results"]["voc07"]["map"] for m in rows if m != "chance")
-        if not 100 * worst >= args.floor:
-            print(f"error: a method's VOC07 mAP {100 * worst:.2f} is below the floor "
-                  f"{args.floor:g}", file=sys.stderr)  # fmt: skip
+        means = {m: rows[m]["results"]["voc07"]["map"] for m in rows if m != "chance"}
+        worst = min(means, key=lambda m: means[m] if np.isfinite(means[m]) else -1.0)
+        if not 100 * means[worst] >= args.floor:
+            print(f"error: {rows[worst]['label']}: VOC07 mAP {_percent(means[worst])} is below "
+                  f"the floor {args.floor:g}", file=sys.stderr)  # fmt: skip
             return 1
     return 0
 
@@ -425,20 +643,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fresh",
         action="store_true",
-        help="remove the earlier runs of the --methods first (the others stay: a fine-tuned "
-        "run redone alone still starts from the frozen run's head)",
+        help="redo the --methods' training runs that an earlier invocation left in OUT (only "
+        "those compare made; the others stay: a fine-tuned run redone alone still starts from "
+        "the frozen run's head). Without it a run is reused only when its config, weights and "
+        "images are unchanged, and refused otherwise",
     )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def body(args: argparse.Namespace) -> int:
-        if args.fresh:
-            for m in set(args.methods) & set(METHODS):
-                shutil.rmtree(args.out / m, ignore_errors=True)
-        return run(args)
-
-    return cli.argparse_command(argv, build_parser(), body)
+    return cli.argparse_command(argv, build_parser(), run)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ the method's evaluation (voc_jax.metrics).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import warnings
 from collections.abc import Sequence
@@ -35,7 +36,9 @@ from voc_jax.data.pipeline import decode_image
 from voc_jax.data.voc import VocRecord
 from voc_jax.models.transfer import TransferNet
 
+log = logging.getLogger(__name__)
 C_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+C_LIMITS = (1e-8, 1e4)  # how far choose_c widens the grid past its edges
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,7 @@ class ProbeSettings:
     round_to: int = 16  # own size: each side rounded to a multiple of this (>= 1)
     batch: int = 16  # photos per forward pass (of one shape)
     c_grid: tuple[float, ...] = C_GRID
+    widen_c: bool = True  # past the grid's edge while the val AP improves (to C_LIMITS)
     protocols: tuple[str, ...] = ("voc07", "area")
 
     @property
@@ -144,22 +148,62 @@ def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [(a - mean) / std for a in (train, *others)]
 
 
+@dataclasses.dataclass(frozen=True)
+class CChoice:
+    """The C chosen per class, and the classes whose C still lies on the edge of the grid
+    after widening it (the best C may lie beyond: the report says so)."""
+
+    cs: list[float]
+    at_edge: dict[str, float]
+
+
+def _widened(ap_of, grid: Sequence[float]) -> tuple[float, bool]:
+    """(best C, still on an edge): the grid's best, then decade by decade past whichever
+    edge it sits on while the val AP strictly improves, up to C_LIMITS."""
+    grid = sorted(grid)
+    aps = [ap_of(v) for v in grid]
+    best = int(np.argmax(aps))  # ties: the smaller C (stronger regularisation)
+    value, ap = grid[best], aps[best]
+    if len(grid) < 2 or 0 < best < len(grid) - 1:
+        return value, False
+    step = 0.1 if best == 0 else 10.0
+    while C_LIMITS[0] <= value * step <= C_LIMITS[1]:
+        candidate = ap_of(value * step)
+        if not candidate > ap:
+            return value, False
+        value, ap = value * step, candidate
+    return value, True
+
+
 def choose_c(
-    train_x: np.ndarray, train_t: np.ndarray, val_x: np.ndarray, val_t: np.ndarray, grid
-) -> list[float]:
-    """Per class, the C whose train-fitted classifier has the best all-points AP on val."""
+    train_x: np.ndarray,
+    train_t: np.ndarray,
+    val_x: np.ndarray,
+    val_t: np.ndarray,
+    grid: Sequence[float],
+    widen: bool = True,
+) -> CChoice:
+    """Per class, the C whose train-fitted classifier has the best all-points AP on val
+    (``widen``: past the grid's edge while it improves, see ``_widened``)."""
     train_x, val_x = _standardise(train_x, val_x)
-    chosen = []
-    for c in range(len(VOC_CLASSES)):
+    chosen, at_edge = [], {}
+    for c, name in enumerate(VOC_CLASSES):
         keep = train_t[:, c] != 0
-        best, best_ap = grid[0], -1.0
-        for value in grid:
+
+        def ap_of(value: float, c=c, keep=keep) -> float:
             clf = _fit(train_x[keep], train_t[keep, c] > 0, value)
             ap = metrics.average_precision(clf.decision_function(val_x), val_t[:, c], "area")
-            if ap > best_ap:
-                best, best_ap = value, ap
-        chosen.append(best)
-    return chosen
+            return -1.0 if np.isnan(ap) else ap
+
+        if widen:
+            value, edge = _widened(ap_of, grid)
+        else:
+            aps = [ap_of(v) for v in grid]
+            value, edge = grid[int(np.argmax(aps))], False
+        chosen.append(float(value))
+        if edge:
+            at_edge[name] = float(value)
+    return CChoice(chosen, at_edge)
 
 
 def fit_and_score(
@@ -201,9 +245,18 @@ def run(
     features_s = time.perf_counter() - start
     rows = lambda records: [index[r.image_id] for r in records]  # noqa: E731
     train_x, val_x = trainval_x[rows(splits["train"])], trainval_x[rows(splits["val"])]
-    cs = choose_c(
-        train_x, targets_of(splits["train"]), val_x, targets_of(splits["val"]), settings.c_grid
+    choice = choose_c(
+        train_x,
+        targets_of(splits["train"]),
+        val_x,
+        targets_of(splits["val"]),
+        settings.c_grid,
+        settings.widen_c,
     )
+    cs = choice.cs
+    if choice.at_edge:
+        names = ", ".join(f"{k} (C={v:g})" for k, v in choice.at_edge.items())
+        log.warning("linear probe: C on the edge of the widened grid for %s", names)
     test_t = targets_of(splits["test"])
     scores = fit_and_score(trainval_x, targets_of(splits["trainval"]), test_x, cs)
     results = {}
@@ -213,6 +266,7 @@ def run(
     return {
         "results": results,
         "c": dict(zip(VOC_CLASSES, cs, strict=True)),
+        "c_at_edge": choice.at_edge,
         "features_seconds": features_s,
         "seconds": time.perf_counter() - start,
         "feature_width": int(trainval_x.shape[1]),

@@ -28,6 +28,8 @@ import warnings
 
 import numpy as np
 
+from voc_jax.classes import VOC_CLASSES
+
 PROTOCOLS = ("voc07", "area", "reference")
 REFERENCE_SCORE_FLOOR = 1e-6
 
@@ -116,8 +118,12 @@ def mean_average_precision(
     )
     missing = [int(c) for c in np.flatnonzero(np.isnan(ap))]
     if missing:
+        names = (
+            VOC_CLASSES if len(ap) == len(VOC_CLASSES) else [f"class {c}" for c in range(len(ap))]
+        )
         warnings.warn(
-            f"{protocol}: {len(missing)} classes have no positive image ({missing}); "
+            f"{protocol}: {len(missing)} classes have no positive image "
+            f"({', '.join(names[c] for c in missing)}); "
             "their AP is NaN and they are left out of the mean",
             stacklevel=2,
         )

@@ -54,7 +54,7 @@ def check_weights(config: ml_collections.ConfigDict) -> list[str]:
     if arch != config.model.arch:
         problems.append(
             f"init.weights={weights_dir}: {arch} weights, but model.arch={config.model.arch!r}; "
-            f"pass --config.model.arch={arch} (or use a voc07_{arch} config)"
+            f"pass --config.model.arch={arch} (or use {_config_of(arch)})"
         )
     if width != config.model.width:
         problems.append(
@@ -62,6 +62,13 @@ def check_weights(config: ml_collections.ConfigDict) -> list[str]:
             f"{config.model.width:g}; pass --config.model.width={width:g}"
         )
     return problems
+
+
+def _config_of(arch: str) -> str:
+    from voc_jax.configs import BY_ARCH
+
+    name = BY_ARCH.get(arch)
+    return f"--config voc_jax/configs/{name}" if name else f"a config with model.arch={arch!r}"
 
 
 def check_network(config: ml_collections.ConfigDict) -> list[str]:

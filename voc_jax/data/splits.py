@@ -139,12 +139,9 @@ def load_splits(data: DataSettings, workdir: Path, *, train: bool) -> Splits:
         train_set = load_split(
             data, root, data.train_split, data.max_train_images, decoded=decoded, need_boxes=True
         )
-    log.info(
-        "data %s: %d %s images, %d %s images",
-        root,
-        len(train_set),
-        data.train_split if train_set is not test else "(no training)",
-        len(test),
-        data.test_split,
-    )
+    if train:
+        log.info("data %s: %d %s images, %d %s images", root, len(train_set),
+                 data.train_split, len(test), data.test_split)  # fmt: skip
+    else:
+        log.info("data %s: %d %s images (evaluation only)", root, len(test), data.test_split)
     return Splits(root, train_set, test, decoded)
