@@ -93,3 +93,31 @@ def test_a_config_variant_is_refused_in_a_sentence_where_the_config_has_none():
     )
     with pytest.raises(ConfigError, match="expected finetune or frozen"):
         load_config_file("voc_jax/configs/voc07_alexnet.py:frost")
+
+
+@pytest.mark.slow  # a fresh interpreter each (0.1 s)
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_usage_and_options_without_importing_jax(command, flag):
+    """The installed entry points (voc_jax.commands) answer --help at once: usage, the
+    command's docstring and every flag, exit 0, with JAX never imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from voc_jax import commands; "
+        f"rc = commands.{command}(['voc-jax-{command}', '{flag}']); "
+        "assert 'jax' not in sys.modules, 'jax imported'; sys.exit(rc)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: voc-jax-{command} ") and "--workdir" in done.stdout
+    assert "error" not in done.stderr.lower()
+
+
+def test_help_through_main_prints_usage(capsys):
+    """``python -m voc_jax.train --help`` (the module's main) prints the same usage, exit 0."""
+    from voc_jax import commands, train
+
+    assert train.main(["voc_jax.train", "--help"]) == 0
+    assert capsys.readouterr().out.strip() == commands.usage("voc_jax.train").strip()

@@ -223,6 +223,10 @@ def command(
     """What every command's ``main`` does: our logging, the flags parsed on a fresh
     FlagValues, then ``body(flags, positional arguments)`` with user errors as one line."""
     argv = list(sys.argv if argv is None else argv)
+    from voc_jax import commands  # (it imports this module)
+
+    if program in commands.USAGE and commands.wants_help(argv[1:]):
+        return commands.print_usage(program)
     setup_logging()
 
     def run() -> int:

@@ -20,10 +20,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 from tqdm import tqdm
 
-from voc_jax import cli, distributed, experiment, metrics
+from voc_jax import cli, commands, distributed, experiment, metrics
 from voc_jax import workdir as workdir_lib
 from voc_jax.classes import VOC_CLASSES
 from voc_jax.data.pipeline import iterating
@@ -291,14 +290,7 @@ def evaluate_workdir(
 # ----------------------------------------------------------------------------- CLI
 
 
-def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
-    cli.define_workdir_flags(fv, "training workdir (its config.json and checkpoints)")
-    flags.DEFINE_string(
-        "split", None, "split to score (default: config.data.test_split)", flag_values=fv
-    )
-    config_flags.DEFINE_config_file(
-        "config", None, "config file (default: WORKDIR/config.json)", flag_values=fv, sys_argv=argv
-    )
+define_flags = commands.define_evaluate_flags
 
 
 def run_command(fv: flags.FlagValues, positional: list[str]) -> int:

@@ -48,6 +48,10 @@ class ProbeSettings:
     batch: int = 16  # photos per forward pass (of one shape)
     c_grid: tuple[float, ...] = C_GRID
     widen_c: bool = True  # past the grid's edge while the val AP improves (to C_LIMITS)
+    select_by: str = "area"  # the val AP that chooses C: all-points (area) or 11-point (voc07)
+    standardise: bool = True  # each feature to zero mean, unit deviation on the training split
+    max_iter: int = 3000  # the solver's (lbfgs) iteration limit
+    dtype: str = "float64"  # what scikit-learn solves in (float32 features are cast)
     protocols: tuple[str, ...] = ("voc07", "area")
 
     @property
@@ -122,6 +126,11 @@ def extract(
     return out
 
 
+# Solver outcomes since import (the study script reads them): fits run, fits that stopped at
+# max_iter before converging.
+CONVERGENCE = {"fits": 0, "not_converged": 0}
+
+
 class _Constant:
     """The classifier of a class whose training images are all positive or all negative (a
     small dataset): one score for every image, which ranks nothing."""
@@ -133,17 +142,27 @@ class _Constant:
         return np.full(len(x), self.value)
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float):
+def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int = 3000):
     from sklearn.linear_model import LogisticRegression
 
     if y.all() or not y.any():
         return _Constant(1.0 if y.any() else -1.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence notes at the smallest C
-        return LogisticRegression(C=c, max_iter=3000).fit(x, y)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clf = LogisticRegression(C=c, max_iter=max_iter).fit(x, y)
+    CONVERGENCE["fits"] += 1
+    CONVERGENCE["not_converged"] += sum("converge" in str(w.message).lower() for w in caught)
+    return clf
 
 
-def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+def _standardise(
+    train: np.ndarray, *others: np.ndarray, on: bool = True, dtype: str = "float64"
+) -> list[np.ndarray]:
+    """Each feature to zero mean and unit deviation on the training split (L2's penalty is
+    not scale-invariant), in ``dtype`` (scikit-learn's lbfgs solves in the dtype it is given)."""
+    train, others = np.asarray(train, dtype), [np.asarray(a, dtype) for a in others]
+    if not on:
+        return [train, *others]
     mean, std = train.mean(0), train.std(0) + 1e-6
     return [(a - mean) / std for a in (train, *others)]
 
@@ -182,17 +201,23 @@ def choose_c(
     val_t: np.ndarray,
     grid: Sequence[float],
     widen: bool = True,
+    *,
+    select_by: str = "area",
+    standardise: bool = True,
+    max_iter: int = 3000,
+    dtype: str = "float64",
 ) -> CChoice:
-    """Per class, the C whose train-fitted classifier has the best all-points AP on val
-    (``widen``: past the grid's edge while it improves, see ``_widened``)."""
-    train_x, val_x = _standardise(train_x, val_x)
+    """Per class, the C whose train-fitted classifier has the best AP on val (``select_by``:
+    all-points ``area`` or 11-point ``voc07``; ``widen``: past the grid's edge while it
+    improves, see ``_widened``)."""
+    train_x, val_x = _standardise(train_x, val_x, on=standardise, dtype=dtype)
     chosen, at_edge = [], {}
     for c, name in enumerate(VOC_CLASSES):
         keep = train_t[:, c] != 0
 
         def ap_of(value: float, c=c, keep=keep) -> float:
-            clf = _fit(train_x[keep], train_t[keep, c] > 0, value)
-            ap = metrics.average_precision(clf.decision_function(val_x), val_t[:, c], "area")
+            clf = _fit(train_x[keep], train_t[keep, c] > 0, value, max_iter)
+            ap = metrics.average_precision(clf.decision_function(val_x), val_t[:, c], select_by)
             return -1.0 if np.isnan(ap) else ap
 
         if widen:
@@ -207,16 +232,22 @@ def choose_c(
 
 
 def fit_and_score(
-    trainval_x: np.ndarray, trainval_t: np.ndarray, test_x: np.ndarray, cs: Sequence[float]
+    trainval_x: np.ndarray,
+    trainval_t: np.ndarray,
+    test_x: np.ndarray,
+    cs: Sequence[float],
+    *,
+    standardise: bool = True,
+    max_iter: int = 3000,
+    dtype: str = "float64",
 ) -> np.ndarray:
     """[N_test, 20] decision values of the per-class classifiers refit on trainval."""
-    trainval_x, test_x = _standardise(trainval_x, test_x)
+    trainval_x, test_x = _standardise(trainval_x, test_x, on=standardise, dtype=dtype)
     scores = np.zeros((len(test_x), len(VOC_CLASSES)))
     for c, value in enumerate(cs):
         keep = trainval_t[:, c] != 0
-        scores[:, c] = _fit(trainval_x[keep], trainval_t[keep, c] > 0, value).decision_function(
-            test_x
-        )
+        clf = _fit(trainval_x[keep], trainval_t[keep, c] > 0, value, max_iter)
+        scores[:, c] = clf.decision_function(test_x)
     return scores
 
 
@@ -252,13 +283,25 @@ def run(
         targets_of(splits["val"]),
         settings.c_grid,
         settings.widen_c,
+        select_by=settings.select_by,
+        standardise=settings.standardise,
+        max_iter=settings.max_iter,
+        dtype=settings.dtype,
     )
     cs = choice.cs
     if choice.at_edge:
         names = ", ".join(f"{k} (C={v:g})" for k, v in choice.at_edge.items())
         log.warning("linear probe: C on the edge of the widened grid for %s", names)
     test_t = targets_of(splits["test"])
-    scores = fit_and_score(trainval_x, targets_of(splits["trainval"]), test_x, cs)
+    scores = fit_and_score(
+        trainval_x,
+        targets_of(splits["trainval"]),
+        test_x,
+        cs,
+        standardise=settings.standardise,
+        max_iter=settings.max_iter,
+        dtype=settings.dtype,
+    )
     results = {}
     for protocol in settings.protocols:
         r = metrics.mean_average_precision(scores, test_t, protocol)

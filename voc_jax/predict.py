@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from voc_jax import cli
+from voc_jax import cli, commands
 from voc_jax import workdir as workdir_lib
 from voc_jax.classes import VOC_CLASSES
 from voc_jax.data import patches as P
@@ -123,21 +123,7 @@ def output_names(paths: Sequence[str]) -> list[str]:
     return names
 
 
-def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
-    cli.define_workdir_flags(fv, "training workdir (config.json, checkpoints)")
-    flags.DEFINE_integer(
-        "top",
-        3,
-        "classes to show score maps for (1..20)",
-        lower_bound=1,
-        upper_bound=20,
-        flag_values=fv,
-    )
-    flags.DEFINE_string("out", None, "where PNGs go (default WORKDIR/predict)", flag_values=fv)
-    flags.DEFINE_integer(
-        "max_pixels", None, "the most pixels an image may have (default: the training config's "
-        "data.max_image_pixels)", lower_bound=1, flag_values=fv,
-    )  # fmt: skip
+define_flags = commands.define_predict_flags
 
 
 def predict_images(

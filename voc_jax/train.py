@@ -26,10 +26,9 @@ from typing import Any
 import jax
 import ml_collections
 from absl import flags
-from ml_collections import config_flags
 from tqdm import tqdm
 
-from voc_jax import cli, distributed, experiment, feature_cache, steps
+from voc_jax import cli, commands, distributed, experiment, feature_cache, steps
 from voc_jax import evaluate as evaluate_lib
 from voc_jax import workdir as workdir_lib
 from voc_jax.checkpoint import Checkpointer, abstract_like
@@ -475,16 +474,7 @@ def crossed(before: int, after: int, every: int) -> bool:
 # ----------------------------------------------------------------------------- CLI
 
 
-def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
-    flags.DEFINE_string("workdir", None, "where checkpoints, logs and results go", flag_values=fv)
-    config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "a config file in voc_jax/configs/",
-        flag_values=fv,
-        sys_argv=argv,
-        lock_config=True,
-    )
+define_flags = commands.define_train_flags
 
 
 def run_command(fv: flags.FlagValues, positional: list[str]) -> int:

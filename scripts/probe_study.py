@@ -1,0 +1,143 @@
+"""Where the linear probe's points go: one change at a time, on the same features.
+
+Features are extracted once per input variant (the photo resized to 224 px; each photo at its
+own size with its sides rounded to 16, 32 or 64 px; the wall time of each extraction, its
+compiles included, is measured in this run) and kept in ``OUT/features_<variant>.npz``; then
+every classifier variant runs on the same features: the protocol of voc_jax.linear_probe
+before this study (float32 to scikit-learn, C from the fixed grid chosen by all-points AP),
+and each single change (float64, the widened grid, C chosen by 11-point AP, no
+standardisation, a larger max_iter, float16 features, a half-decade grid). Nothing is chosen
+on test: C is chosen on train -> val, the classifier refit on trainval, scored on test.
+Prints a table and writes ``OUT/probe_study.json``.
+
+    python scripts/probe_study.py --weights runs/compare/weights --out runs/probe_study \
+        [--voc ../shared/data/voc2007-subset/VOCdevkit/VOC2007] [--inputs 224,own16,own32,own64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from voc_jax import linear_probe as lp
+from voc_jax import metrics
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("VOC_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
+DEFAULT_VOC = SHARED / "voc2007-subset" / "VOCdevkit" / "VOC2007"
+INPUTS = {
+    "224": lp.ProbeSettings(size=224),
+    "own16": lp.ProbeSettings(size=None, round_to=16),
+    "own32": lp.ProbeSettings(size=None, round_to=32),
+    "own64": lp.ProbeSettings(size=None, round_to=64),
+}
+BEFORE = {"widen_c": False, "dtype": "float32"}  # the probe as it ran before this study
+HALF_DECADES = tuple(float(10**e) for e in np.arange(-5, 2.01, 0.5))
+CLASSIFIERS = {
+    "before": {},
+    "float64 to scikit-learn": {"dtype": "float64"},
+    "widened C grid": {"widen_c": True},
+    "C chosen by 11-point AP": {"select_by": "voc07"},
+    "not standardised": {"standardise": False},
+    "max_iter 20000": {"max_iter": 20000},
+    "float16 features": {"features": "float16"},
+    "half-decade C grid": {"c_grid": HALF_DECADES},
+    "float64 + widened": {"dtype": "float64", "widen_c": True},
+}
+
+
+def features(name: str, extractor, splits, out: Path) -> dict:
+    """The trainval and test features of one input variant (extracted once, then read)."""
+    path = out / f"features_{name}.npz"
+    if path.is_file():
+        data = np.load(path)
+        return {"trainval": data["trainval"], "test": data["test"], "seconds": float(data["s"])}
+    start = time.perf_counter()
+    trainval = lp.extract(extractor, splits["trainval"], INPUTS[name])
+    test = lp.extract(extractor, splits["test"], INPUTS[name])
+    seconds = time.perf_counter() - start
+    np.savez(path, trainval=trainval, test=test, s=seconds)
+    return {"trainval": trainval, "test": test, "seconds": seconds}
+
+
+def classify(feats: dict, splits, changes: dict) -> dict:
+    """One classifier variant on fixed features: voc07 / area mAP and the solver's record."""
+    changes = dict(BEFORE | changes)
+    cast = changes.pop("features", None)
+    settings = dataclasses.replace(lp.ProbeSettings(), **changes)
+    trainval_x, test_x = feats["trainval"], feats["test"]
+    if cast:
+        trainval_x, test_x = trainval_x.astype(cast), test_x.astype(cast)
+    index = {r.image_id: i for i, r in enumerate(splits["trainval"])}
+    rows = lambda split: [index[r.image_id] for r in splits[split]]  # noqa: E731
+    lp.CONVERGENCE.update(fits=0, not_converged=0)
+    start = time.perf_counter()
+    choice = lp.choose_c(
+        trainval_x[rows("train")],
+        lp.targets_of(splits["train"]),
+        trainval_x[rows("val")],
+        lp.targets_of(splits["val"]),
+        settings.c_grid,
+        settings.widen_c,
+        select_by=settings.select_by,
+        standardise=settings.standardise,
+        max_iter=settings.max_iter,
+        dtype=settings.dtype,
+    )
+    scores = lp.fit_and_score(
+        trainval_x,
+        lp.targets_of(splits["trainval"]),
+        test_x,
+        choice.cs,
+        standardise=settings.standardise,
+        max_iter=settings.max_iter,
+        dtype=settings.dtype,
+    )
+    targets = lp.targets_of(splits["test"])
+    result = {
+        p: metrics.mean_average_precision(scores, targets, p)["map"] for p in ("voc07", "area")
+    }
+    return result | {
+        "seconds": time.perf_counter() - start,
+        "fits": lp.CONVERGENCE["fits"],
+        "not_converged": lp.CONVERGENCE["not_converged"],
+        "c_at_edge": choice.at_edge,
+    }
+
+
+def main() -> int:
+    from voc_jax.compare import load_real_splits
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--voc", type=Path, default=DEFAULT_VOC)
+    parser.add_argument("--weights", type=Path, required=True, help="converted weights")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--inputs", default=",".join(INPUTS), help="of " + ",".join(INPUTS))
+    parser.add_argument("--classifiers", default=",".join(CLASSIFIERS))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    splits = load_real_splits(args.voc)
+    extractor = lp.FeatureExtractor(args.weights)
+    table = {}
+    for name in args.inputs.split(","):
+        feats = features(name, extractor, splits, args.out)
+        table[name] = {"extract_seconds": feats["seconds"], "classifiers": {}}
+        for variant in args.classifiers.split(","):
+            r = classify(feats, splits, CLASSIFIERS[variant])
+            table[name]["classifiers"][variant] = r
+            print(f"{name:6s} {variant:26s} voc07 {100 * r['voc07']:.2f}  area "
+                  f"{100 * r['area']:.2f}  ({r['seconds']:.0f} s, {r['not_converged']}/"
+                  f"{r['fits']} fits hit max_iter, edge {r['c_at_edge']})", flush=True)  # fmt: skip
+        print(f"{name}: features in {feats['seconds']:.0f} s", flush=True)
+        (args.out / "probe_study.json").write_text(json.dumps(table, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
