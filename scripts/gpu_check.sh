@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The prepared GPU check: one script for the day a GPU machine is lent (about 8 minutes on one
-# H200), writing every result under one directory.
+# The project's prepared GPU check, for the GPU machine its CI sessions are sometimes lent
+# (about 8 minutes on one H200), writing every result under one directory. A user with a GPU
+# of their own needs none of this: the README's "On your own GPU" has the plain commands.
 #
 #   scripts/gpu_check.sh OUT                 on the GPU machine (from the repository root)
 #   scripts/gpu_check.sh --dry-run OUT       here, on the CPU, at tiny sizes (tested in CI)
@@ -56,7 +57,21 @@ REAL_VOC=""
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 if [ "${1:-}" = "--real-voc" ]; then REAL_VOC=${2:?usage: --real-voc VOC OUT}; shift 2; fi
 OUT=${1:?usage: scripts/gpu_check.sh [--dry-run] OUT}
+# OUT is this script's own: new, empty, or marked by an earlier run; it removes bulk only
+# there, so a directory holding anything else is refused before any work.
+MARK=.voc-jax-gpu-check
+if [ -e "$OUT" ] && [ ! -d "$OUT" ]; then
+  echo "error: OUT $OUT is a file; name a new or empty directory" >&2; exit 2
+fi
+if [ -d "$OUT" ] && [ ! -f "$OUT/$MARK" ] && [ -n "$(ls -A "$OUT")" ]; then
+  echo "error: OUT $OUT holds files gpu_check.sh did not write (no $MARK); name a new or empty directory" >&2
+  exit 2
+fi
+if [ -n "$REAL_VOC" ] && [ ! -d "$REAL_VOC/Annotations" ]; then
+  echo "error: --real-voc $REAL_VOC: not a VOC2007 directory (no Annotations/)" >&2; exit 2
+fi
 mkdir -p "$OUT"
+touch "$OUT/$MARK"
 OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python3}
 if [ -d .whl ] && [ "$DRY" = 0 ]; then

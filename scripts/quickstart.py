@@ -162,6 +162,10 @@ def test_images(workdir: Path, voc: Path | None) -> list[str]:
 
 def main() -> int:
     args = parse_args()
+    if args.voc is not None and not (args.voc / "Annotations").is_dir():  # before any work
+        from voc_jax.errors import ConfigError
+
+        raise ConfigError(f"--voc {args.voc}: not a VOC2007 directory (no Annotations/)")
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     py = sys.executable

@@ -14,6 +14,26 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # bash; refuses before any work (0.1 s)
+def test_gpu_check_refuses_an_out_holding_a_users_files(tmp_path):
+    """OUT is gpu_check.sh's own (new, empty, or marked); it removes bulk only there, so a
+    directory with anything else in it is refused before any step, its files untouched."""
+    out = tmp_path / "mine"
+    (out / "weights").mkdir(parents=True)
+    (out / "weights" / "metadata.json").write_text("{}")
+    (out / "thesis.tex").write_text("mine")
+    for args in (["--dry-run", str(out)], ["--real-voc", str(tmp_path), str(out)]):
+        result = subprocess.run(["bash", str(REPO / "scripts/gpu_check.sh"), *args],
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 2 and "did not write" in result.stderr
+    assert sorted(p.name for p in out.rglob("*")) == ["metadata.json", "thesis.tex", "weights"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = subprocess.run(["bash", str(REPO / "scripts/gpu_check.sh"), "--real-voc",
+                             str(tmp_path / "nope"), str(empty)], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2 and "not a VOC2007 directory" in result.stderr
+
+
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     """The prepared GPU check, here at tiny sizes: every step runs and writes its results;

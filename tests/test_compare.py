@@ -282,3 +282,27 @@ def test_the_fine_tuned_run_starts_from_the_frozen_head(tmp_path, capsys):
     assert compare.method_label("finetune", setting, "fresh") == "patches, fine-tuned, fresh head"
     assert compare.method_label("probe", setting, "fresh") == "linear probe, 224 px"
     assert "--config.init.head_from" not in " ".join(setting.finetune)  # compare adds it
+
+
+def test_the_report_describes_only_the_methods_that_ran():
+    ci = compare.SETTINGS["ci"]
+    text = ci.describe(["frozen", "probe", "chance"])
+    assert "frozen: 6 epochs" in text and "fine-tuned" not in text and "160 px" in text
+    assert "fine-tuned: 60 trainval images" in ci.describe(["finetune"])
+    assert ci.describe(["chance"]) == "chance only"
+
+
+@pytest.mark.slow  # a subprocess
+def test_quickstart_checks_voc_before_converting(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "quickstart.py"), "--voc", str(tmp_path / "nope"),
+         "--workdir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "not a VOC2007 directory" in done.stderr
+    assert done.stderr.count("error:") == 1 and not (tmp_path / "work").exists()

@@ -70,7 +70,18 @@ class Setting:
     frozen: tuple[str, ...] = ()
     finetune: tuple[str, ...] = ()
     probe_size: int = 224
-    about: str = ""
+    about: str = ""  # the patch methods' shared settings, in words
+    about_frozen: str = ""
+    about_finetune: str = ""
+
+    def describe(self, methods: Sequence[str]) -> str:
+        """The setting in words, for the methods that ran (never one that did not)."""
+        parts = [self.about] if {"frozen", "finetune"} & set(methods) else []
+        parts += [f"frozen: {self.about_frozen}"] if "frozen" in methods else []
+        parts += [f"fine-tuned: {self.about_finetune}"] if "finetune" in methods else []
+        if {"probe", "probe_own"} & set(methods):
+            parts.append(f"the probe at {self.probe_size} px and/or the photos' own sizes")
+        return "; ".join(parts) or "chance only"
 
 
 SMALL_GEOMETRY = (
@@ -84,8 +95,9 @@ SETTINGS = {
         both=("--config.data.max_train_images=0",),
         finetune=("--config.num_epochs=3", "--config.optim.lr_changes=((2, 1e-4),)"),
         about="the reference's own setting: 224-px patches, 448 per image (7 updates of 64), "
-        "the 13 scales (11 at least), every image; frozen: 10 epochs from the cache; "
-        "fine-tuned: 3 epochs (1e-3, 1e-4 in the last), to fit one GPU call",
+        "the 13 scales (11 at least), every image",
+        about_frozen="10 epochs from the feature cache",
+        about_finetune="3 epochs (1e-3, 1e-4 in the last), to fit one GPU call",
     ),
     "cpu": Setting(
         "cpu",
@@ -103,8 +115,9 @@ SETTINGS = {
         # features need adjusting, not rebuilding: a tenth of the recipe's rate.
         finetune=("--config.num_epochs=1", "--config.optim.learning_rate=1e-4"),
         about="two CPU cores' size: 128-px patches at 4 scales (1, 1.6, 2.3, 3), 64 per image "
-        "sampled for training and spread for testing, updates of 32; frozen: 10 epochs from the "
-        "cache; fine-tuned: 1 epoch at 1e-4 from the frozen run's head",
+        "sampled for training and spread for testing, updates of 32",
+        about_frozen="10 epochs from the feature cache",
+        about_finetune="1 epoch at 1e-4",
     ),
     "ci": Setting(
         "ci",
@@ -122,7 +135,9 @@ SETTINGS = {
         finetune=("--config.num_epochs=1", "--config.data.max_train_images=60"),
         probe_size=160,
         about="minutes: 96-px patches at 4 scales, 32 per image, the first 200 trainval "
-        "images (fine-tuned: 60, one epoch), every test image; the probe at 160 px",
+        "images, every test image",
+        about_frozen="6 epochs from the feature cache (1e-4 from the fifth)",
+        about_finetune="60 trainval images, one epoch",
     ),
 }
 
@@ -420,7 +435,8 @@ def report(rows: dict, setting: Setting, args: argparse.Namespace, splits, maps)
     lines = [
         f"# The method on real photographs: {args.voc}",
         "",
-        f"Setting `{setting.name}`: {setting.about}. Images: trainval {counts['trainval']} "
+        f"Setting `{setting.name}`: {setting.describe(list(rows))}. Images: trainval "
+        f"{counts['trainval']} "
         f"(train {counts['train']}, val {counts['val']}), test {counts['test']}. Weights: "
         f"`{weights}`.",
         "",
