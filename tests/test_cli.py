@@ -121,3 +121,34 @@ def test_help_through_main_prints_usage(capsys):
 
     assert train.main(["voc_jax.train", "--help"]) == 0
     assert capsys.readouterr().out.strip() == commands.usage("voc_jax.train").strip()
+
+
+def test_a_full_disk_names_the_file_and_the_step(capsys):
+    """A full disk anywhere (not one of the places that word it themselves) is one line that
+    names the file from the OSError in the chain and the voc-jax function that was writing."""
+
+    def write_scores() -> None:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/w/eval/20/scores.npz")
+        except OSError as e:
+            raise RuntimeError("tensorstore: write failed") from e
+
+    def body() -> int:
+        write_scores()
+        return 0
+
+    assert cli.run_guarded(body) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: no space left on /w/eval/20/scores.npz")
+    assert "while in tests" not in err  # only voc_jax's own frames name a step
+    from voc_jax.errors import disk_full_message
+
+    try:
+        from voc_jax import atomic
+
+        with atomic.atomic_directory("/proc/voc-jax-cannot-write-here"):
+            pass
+    except OSError as e:
+        e.errno = errno.ENOSPC
+        message = disk_full_message(e)
+    assert "while in voc_jax.atomic.atomic_directory" in message

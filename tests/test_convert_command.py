@@ -285,3 +285,28 @@ def test_preprocessing_override(pth, tmp_path):
         "mean": [1.0, 2.0, 3.0],
         "std": [4.0, 5.0, 6.0],
     }
+
+
+@pytest.mark.slow  # two conversions with --verify
+def test_verify_says_when_the_check_is_vacuous(tmp_path, capsys):
+    """A narrow AlexNet whose fc7 weights are zero: every input gives the same logits (the
+    last layer's bias), so torch and Flax agree whatever the layers below do; --verify says
+    the check is vacuous there."""
+    from voc_jax.convert import torch_models
+
+    torch.manual_seed(0)
+    model = torch_models.alexnet(width=1 / 16)
+    with torch.no_grad():
+        model.classifier[4].weight.zero_()
+    torch.save(model.state_dict(), tmp_path / "a.pth")
+    args = ["--pth", str(tmp_path / "a.pth"), "--out", str(tmp_path / "o"), "--verify",
+            "--verify-size", "64"]  # fmt: skip
+    assert command.main(args) == 0
+    out = capsys.readouterr().out
+    assert "vacuous: the logits barely depend on the input" in out
+    torch.manual_seed(0)
+    torch.save(torch_models.alexnet(width=1 / 16).state_dict(), tmp_path / "b.pth")
+    args = ["--pth", str(tmp_path / "b.pth"), "--out", str(tmp_path / "p"), "--verify",
+            "--verify-size", "64"]  # fmt: skip
+    assert command.main(args) == 0
+    assert "vacuous" not in capsys.readouterr().out

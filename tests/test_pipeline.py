@@ -301,6 +301,36 @@ def test_the_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch):
     assert decode_image(str(path)).shape == (200, 300, 3)
 
 
+def _png_header(path: Path, width: int, height: int) -> None:
+    """A PNG whose header says width x height (no pixel data: only headers are read)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_a_raised_pixel_limit_is_not_overruled_by_pils_own(tmp_path, monkeypatch):
+    """PIL refuses images above 179 MP on its own (DecompressionBombError); a user who raises
+    data.max_image_pixels (predict: --max_pixels) past it gets their limit, and below it ours
+    still refuses first, naming the flag."""
+    from voc_jax.data import voc
+
+    path = tmp_path / "huge.png"
+    _png_header(path, 15000, 15000)  # 225 MP
+    monkeypatch.setenv(voc.MAX_PIXELS_ENV, "300000000")
+    assert voc.image_size(path) == (15000, 15000)
+    monkeypatch.setenv(voc.MAX_PIXELS_ENV, "100000000")
+    with pytest.raises(voc.TooLarge, match="max_image_pixels"):
+        voc.image_size(path)
+
+
 def _shared_memory_of_size(nbytes: int) -> list[str]:
     # Segments come and go while we list them (grain's deletion thread, other tests' workers
     # under xdist): one unlinked between the listing and its stat is simply not there any more.

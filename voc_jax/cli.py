@@ -25,7 +25,14 @@ import ml_collections
 from absl import flags
 
 from voc_jax import config_compat, teardown_noise
-from voc_jax.errors import ConfigError, DiskFull, UserError, first_line, is_disk_full
+from voc_jax.errors import (
+    ConfigError,
+    DiskFull,
+    UserError,
+    disk_full_message,
+    first_line,
+    is_disk_full,
+)
 
 log = logging.getLogger(__name__)
 HELD = teardown_noise.HELD  # orbax's error records, held until a command ends
@@ -121,8 +128,7 @@ def run_guarded(body: Callable[[], int]) -> int:
     except Exception as e:
         if is_disk_full(e):
             disk_full = True
-            where = getattr(e, "filename", None) or "the disk"
-            return report(str(DiskFull(f"no space left on {where} ({first_line(e)})")))
+            return report(disk_full_message(e))
         if isinstance(e, OSError) and e.filename:  # permissions, a file where a directory goes
             return report(f"{e.filename}: {e.strerror or first_line(e)}")
         raise

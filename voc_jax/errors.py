@@ -9,6 +9,8 @@ and tests can tell them apart.
 from __future__ import annotations
 
 import errno
+import os
+import traceback
 
 
 class UserError(Exception):
@@ -51,6 +53,28 @@ def is_disk_full(error: BaseException) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+def disk_full_message(error: BaseException) -> str:
+    """The one line for a full disk: the file (from any OSError in the chain) and the step of
+    voc-jax that was writing (the innermost voc_jax function in the traceback)."""
+    where, step, seen = None, None, set()
+    chain: BaseException | None = error
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        if where is None and isinstance(chain, OSError) and chain.filename:
+            where = chain.filename
+        frames = traceback.extract_tb(chain.__traceback__)
+        ours = [f for f in frames if f"{os.sep}voc_jax{os.sep}" in f.filename]
+        if step is None and ours:
+            f = ours[-1]
+            module = f.filename.rsplit(f"{os.sep}voc_jax{os.sep}", 1)[1][:-3].replace(os.sep, ".")
+            step = f"voc_jax.{module}.{f.name}"
+        chain = chain.__cause__ or chain.__context__
+    text = f"no space left on {where or 'the disk'}"
+    if step:
+        text += f" while in {step}"
+    return f"{text} ({first_line(error)}); free some space (or write elsewhere) and run again"
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

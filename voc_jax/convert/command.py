@@ -277,6 +277,13 @@ def verify(args: argparse.Namespace, result: Converted) -> bool:
             f"{stats['max_abs']:.3e}, relative to the largest logit {stats['max_rel']:.3e} "
             f"(logit scale {stats['logit_scale']:.3g}; tolerance atol={args.atol:g} rtol={args.rtol:g})"
         )
+        if stats["vacuous"]:
+            print(
+                f"verify at {h}x{w}: vacuous: the logits barely depend on the input (they move "
+                f"{stats['input_dependence']:.1e} of their scale between the random inputs), so "
+                "agreement says little about the layers below the last; check these weights "
+                "(collapsed, or all-zero below the classifier?)"
+            )
         good = good and diff_ok
     return good
 

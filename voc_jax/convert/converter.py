@@ -426,6 +426,9 @@ def flax_model_for(metadata: Mapping[str, Any]):
     )
 
 
+VACUOUS_SPREAD = 1e-4  # logits moving less than this (relative) between inputs: vacuous check
+
+
 def verify_against_torch(
     variables: Mapping[str, Any],
     metadata: Mapping[str, Any],
@@ -453,7 +456,14 @@ def verify_against_torch(
             apply(weights_lib.as_variables(variables), x.numpy().transpose(0, 2, 3, 1))
         )
     diff = np.abs(got - expected)
+    scale = max(np.abs(expected).max(), 1e-30)
+    # How much the logits move between the batch's random inputs: near 0, every input gives
+    # the same logits (a collapsed or constant network) and the comparison checks little
+    # more than the last layer's bias.
+    spread = float(np.abs(expected - expected.mean(0, keepdims=True)).max() / scale)
     return {
+        "input_dependence": spread,
+        "vacuous": bool(spread < VACUOUS_SPREAD),
         "max_abs": float(diff.max()),
         "max_rel": float(diff.max() / max(np.abs(expected).max(), 1e-30)),
         "max_elementwise_rel": float((diff / np.maximum(np.abs(expected), 1e-6)).max()),

@@ -39,7 +39,14 @@ from PIL import Image, ImageOps
 
 from voc_jax.data import patches as P
 from voc_jax.data.crops import share_intervals
-from voc_jax.data.voc import ModeError, TooLarge, VocRecord, check_mode, check_pixels
+from voc_jax.data.voc import (
+    ModeError,
+    TooLarge,
+    VocRecord,
+    check_mode,
+    check_pixels,
+    open_image,
+)
 from voc_jax.errors import DataError
 
 Batch = dict[str, np.ndarray]
@@ -81,7 +88,7 @@ def decode_image(
     upright is stored sideways); for a user's images (predict). Datasets keep their stored
     pixels, which their boxes describe (VOC's JPEGs carry no orientation)."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             check_mode(im.mode)
             check_pixels(im.size)
             if orient:

@@ -302,11 +302,19 @@ def check_mode(mode: str) -> None:
         )
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
+def open_image(path: str | Path):
+    """PIL's ``Image.open`` with PIL's own decompression-bomb limit off: ours (``check_pixels``,
+    the user's ``data.max_image_pixels`` or ``--max_pixels``) is checked on the header before
+    any decoding, and PIL's fixed one (179 MP) would refuse a limit raised above it first."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    Image.MAX_IMAGE_PIXELS = None
+    return Image.open(path)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    with open_image(path) as im:
         check_mode(im.mode)
         check_pixels(im.size)
         return im.size
@@ -315,9 +323,7 @@ def image_size(path: Path) -> tuple[int, int]:
 def decode_check(path: Path) -> tuple[int, int]:
     """Decode every pixel (a truncated JPEG fails here, not hours into training); returns
     (width, height)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
+    with open_image(path) as im:
         check_mode(im.mode)
         check_pixels(im.size)
         im.load()
