@@ -72,3 +72,29 @@ def test_predictor_scores_are_the_evaluation_pooling(trained_tiny, tiny_data_roo
     want = (result["probs"][:, 1:] ** config.eval.exponent).sum(0)
     np.testing.assert_allclose(result["scores"], want, rtol=1e-5, atol=1e-12)
     assert len(result["probs"]) == len(result["boxes"])
+
+
+def test_score_maps_share_one_scale_with_a_colour_bar_and_say_what_the_score_is():
+    """Two classes whose probabilities differ by 1e5: both panels on the same 0-1 scale
+    (a car at 2e-5 no longer looks as hot as a person at 0.9), one colour bar, and the score's
+    meaning written on the figure."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    boxes = np.array([[0, 0, 20, 20], [10, 10, 40, 30]], np.float32)
+    probs = np.zeros((2, 21))
+    probs[:, 15] = [0.9, 0.8]  # person
+    probs[:, 7] = [2e-5, 1e-5]  # car
+    probs[:, 0] = 1 - probs.sum(1)
+    result = {"image": rng.integers(0, 255, (30, 40, 3), np.uint8), "boxes": boxes,
+              "probs": probs, "scores": (probs[:, 1:] ** 5).sum(0), "exponent": 5.0}  # fmt: skip
+    fig = predict.figure(result, 2, "photo.jpg")
+    overlays = [im for ax in fig.axes for im in ax.get_images()[1:]]
+    assert len(overlays) == 2 and {im.get_clim() for im in overlays} == {(0.0, 1.0)}
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and "p(class | patch)" in bars[0].get_ylabel()
+    texts = " ".join(t.get_text() for t in fig.texts)
+    assert "sum over its 2 patches of p(class | patch)^5" in texts
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "person: image score 0.918" in titles and "car: image score 3.3e-24" in titles
+    plt.close(fig)

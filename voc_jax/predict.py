@@ -61,6 +61,7 @@ class Predictor:
     def __init__(self, exp: Experiment, variables):
         self.variables = jax.device_put(variables)  # params (and BatchNorm statistics)
         self.patch_cfg, self.chunk = exp.patches, exp.train.batch_size
+        self.exponent = exp.eval.exponent
         self._step = exp.eval_step(probabilities=True)
 
     def __call__(self, path: str | Path) -> dict:
@@ -82,10 +83,21 @@ class Predictor:
         out = self._step(self.variables, {k: np.asarray(v)[None] for k, v in example.items()})
         probs = np.asarray(out["probs"][0, :n])
         scores = np.asarray(out["power"][0])
-        return {"image": rgb, "boxes": boxes, "probs": probs, "scores": scores}
+        return {"image": rgb, "boxes": boxes, "probs": probs, "scores": scores,
+                "exponent": self.exponent}  # fmt: skip
 
 
-def save_figure(result: dict, out: Path, top: int, title: str) -> None:
+def score_meaning(result: dict) -> str:
+    """What the printed and drawn image score is, in words."""
+    return (
+        f"image score: the sum over its {len(result['boxes'])} patches of "
+        f"p(class | patch)^{result['exponent']:g} (at most {len(result['boxes'])})"
+    )
+
+
+def figure(result: dict, top: int, title: str):
+    """The image and the top classes' score maps, all on one colour scale (probability 0-1)
+    with one colour bar, so that maps are comparable across panels and images."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,21 +106,32 @@ def save_figure(result: dict, out: Path, top: int, title: str) -> None:
     image, boxes, probs, scores = (result[k] for k in ("image", "boxes", "probs", "scores"))
     h, w = image.shape[:2]
     best = np.argsort(-scores)[:top]
-    fig, axes = plt.subplots(1, top + 1, figsize=(4 * (top + 1), 4 * h / w + 0.6))
+    fig, axes = plt.subplots(1, top + 1, figsize=(4 * (top + 1) + 0.8, 4 * h / w + 1.0))
     axes[0].imshow(image)
     axes[0].set_title(title, fontsize=9)
+    shown = None
     for ax, c in zip(axes[1:], best, strict=True):
         heat = score_map(boxes, probs[:, c + 1], h, w, stride=4)
         ax.imshow(image)
-        ax.imshow(
-            heat, extent=(0, w, h, 0), cmap="jet", alpha=0.5, vmin=0, vmax=max(heat.max(), 1e-6)
-        )
-        ax.set_title(f"{VOC_CLASSES[c]}  score {scores[c]:.3g}", fontsize=10)
+        shown = ax.imshow(heat, extent=(0, w, h, 0), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+        ax.set_title(f"{VOC_CLASSES[c]}: image score {scores[c]:.3g}", fontsize=10)
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
+    if shown is not None:
+        bar = fig.colorbar(shown, ax=list(axes), fraction=0.02, pad=0.01)
+        bar.set_label("p(class | patch), mean of the patches covering each pixel", fontsize=8)
+    fig.text(0.01, 0.01, score_meaning(result), fontsize=8)
+    return fig
+
+
+def save_figure(result: dict, out: Path, top: int, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(result, top, title)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=80)
     plt.close(fig)
+    tmp.replace(out)
 
 
 def output_names(paths: Sequence[str]) -> list[str]:
@@ -156,7 +179,8 @@ def predict_images(
             failed += 1
             continue
         ranked = np.argsort(-result["scores"])
-        print(f"{path}: {len(result['boxes'])} patches (checkpoint step {found})")
+        print(f"{path}: {len(result['boxes'])} patches (checkpoint step {found}); "
+              f"{score_meaning(result)}")  # fmt: skip
         for c in ranked[: max(top, 5)]:
             print(f"  {VOC_CLASSES[c]:<12} {result['scores'][c]:.4g}")
         target = out_dir / name
