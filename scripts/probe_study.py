@@ -1,8 +1,9 @@
 """Where the linear probe's points go: one change at a time, on the same features.
 
 Features are extracted once per input variant (the photo resized to 224 px; each photo at its
-own size with its sides rounded to 16, 32 or 64 px; the wall time of each extraction, its
-compiles included, is measured in this run) and kept in ``OUT/features_<variant>.npz``; then
+own size with its sides rounded to 1 (exact), 16, 32 or 64 px, every shape compiled for
+batches of 16 or for the fewest its photos need; the wall time of each extraction, its
+compiles included, is measured in this run; ``--fresh-features`` measures again) and kept in ``OUT/features_<variant>.npz``; then
 every classifier variant runs on the same features: the protocol of voc_jax.linear_probe
 before this study (float32 to scikit-learn, C from the fixed grid chosen by all-points AP),
 and each single change (float64, the widened grid, C chosen by 11-point AP, no
@@ -11,7 +12,7 @@ on test: C is chosen on train -> val, the classifier refit on trainval, scored o
 Prints a table and writes ``OUT/probe_study.json``.
 
     python scripts/probe_study.py --weights runs/compare/weights --out runs/probe_study \
-        [--voc ../shared/data/voc2007-subset/VOCdevkit/VOC2007] [--inputs 224,own16,own32,own64]
+        [--voc ../shared/data/voc2007-subset/VOCdevkit/VOC2007] [--inputs 224,own16,own16fit]
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ SHARED = Path(os.environ.get("VOC_JAX_SHARED_DATA", REPO.parent / "shared" / "da
 DEFAULT_VOC = SHARED / "voc2007-subset" / "VOCdevkit" / "VOC2007"
 INPUTS = {
     "224": lp.ProbeSettings(size=224),
-    "own16": lp.ProbeSettings(size=None, round_to=16),
-    "own32": lp.ProbeSettings(size=None, round_to=32),
-    "own64": lp.ProbeSettings(size=None, round_to=64),
+    # own size, sides rounded to 16 and every shape compiled for batches of 16 (as before)
+    "own16": lp.ProbeSettings(size=None, round_to=16, fit_batch=False),
+    # the same, each shape's batch fitted to its photos (a power of two, at most 16)
+    "own16fit": lp.ProbeSettings(size=None, round_to=16),
+    "own32fit": lp.ProbeSettings(size=None, round_to=32),
+    "own64fit": lp.ProbeSettings(size=None, round_to=64),
+    "own1fit": lp.ProbeSettings(size=None, round_to=1),  # exact sizes: one compile each
 }
 BEFORE = {"widen_c": False, "dtype": "float32"}  # the probe as it ran before this study
 HALF_DECADES = tuple(float(10**e) for e in np.arange(-5, 2.01, 0.5))
@@ -49,13 +54,21 @@ CLASSIFIERS = {
     "float16 features": {"features": "float16"},
     "half-decade C grid": {"c_grid": HALF_DECADES},
     "float64 + widened": {"dtype": "float64", "widen_c": True},
+    "rows L2-normalised": {"features": "l2"},
+    "rows L2-normalised, not standardised": {"features": "l2", "standardise": False},
+    "not standardised + widened": {"standardise": False, "widen_c": True},
+    "not standardised, float64 + widened": {
+        "standardise": False,
+        "dtype": "float64",
+        "widen_c": True,
+    },
 }
 
 
-def features(name: str, extractor, splits, out: Path) -> dict:
+def features(name: str, extractor, splits, out: Path, fresh: bool = False) -> dict:
     """The trainval and test features of one input variant (extracted once, then read)."""
     path = out / f"features_{name}.npz"
-    if path.is_file():
+    if path.is_file() and not fresh:
         data = np.load(path)
         return {"trainval": data["trainval"], "test": data["test"], "seconds": float(data["s"])}
     start = time.perf_counter()
@@ -72,7 +85,11 @@ def classify(feats: dict, splits, changes: dict) -> dict:
     cast = changes.pop("features", None)
     settings = dataclasses.replace(lp.ProbeSettings(), **changes)
     trainval_x, test_x = feats["trainval"], feats["test"]
-    if cast:
+    if cast == "l2":
+        trainval_x, test_x = (
+            x / np.linalg.norm(x, axis=1, keepdims=True) for x in (trainval_x, test_x)
+        )
+    elif cast:
         trainval_x, test_x = trainval_x.astype(cast), test_x.astype(cast)
     index = {r.image_id: i for i, r in enumerate(splits["trainval"])}
     rows = lambda split: [index[r.image_id] for r in splits[split]]  # noqa: E731
@@ -119,23 +136,26 @@ def main() -> int:
     parser.add_argument("--weights", type=Path, required=True, help="converted weights")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--inputs", default=",".join(INPUTS), help="of " + ",".join(INPUTS))
-    parser.add_argument("--classifiers", default=",".join(CLASSIFIERS))
+    parser.add_argument("--classifiers", default=",".join(CLASSIFIERS), help="'' for none")
+    parser.add_argument("--fresh-features", action="store_true", help="extract (and time) again")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     splits = load_real_splits(args.voc)
     extractor = lp.FeatureExtractor(args.weights)
-    table = {}
+    path = args.out / "probe_study.json"
+    table = json.loads(path.read_text()) if path.is_file() else {}
     for name in args.inputs.split(","):
-        feats = features(name, extractor, splits, args.out)
-        table[name] = {"extract_seconds": feats["seconds"], "classifiers": {}}
-        for variant in args.classifiers.split(","):
+        feats = features(name, extractor, splits, args.out, args.fresh_features)
+        table[name] = table.get(name, {}) | {"extract_seconds": feats["seconds"]}
+        table[name].setdefault("classifiers", {})
+        for variant in filter(None, args.classifiers.split(",")):
             r = classify(feats, splits, CLASSIFIERS[variant])
             table[name]["classifiers"][variant] = r
             print(f"{name:6s} {variant:26s} voc07 {100 * r['voc07']:.2f}  area "
                   f"{100 * r['area']:.2f}  ({r['seconds']:.0f} s, {r['not_converged']}/"
                   f"{r['fits']} fits hit max_iter, edge {r['c_at_edge']})", flush=True)  # fmt: skip
         print(f"{name}: features in {feats['seconds']:.0f} s", flush=True)
-        (args.out / "probe_study.json").write_text(json.dumps(table, indent=1) + "\n")
+        path.write_text(json.dumps(table, indent=1) + "\n")
     return 0
 
 

@@ -79,3 +79,34 @@ def test_a_class_without_training_positives_scores_every_image_alike():
     t[:, 5] = -1  # no positive of class 5 in training
     scores = lp.fit_and_score(x, t, x[:7], [1.0] * len(VOC_CLASSES))
     assert np.unique(scores[:, 5]).size == 1 and np.unique(scores[:, 4]).size > 1
+
+
+def test_extract_batches_by_shape_and_keeps_record_order(tmp_path):
+    """Photos of several sizes through a stand-in extractor (each photo's mean colour): the
+    rows come back in record order, equal to a plain loop over the photos, with each shape
+    compiled for one batch size (fitted: a power of two holding its photos, at most 16)."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    sizes = [(40, 30), (40, 30), (30, 40), (40, 30), (56, 33)]
+    records = []
+    for i, (w, h) in enumerate(sizes):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(path)
+        records.append(SimpleNamespace(image_path=path))
+    seen = []
+
+    def extractor(pixels):
+        seen.append(pixels.shape)
+        return pixels.reshape(len(pixels), -1, 3).mean(1)
+
+    for fit in (True, False):
+        settings = lp.ProbeSettings(size=None, round_to=8, fit_batch=fit)
+        seen.clear()
+        got = lp.extract(extractor, records, settings, progress=False)
+        want = np.stack([lp.photo(r.image_path, settings).reshape(-1, 3).mean(0) for r in records])
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        batches = {shape[1:]: shape[0] for shape in seen}
+        assert len(seen) == len(batches) == 3  # one call per shape here
+        assert sorted(batches.values()) == ([1, 1, 4] if fit else [16, 16, 16])
+    assert [lp.shape_batch(n, lp.ProbeSettings()) for n in (1, 2, 3, 9, 17)] == [1, 2, 4, 16, 16]

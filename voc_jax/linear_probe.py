@@ -46,6 +46,7 @@ class ProbeSettings:
     size: int | None = 224  # the network's input side; None: each photo at its own size
     round_to: int = 16  # own size: each side rounded to a multiple of this (>= 1)
     batch: int = 16  # photos per forward pass (of one shape)
+    fit_batch: bool = True  # a shape with fewer photos: the smallest power of two holding them
     c_grid: tuple[float, ...] = C_GRID
     widen_c: bool = True  # past the grid's edge while the val AP improves (to C_LIMITS)
     select_by: str = "area"  # the val AP that chooses C: all-points (area) or 11-point (voc07)
@@ -95,6 +96,15 @@ class FeatureExtractor:
         return np.asarray(self._apply(self.variables, pixels))
 
 
+def shape_batch(photos: int, settings: ProbeSettings) -> int:
+    """The batch one shape is compiled for: ``settings.batch``, or with ``fit_batch`` the
+    smallest power of two that holds a shape's few photos (one compile per shape either way;
+    a size shared by 3 photos no longer runs 16 forward passes)."""
+    if not settings.fit_batch:
+        return settings.batch
+    return min(settings.batch, 1 << max(photos - 1, 0).bit_length())
+
+
 def extract(
     extractor: FeatureExtractor,
     records: Sequence[VocRecord],
@@ -111,11 +121,12 @@ def extract(
     bar = tqdm(total=len(records), desc=f"features ({settings.name})", unit="img",
                disable=not progress)  # fmt: skip
     for indices in by_shape.values():
-        for start in range(0, len(indices), settings.batch):
-            chunk = indices[start : start + settings.batch]
+        batch = shape_batch(len(indices), settings)
+        for start in range(0, len(indices), batch):
+            chunk = indices[start : start + batch]
             pixels = np.stack([photos[i] for i in chunk])
-            if len(chunk) < settings.batch:  # one compiled batch size per shape
-                pad = np.repeat(pixels[:1], settings.batch - len(chunk), axis=0)
+            if len(chunk) < batch:  # one compiled batch size per shape
+                pad = np.repeat(pixels[:1], batch - len(chunk), axis=0)
                 pixels = np.concatenate([pixels, pad])
             features = extractor(pixels)[: len(chunk)]
             if out is None:
