@@ -54,6 +54,9 @@ CLASSIFIERS = {
     "float16 features": {"features": "float16"},
     "half-decade C grid": {"c_grid": HALF_DECADES},
     "float64 + widened": {"dtype": "float64", "widen_c": True},
+    "C by 3-fold CV on trainval": {"c_folds": 3},
+    "C by 5-fold CV on trainval": {"c_folds": 5},
+    "C by 11-point AP, not standardised": {"select_by": "voc07", "standardise": False},
     "rows L2-normalised": {"features": "l2"},
     "rows L2-normalised, not standardised": {"features": "l2", "standardise": False},
     "not standardised + widened": {"standardise": False, "widen_c": True},
@@ -95,27 +98,9 @@ def classify(feats: dict, splits, changes: dict) -> dict:
     rows = lambda split: [index[r.image_id] for r in splits[split]]  # noqa: E731
     lp.CONVERGENCE.update(fits=0, not_converged=0)
     start = time.perf_counter()
-    choice = lp.choose_c(
-        trainval_x[rows("train")],
-        lp.targets_of(splits["train"]),
-        trainval_x[rows("val")],
-        lp.targets_of(splits["val"]),
-        settings.c_grid,
-        settings.widen_c,
-        select_by=settings.select_by,
-        standardise=settings.standardise,
-        max_iter=settings.max_iter,
-        dtype=settings.dtype,
-    )
-    scores = lp.fit_and_score(
-        trainval_x,
-        lp.targets_of(splits["trainval"]),
-        test_x,
-        choice.cs,
-        standardise=settings.standardise,
-        max_iter=settings.max_iter,
-        dtype=settings.dtype,
-    )
+    trainval_t = lp.targets_of(splits["trainval"])
+    choice = lp.select_c(settings, trainval_x, trainval_t, rows("train"), rows("val"))
+    scores = lp.fit_and_score(trainval_x, trainval_t, test_x, choice.cs, **lp._solver(settings))
     targets = lp.targets_of(splits["test"])
     result = {
         p: metrics.mean_average_precision(scores, targets, p)["map"] for p in ("voc07", "area")

@@ -110,3 +110,18 @@ def test_extract_batches_by_shape_and_keeps_record_order(tmp_path):
         assert len(seen) == len(batches) == 3  # one call per shape here
         assert sorted(batches.values()) == ([1, 1, 4] if fit else [16, 16, 16])
     assert [lp.shape_batch(n, lp.ProbeSettings()) for n in (1, 2, 3, 9, 17)] == [1, 2, 4, 16, 16]
+
+
+def test_kfolds_hold_every_image_out_once_and_cv_chooses_from_the_grid():
+    folds = lp.kfolds(23, 3)
+    held = np.concatenate([b for _, b in folds])
+    assert sorted(held.tolist()) == list(range(23))
+    for a, b in folds:
+        assert not set(a) & set(b) and len(a) + len(b) == 23
+    x, t = separable(90, 7)
+    settings = lp.ProbeSettings(c_folds=3, widen_c=False)
+    choice = lp.select_c(settings, x, t, [], [])
+    assert len(choice.cs) == len(VOC_CLASSES) and set(choice.cs) <= set(lp.C_GRID)
+    # One fold made of train -> val is the official split's choice.
+    one = lp.choose_c_folds(x, t, [(np.arange(60), np.arange(60, 90))], lp.C_GRID, False)
+    assert one.cs == lp.choose_c(x[:60], t[:60], x[60:], t[60:], lp.C_GRID, False).cs

@@ -53,6 +53,7 @@ class ProbeSettings:
     standardise: bool = True  # each feature to zero mean, unit deviation on the training split
     max_iter: int = 3000  # the solver's (lbfgs) iteration limit
     dtype: str = "float64"  # what scikit-learn solves in (float32 features are cast)
+    c_folds: int = 0  # 0: C chosen on train -> val; k > 1: by k-fold cross-validation on trainval
     protocols: tuple[str, ...] = ("voc07", "area")
 
     @property
@@ -212,24 +213,52 @@ def choose_c(
     val_t: np.ndarray,
     grid: Sequence[float],
     widen: bool = True,
+    **options: Any,
+) -> CChoice:
+    """Per class, the C whose train-fitted classifier has the best AP on val (``options``:
+    those of ``choose_c_folds``)."""
+    x = np.concatenate([train_x, val_x])
+    t = np.concatenate([train_t, val_t])
+    fold = (np.arange(len(train_x)), np.arange(len(train_x), len(x)))
+    return choose_c_folds(x, t, [fold], grid, widen, **options)
+
+
+def kfolds(n: int, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` (train, held-out) index pairs over ``n`` images, shuffled with ``seed``."""
+    order = np.random.default_rng(seed).permutation(n)
+    parts = np.array_split(order, k)
+    return [(np.sort(np.concatenate(parts[:i] + parts[i + 1 :])), np.sort(parts[i]))
+            for i in range(k)]  # fmt: skip
+
+
+def choose_c_folds(
+    x: np.ndarray,
+    t: np.ndarray,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    grid: Sequence[float],
+    widen: bool = True,
     *,
     select_by: str = "area",
     standardise: bool = True,
     max_iter: int = 3000,
     dtype: str = "float64",
 ) -> CChoice:
-    """Per class, the C whose train-fitted classifier has the best AP on val (``select_by``:
-    all-points ``area`` or 11-point ``voc07``; ``widen``: past the grid's edge while it
-    improves, see ``_widened``)."""
-    train_x, val_x = _standardise(train_x, val_x, on=standardise, dtype=dtype)
+    """Per class, the C whose classifiers, each fitted on a fold's training part, have the
+    best mean AP on the folds' held-out parts (``select_by``: all-points ``area`` or 11-point
+    ``voc07``; ``widen``: past the grid's edge while it improves, see ``_widened``). Each
+    fold standardises on its own training part."""
+    parts = [_standardise(x[a], x[b], on=standardise, dtype=dtype) for a, b in folds]
     chosen, at_edge = [], {}
     for c, name in enumerate(VOC_CLASSES):
-        keep = train_t[:, c] != 0
 
-        def ap_of(value: float, c=c, keep=keep) -> float:
-            clf = _fit(train_x[keep], train_t[keep, c] > 0, value, max_iter)
-            ap = metrics.average_precision(clf.decision_function(val_x), val_t[:, c], select_by)
-            return -1.0 if np.isnan(ap) else ap
+        def ap_of(value: float, c=c) -> float:
+            aps = []
+            for (fit_x, held_x), (a, b) in zip(parts, folds, strict=True):
+                keep = t[a, c] != 0
+                clf = _fit(fit_x[keep], t[a][keep, c] > 0, value, max_iter)
+                ap = metrics.average_precision(clf.decision_function(held_x), t[b, c], select_by)
+                aps.append(-1.0 if np.isnan(ap) else ap)
+            return float(np.mean(aps))
 
         if widen:
             value, edge = _widened(ap_of, grid)
@@ -240,6 +269,28 @@ def choose_c(
         if edge:
             at_edge[name] = float(value)
     return CChoice(chosen, at_edge)
+
+
+def _solver(settings: ProbeSettings) -> dict[str, Any]:
+    return {"standardise": settings.standardise, "max_iter": settings.max_iter,
+            "dtype": settings.dtype}  # fmt: skip
+
+
+def select_c(
+    settings: ProbeSettings,
+    trainval_x: np.ndarray,
+    trainval_t: np.ndarray,
+    train_rows: Sequence[int],
+    val_rows: Sequence[int],
+) -> CChoice:
+    """C per class as ``settings`` says: on train -> val (the official split), or by
+    ``c_folds``-fold cross-validation over trainval (less noise than one small val split)."""
+    if settings.c_folds > 1:
+        folds = kfolds(len(trainval_x), settings.c_folds)
+    else:
+        folds = [(np.asarray(train_rows), np.asarray(val_rows))]
+    return choose_c_folds(trainval_x, trainval_t, folds, settings.c_grid, settings.widen_c,
+                          select_by=settings.select_by, **_solver(settings))  # fmt: skip
 
 
 def fit_and_score(
@@ -286,33 +337,14 @@ def run(
     test_x = extract(extractor, splits["test"], settings, progress)
     features_s = time.perf_counter() - start
     rows = lambda records: [index[r.image_id] for r in records]  # noqa: E731
-    train_x, val_x = trainval_x[rows(splits["train"])], trainval_x[rows(splits["val"])]
-    choice = choose_c(
-        train_x,
-        targets_of(splits["train"]),
-        val_x,
-        targets_of(splits["val"]),
-        settings.c_grid,
-        settings.widen_c,
-        select_by=settings.select_by,
-        standardise=settings.standardise,
-        max_iter=settings.max_iter,
-        dtype=settings.dtype,
-    )
-    cs = choice.cs
+    trainval_t = targets_of(splits["trainval"])
+    choice = select_c(settings, trainval_x, trainval_t, rows(splits["train"]), rows(splits["val"]))
     if choice.at_edge:
         names = ", ".join(f"{k} (C={v:g})" for k, v in choice.at_edge.items())
         log.warning("linear probe: C on the edge of the widened grid for %s", names)
     test_t = targets_of(splits["test"])
-    scores = fit_and_score(
-        trainval_x,
-        targets_of(splits["trainval"]),
-        test_x,
-        cs,
-        standardise=settings.standardise,
-        max_iter=settings.max_iter,
-        dtype=settings.dtype,
-    )
+    scores = fit_and_score(trainval_x, trainval_t, test_x, choice.cs, **_solver(settings))
+    cs = choice.cs
     results = {}
     for protocol in settings.protocols:
         r = metrics.mean_average_precision(scores, test_t, protocol)
