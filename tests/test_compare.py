@@ -237,6 +237,17 @@ def test_a_run_not_recorded_by_compare_is_refused(tmp_path):
         out.check_reuse("frozen", fingerprint, fresh=True)
 
 
+def test_a_recorded_run_without_checkpoints_has_nothing_to_reuse(tmp_path):
+    out = compare_out.CompareOut(tmp_path / "o")
+    out.claim()
+    (out.path / "frozen").mkdir()
+    out.record("frozen", compare_out.Fingerprint.of({"a": 1}, "w", "i"))
+    other = compare_out.Fingerprint.of({"a": 2}, "w", "i")
+    out.check_reuse("frozen", other, fresh=False, trained=False)  # stopped before step 1
+    with pytest.raises(ConfigError, match=r"other settings \(a 1 -> 2\)"):
+        out.check_reuse("frozen", other, fresh=False, trained=True)
+
+
 def test_fingerprint_names_what_changed():
     old = compare_out.Fingerprint.of(
         {"patches": {"size": 96, "scales": (1.0, 2.0)}, "data": {"root": "/a"}}, "w1", "i1"

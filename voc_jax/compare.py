@@ -505,6 +505,8 @@ def fingerprint_runs(
     out: compare_out.CompareOut, runs: list[PatchRun], weights: Path, splits, fresh: bool
 ) -> None:
     """Each run's fingerprint, checked against what an earlier invocation recorded."""
+    from voc_jax import workdir as workdir_lib
+
     weights_digest = compare_out.weights_digest(weights)
     images = compare_out.images_digest([*splits["trainval"], *splits["test"]])
     frozen_digest = ""
@@ -518,7 +520,8 @@ def fingerprint_runs(
         )
         if run.method == "frozen":
             frozen_digest = run.fingerprint.digest
-        out.check_reuse(run.method, run.fingerprint, fresh)
+        trained = bool(workdir_lib.checkpoint_steps(run.workdir))
+        out.check_reuse(run.method, run.fingerprint, fresh, trained)
 
 
 def frozen_head(args: argparse.Namespace, frozen_runs_now: bool) -> None:

@@ -152,9 +152,12 @@ class CompareOut:
             return None
         return self._read()["runs"].get(run)
 
-    def check_reuse(self, run: str, fingerprint: Fingerprint, fresh: bool) -> None:
+    def check_reuse(
+        self, run: str, fingerprint: Fingerprint, fresh: bool, trained: bool = True
+    ) -> None:
         """Refuse to reuse ``OUT/run`` when what decides its result changed (without
-        ``fresh``), or when it is there but compare did not make it."""
+        ``fresh``), or when it is there but compare did not make it. ``trained``: the run
+        saved a checkpoint (one that stopped before its first has nothing to reuse)."""
         directory = self.path / run
         if not directory.exists():
             return
@@ -164,7 +167,7 @@ class CompareOut:
                 f"{directory}: exists but voc-jax-compare did not make it; move it away "
                 "(compare removes only its own runs)"
             )
-        if fresh:
+        if fresh or not trained:
             return
         changes = fingerprint.changes_from(old)
         if changes:
