@@ -65,6 +65,20 @@ def compilation_cache(tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.fixture
+def quick_compiles():
+    """XLA's quick compiles for a test whose point is plumbing (a command end to end, rows of a
+    table), not the numerics of an optimised program, which keep their own tests: what
+    JAX_DISABLE_MOST_OPTIMIZATIONS=1 does for the tests that start whole commands, in-process."""
+    import jax
+
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", False)
+
+
 @pytest.fixture(autouse=True)
 def _drop_large_outputs(tmp_path):
     """After each test, delete the large files (full-size weights, neon files, caches) it left

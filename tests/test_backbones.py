@@ -23,7 +23,7 @@ WIDTH = 1 / 16
 
 @pytest.mark.slow  # converts, trains, evaluates and predicts: about a minute per family
 @pytest.mark.parametrize("arch", ["vgg16", "resnet50"])
-def test_convert_train_evaluate_predict(arch, tmp_path, tiny_data_root, capsys):
+def test_convert_train_evaluate_predict(arch, tmp_path, tiny_data_root, capsys, quick_compiles):
     torch.manual_seed(0)
     source = tm.randomize_batch_norm(tm.classifier(arch, 10, WIDTH))
     pth = tmp_path / f"{arch}.pth"

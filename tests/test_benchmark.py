@@ -79,10 +79,10 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
 
 
 @pytest.mark.slow  # compiles narrow networks
-def test_parity_script_and_backbones_section_at_tiny_sizes(monkeypatch):
+def test_parity_script_and_backbones_section_at_tiny_sizes(monkeypatch, quick_compiles):
     """scripts/parity.py's comparison and the benchmark's backbones and blocks sections,
     in-process at tiny sizes (the GPU check runs the first two at real size; the dry run
-    leaves them out)."""
+    leaves them out; XLA's quick compiles: the rows and the plumbing are the point)."""
     import argparse
 
     sys.path.insert(0, str(REPO / "scripts"))

@@ -52,7 +52,7 @@ def _argv(voc, out, weights, *extra):
 
 @pytest.mark.slow  # a frozen run, a probe and chance on 24 + 24 real photos, then reruns
 def test_one_table_for_the_method_the_probe_and_chance(
-    shared_data, narrow_weights, tmp_path, capsys
+    shared_data, narrow_weights, tmp_path, capsys, quick_compiles
 ):
     voc = shared_data / "voc2007-subset" / "VOCdevkit" / "VOC2007"
     out = tmp_path / "cmp"
@@ -106,7 +106,7 @@ def test_one_table_for_the_method_the_probe_and_chance(
 
 
 @pytest.mark.slow  # converts narrow weights (torch)
-def test_late_refusals_come_first(shared_data, narrow_weights, tmp_path, capsys):
+def test_late_refusals_come_first(shared_data, narrow_weights, tmp_path, capsys, quick_compiles):
     """Weights of another architecture than the config's, a bad --train-arg, a missing
     --config: one error line before the probe (or anything) runs, OUT not even made."""
     voc = shared_data / "voc2007-subset" / "VOCdevkit" / "VOC2007"
