@@ -317,3 +317,19 @@ def test_quickstart_checks_voc_before_converting(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2 and "not a VOC2007 directory" in done.stderr
     assert done.stderr.count("error:") == 1 and not (tmp_path / "work").exists()
+
+
+def test_the_compile_cache_goes_in_out_unless_the_user_chose_one(tmp_path, monkeypatch):
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/theirs")
+    compare.use_compile_cache(tmp_path / "xla_cache")
+    assert jax.config.jax_compilation_cache_dir == before
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        compare.use_compile_cache(tmp_path / "xla_cache")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla_cache")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

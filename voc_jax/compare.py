@@ -549,6 +549,7 @@ def run(args: argparse.Namespace) -> int:
     setting = SETTINGS[args.setting]
     out = compare_out.CompareOut(args.out)
     out.check()
+    use_compile_cache(args.out / "xla_cache")  # before any compile; written on the first
     splits = load_real_splits(args.voc, args.images)
     needs_weights = any(m != "chance" for m in args.methods)
     weights = Path(args.weights) if args.weights else None
@@ -566,6 +567,20 @@ def run(args: argparse.Namespace) -> int:
         for r in runs:
             out.remove_run(r.method)
     return run_methods(args, setting, out, runs, weights, splits)
+
+
+def use_compile_cache(directory: Path) -> None:
+    """JAX's persistent compilation cache in OUT (unless the user set one): a second
+    invocation skips the compiles, most of all the own-size probe's one per photo size. Set
+    before anything compiles (JAX reads it once); nothing is written before the first compile,
+    which comes after every check."""
+    import os
+
+    import jax
+
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(directory))
 
 
 def run_methods(args, setting: Setting, out, runs: list[PatchRun], weights, splits) -> int:
