@@ -42,7 +42,7 @@ INPUTS = {
     "own64fit": lp.ProbeSettings(size=None, round_to=64),
     "own1fit": lp.ProbeSettings(size=None, round_to=1),  # exact sizes: one compile each
 }
-BEFORE = {"widen_c": False, "dtype": "float32"}  # the probe as it ran before this study
+BEFORE = {"widen_c": False, "dtype": "float32", "l2_rows": False}  # the probe before the study
 HALF_DECADES = tuple(float(10**e) for e in np.arange(-5, 2.01, 0.5))
 CLASSIFIERS = {
     "before": {},
@@ -56,11 +56,17 @@ CLASSIFIERS = {
     "float64 + widened": {"dtype": "float64", "widen_c": True},
     "C by 3-fold CV on trainval": {"c_folds": 3},
     "C by 5-fold CV on trainval": {"c_folds": 5},
-    "C by 11-point AP, not standardised": {"select_by": "voc07", "standardise": False},
-    "rows L2-normalised": {"features": "l2"},
-    "rows L2-normalised, not standardised": {"features": "l2", "standardise": False},
+    "C by 11-point AP + not standardised": {"select_by": "voc07", "standardise": False},
+    "rows L2-normalised": {"l2_rows": True},
+    "rows L2-normalised + not standardised": {"l2_rows": True, "standardise": False},
+    "rows L2-normalised + C by 5-fold CV": {"l2_rows": True, "c_folds": 5},
+    "rows L2-normalised + float64 + widened": {
+        "l2_rows": True,
+        "dtype": "float64",
+        "widen_c": True,
+    },
     "not standardised + widened": {"standardise": False, "widen_c": True},
-    "not standardised, float64 + widened": {
+    "not standardised + float64 + widened": {
         "standardise": False,
         "dtype": "float64",
         "widen_c": True,
@@ -88,11 +94,9 @@ def classify(feats: dict, splits, changes: dict) -> dict:
     cast = changes.pop("features", None)
     settings = dataclasses.replace(lp.ProbeSettings(), **changes)
     trainval_x, test_x = feats["trainval"], feats["test"]
-    if cast == "l2":
-        trainval_x, test_x = (
-            x / np.linalg.norm(x, axis=1, keepdims=True) for x in (trainval_x, test_x)
-        )
-    elif cast:
+    if settings.l2_rows:
+        trainval_x, test_x = lp.unit_rows(trainval_x), lp.unit_rows(test_x)
+    if cast:
         trainval_x, test_x = trainval_x.astype(cast), test_x.astype(cast)
     index = {r.image_id: i for i, r in enumerate(splits["trainval"])}
     rows = lambda split: [index[r.image_id] for r in splits[split]]  # noqa: E731
@@ -113,6 +117,24 @@ def classify(feats: dict, splits, changes: dict) -> dict:
     }
 
 
+def markdown(table: dict) -> str:
+    """The study as one Markdown table: classifier variants down, input variants across
+    (VOC07 / all-points mAP), and each input's feature-extraction wall time."""
+    inputs = list(table)
+    variants = list(dict.fromkeys(v for name in inputs for v in table[name]["classifiers"]))
+    lines = ["| classifier \\ input | " + " | ".join(inputs) + " |",
+             "|---|" + "---:|" * len(inputs)]  # fmt: skip
+    for variant in variants:
+        cells = []
+        for name in inputs:
+            r = table[name]["classifiers"].get(variant)
+            cells.append(f"{100 * r['voc07']:.2f} / {100 * r['area']:.2f}" if r else "")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    times = [f"{table[name]['extract_seconds']:.0f} s" for name in inputs]
+    lines.append("| features: wall time | " + " | ".join(times) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     from voc_jax.compare import load_real_splits
 
@@ -123,7 +145,11 @@ def main() -> int:
     parser.add_argument("--inputs", default=",".join(INPUTS), help="of " + ",".join(INPUTS))
     parser.add_argument("--classifiers", default=",".join(CLASSIFIERS), help="'' for none")
     parser.add_argument("--fresh-features", action="store_true", help="extract (and time) again")
+    parser.add_argument("--table", action="store_true", help="print OUT's table and stop")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads((args.out / "probe_study.json").read_text())))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     splits = load_real_splits(args.voc)
     extractor = lp.FeatureExtractor(args.weights)

@@ -126,3 +126,9 @@ def test_kfolds_hold_every_image_out_once_and_cv_chooses_from_the_grid():
     # One fold made of train -> val is the official split's choice.
     one = lp.choose_c_folds(x, t, [(np.arange(60), np.arange(60, 90))], grid, False)
     assert one.cs == lp.choose_c(x[:60], t[:60], x[60:], t[60:], grid, False).cs
+
+
+def test_unit_rows_scale_each_photo_to_length_one():
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [0.0, 2.0]], np.float32)
+    np.testing.assert_allclose(lp.unit_rows(x), [[0.6, 0.8], [0.0, 0.0], [0.0, 1.0]])
+    assert lp.ProbeSettings().l2_rows  # the default (docs/real_voc.md: measured)

@@ -54,6 +54,7 @@ class ProbeSettings:
     max_iter: int = 3000  # the solver's (lbfgs) iteration limit
     dtype: str = "float64"  # what scikit-learn solves in (float32 features are cast)
     c_folds: int = 0  # 0: C chosen on train -> val; k > 1: by k-fold cross-validation on trainval
+    l2_rows: bool = True  # each photo's feature vector scaled to unit length first
     protocols: tuple[str, ...] = ("voc07", "area")
 
     @property
@@ -165,6 +166,14 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int = 3000):
     CONVERGENCE["fits"] += 1
     CONVERGENCE["not_converged"] += sum("converge" in str(w.message).lower() for w in caught)
     return clf
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each feature vector scaled to unit L2 norm: the pooled activations' overall size varies
+    with the photo (its size, its contrast), which says nothing about its classes
+    (Razavian et al. 2014's off-the-shelf CNN features are used this way)."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _standardise(
@@ -336,6 +345,8 @@ def run(
     trainval_x = extract(extractor, splits["trainval"], settings, progress)
     test_x = extract(extractor, splits["test"], settings, progress)
     features_s = time.perf_counter() - start
+    if settings.l2_rows:
+        trainval_x, test_x = unit_rows(trainval_x), unit_rows(test_x)
     rows = lambda records: [index[r.image_id] for r in records]  # noqa: E731
     trainval_t = targets_of(splits["trainval"])
     choice = select_c(settings, trainval_x, trainval_t, rows(splits["train"]), rows(splits["val"]))
