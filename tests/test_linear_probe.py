@@ -15,9 +15,10 @@ def test_photos_at_the_input_size_or_their_own_rounded(tmp_path):
     path = tmp_path / "p.jpg"
     Image.fromarray(np.zeros((333, 500, 3), np.uint8)).save(path)
     assert lp.photo(path, lp.ProbeSettings(size=224)).shape == (224, 224, 3)
-    assert lp.photo(path, lp.ProbeSettings(size=None)).shape == (336, 496, 3)
+    assert lp.photo(path, lp.ProbeSettings(size=None, round_to=16)).shape == (336, 496, 3)
+    assert lp.photo(path, lp.ProbeSettings(size=None)).shape == (320, 512, 3)  # 64, the default
     Image.fromarray(np.zeros((320, 480, 3), np.uint8)).save(path)
-    assert lp.photo(path, lp.ProbeSettings(size=None)).shape == (320, 480, 3)  # untouched
+    assert lp.photo(path, lp.ProbeSettings(size=None, round_to=16)).shape == (320, 480, 3)
 
 
 def separable(n: int, seed: int, noise: float = 0.1):

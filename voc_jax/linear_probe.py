@@ -1,18 +1,21 @@
 """The field's standard baseline: a linear classifier per class on the whole image's pooled
 features, the VOC07 linear evaluation of the self-supervised literature, on the same converted
-weights and photos as the patch method, made as strong as it honestly can be.
+weights and photos as the patch method, made as strong as it honestly can be
+(docs/real_voc.md, "The probe, one change at a time", measures each choice below).
 
 Each photo goes through the pretrained backbone once, whole: resized to the network's input
 size (``size``, bilinear with antialiasing, aspect not kept), or at its own size (``size=None``:
-the network pools any size; each side rounded to a multiple of ``round_to`` pixels, at most a
-few percent, so that photos share a few compiled shapes instead of one per size). The features
-are what the transfer head reads (AlexNet and VGG-16: fc7; ResNet-50 and EfficientNet-Lite0:
-the globally pooled features), standardised with the training split's mean and deviation. One
-scikit-learn logistic regression per class: positives are the images with a non-difficult
-object of the class, negatives those without any, difficult-only images are left out (the
-official protocol ignores them); C is chosen per class on train -> val by the val split's AP
-(all-points), then refit on trainval and scored on test. The APs use the same protocols as
-the method's evaluation (voc_jax.metrics).
+the network pools any size; each side rounded to a multiple of ``round_to`` pixels, at most
+32 px, so that photos share a few compiled shapes instead of one per size, each compiled for
+the smallest batch its photos need). The features are what the transfer head reads (AlexNet
+and VGG-16: fc7; ResNet-50 and EfficientNet-Lite0: the globally pooled features), each
+photo's scaled to unit length, then standardised with the training data's mean and
+deviation. One scikit-learn L2 logistic regression per class: positives are the images with
+a non-difficult object of the class, negatives those without any, difficult-only images are
+left out (the official protocol ignores them); C is chosen per class by 5-fold
+cross-validation on trainval (all-points AP; ``c_folds=0``: on train -> val), the grid widened
+past an edge while it improves, then refit on trainval and scored on test. Nothing is chosen
+on test. The APs use the same protocols as the method's evaluation (voc_jax.metrics).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ C_LIMITS = (1e-8, 1e4)  # how far choose_c widens the grid past its edges
 @dataclasses.dataclass(frozen=True)
 class ProbeSettings:
     size: int | None = 224  # the network's input side; None: each photo at its own size
-    round_to: int = 16  # own size: each side rounded to a multiple of this (>= 1)
+    round_to: int = 64  # own size: each side rounded to a multiple of this (>= 1): few compiles
     batch: int = 16  # photos per forward pass (of one shape)
     fit_batch: bool = True  # a shape with fewer photos: the smallest power of two holding them
     c_grid: tuple[float, ...] = C_GRID
@@ -53,7 +56,7 @@ class ProbeSettings:
     standardise: bool = True  # each feature to zero mean, unit deviation on the training split
     max_iter: int = 3000  # the solver's (lbfgs) iteration limit
     dtype: str = "float64"  # what scikit-learn solves in (float32 features are cast)
-    c_folds: int = 0  # 0: C chosen on train -> val; k > 1: by k-fold cross-validation on trainval
+    c_folds: int = 5  # k > 1: C by k-fold cross-validation on trainval; 0: on train -> val
     l2_rows: bool = True  # each photo's feature vector scaled to unit length first
     protocols: tuple[str, ...] = ("voc07", "area")
 
