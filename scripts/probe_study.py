@@ -42,10 +42,16 @@ INPUTS = {
     "own64fit": lp.ProbeSettings(size=None, round_to=64),
     "own1fit": lp.ProbeSettings(size=None, round_to=1),  # exact sizes: one compile each
 }
-BEFORE = {"widen_c": False, "dtype": "float32", "l2_rows": False}  # the probe before the study
+BEFORE = {"widen_c": False, "dtype": "float32", "l2_rows": False, "c_folds": 0}  # the old probe
 HALF_DECADES = tuple(float(10**e) for e in np.arange(-5, 2.01, 0.5))
 CLASSIFIERS = {
     "before": {},
+    "now (voc_jax's defaults)": {
+        "widen_c": True,
+        "dtype": "float64",
+        "l2_rows": True,
+        "c_folds": 5,
+    },
     "float64 to scikit-learn": {"dtype": "float64"},
     "widened C grid": {"widen_c": True},
     "C chosen by 11-point AP": {"select_by": "voc07"},

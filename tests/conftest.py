@@ -19,6 +19,7 @@ SHARED_DATA = Path(os.environ.get("VOC_JAX_SHARED_DATA", REPO.parent / "shared" 
 # at once on both workers and the many short files fill in at the end, instead of a
 # two-minute file starting last.
 LONGEST_FIRST = (
+    "test_gpu_check.py",
     "test_benchmark.py",
     "test_train.py",
     "test_steps.py",

@@ -1,9 +1,8 @@
-"""scripts/benchmark.py and scripts/gpu_check.sh run end to end at tiny sizes, so they cannot
-rot (no timing asserts: timings come from the scripts, never from a test)."""
+"""scripts/benchmark.py runs at tiny sizes, so it cannot rot (no timing asserts: timings come
+from the script, never from a test); scripts/gpu_check.sh: tests/test_gpu_check.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,70 +11,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.mark.slow  # bash; refuses before any work (0.1 s)
-def test_gpu_check_refuses_an_out_holding_a_users_files(tmp_path):
-    """OUT is gpu_check.sh's own (new, empty, or marked); it removes bulk only there, so a
-    directory with anything else in it is refused before any step, its files untouched."""
-    out = tmp_path / "mine"
-    (out / "weights").mkdir(parents=True)
-    (out / "weights" / "metadata.json").write_text("{}")
-    (out / "thesis.tex").write_text("mine")
-    for args in (["--dry-run", str(out)], ["--real-voc", str(tmp_path), str(out)]):
-        result = subprocess.run(["bash", str(REPO / "scripts/gpu_check.sh"), *args],
-                                capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert result.returncode == 2 and "did not write" in result.stderr
-    assert sorted(p.name for p in out.rglob("*")) == ["metadata.json", "thesis.tex", "weights"]
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    result = subprocess.run(["bash", str(REPO / "scripts/gpu_check.sh"), "--real-voc",
-                             str(tmp_path / "nope"), str(empty)], capture_output=True, text=True)  # fmt: skip
-    assert result.returncode == 2 and "not a VOC2007 directory" in result.stderr
-
-
-@pytest.mark.slow
-def test_gpu_check_dry_run_on_the_cpu(tmp_path):
-    """The prepared GPU check, here at tiny sizes: every step runs and writes its results;
-    its benchmark rows hold the device sections, both compile variants and the targets."""
-    out = tmp_path / "gpu"
-    # XLA's quick compiles: the plumbing is the point here, every program compiles only once
-    # and runs at tiny sizes (a third of this test's time otherwise).
-    env = {**os.environ, "PYTHON": sys.executable, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
-    result = subprocess.run(
-        ["bash", str(REPO / "scripts/gpu_check.sh"), "--dry-run", str(out)],
-        capture_output=True, text=True, timeout=1200, env=env,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "XLA_FLAGS=" in (out / "bench_f32.log").read_text()
-    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in steps] == [
-        "env", "bench_f32", "bench_bf16", "weights", "convert", "smoke_bf16", "scan_check"
-    ]  # fmt: skip
-    assert all(s["exit"] == 0 for s in steps)
-    report = json.loads((out / "bench_f32.json").read_text())
-    rows = report["results"]
-    sections = {"pipeline", "crops", "train", "eval", "e2e", "cache"}
-    assert {r["section"] for r in rows} == sections | {"peak"}
-    assert all(r["patches_per_s"] > 0 for r in rows if r["section"] != "peak")
-    # Train and eval rows: XLA's FLOP count, achieved GFLOP/s and the share of the GEMM peak
-    # measured in the same run (PyTorch's rows counted with the same network's FLOPs).
-    timed = [r for r in rows if r["section"] in ("train", "eval") and "variant" in r]
-    assert timed and all(r["flops"] > 0 and r["fraction_of_peak"] > 0 for r in timed)
-    assert 0 <= next(r for r in rows if r["section"] == "e2e")["device_wait_fraction"] < 1
-    assert "voc_jax_compiler_options" in report["env"]["xla"] and report["env"]["quick"]
-    variants = {r["variant"] for r in rows if r["section"] == "train" and "variant" in r}
-    assert variants == {"ours", "xla", "host", "torch"}  # the CPU: our options, XLA's, host crops
-    jax_full = next(r for r in rows if r.get("step") == "full" and r.get("variant") == "ours")
-    assert jax_full["compilations"] == 1 and jax_full["ratio_vs_baseline"] > 0
-    assert any("cache_speedup" in r for r in rows) and report["targets"]
-    assert json.loads((out / "bench_bf16.json").read_text())["env"]["dtype"] == "bfloat16"
-    assert report["env"]["width"] == 1 / 16  # --quick's narrow networks, both sides
-    assert json.loads((out / "scan.json").read_text())["equal"] is True
-    evals = list((out / "smoke" / "eval").glob("*/ap_table.json"))
-    assert len(evals) == 1
-    smoke = json.loads((out / "smoke" / "config.json").read_text())["model"]
-    assert (smoke["dtype"], smoke["width"]) == ("bfloat16", 1 / 16)  # the narrow converted one
 
 
 @pytest.mark.slow  # compiles narrow networks
@@ -123,14 +58,20 @@ def test_parity_script_and_backbones_section_at_tiny_sizes(monkeypatch, quick_co
 
 
 @pytest.mark.slow  # starts a process
-def test_bad_counts_are_refused_before_any_work_and_nothing_is_left_behind(tmp_path):
+def test_bad_counts_are_refused_before_any_work_and_nothing_is_left_behind(
+    tmp_path, monkeypatch, capsys
+):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import benchmark
+
+    monkeypatch.setattr(benchmark.tempfile, "tempdir", str(tmp_path))
+    for flag in ("--repeats", "--batch", "--images"):  # in-process: argparse's exit status 2
+        monkeypatch.setattr(sys, "argv", ["benchmark.py", flag, "0", "--quick"])
+        with pytest.raises(SystemExit) as exited:
+            benchmark.main_cleaning_up()
+        assert exited.value.code == 2 and f"{flag} 0: must be at least 1" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    for flag in ("--repeats", "--batch", "--images"):
-        result = subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "benchmark.py"), flag, "0", "--quick"],
-            capture_output=True, text=True, timeout=300, env=env,
-        )  # fmt: skip
-        assert result.returncode == 2 and f"{flag} 0: must be at least 1" in result.stderr
     # A real (tiny) run on generated data removes its temporary dataset when it ends.
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--quick", "--only", "crops",

@@ -47,7 +47,8 @@ def narrow_weights(tmp_path_factory):
 def _argv(voc, out, weights, *extra):
     return ["--voc", str(voc), "--out", str(out), "--weights", str(weights), "--config",
             "voc_jax/configs/voc07_alexnet.py", "--setting", "ci", "--images", "24",
-            "--score-maps", "1", *extra, *(f"--train-arg={a}" for a in TINY)]  # fmt: skip
+            "--score-maps", "1", "--probe-c-folds", "0", *extra,
+            *(f"--train-arg={a}" for a in TINY)]  # fmt: skip
 
 
 @pytest.mark.slow  # a frozen run, a probe and chance on 24 + 24 real photos, then reruns
@@ -138,6 +139,7 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
         "--floor nan: must be": ["--floor", "nan"],
         "only chance would run": ["--methods", "chance", "--floor", "10"],
         "--score-maps -2": ["--score-maps", "-2"],
+        "--probe-c-folds 1: 0 (train -> val) or 2": ["--probe-c-folds", "1"],
         "no converted weights there": ["--weights", str(tmp_path / "none")],
     }
     for what, extra in cases.items():

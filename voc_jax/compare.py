@@ -262,8 +262,8 @@ class CompareStopped(UserError):
         self.code = code
 
 
-def run_probe(weights: Path, size: int | None, splits) -> dict:
-    settings = linear_probe.ProbeSettings(size=size)
+def run_probe(weights: Path, size: int | None, splits, c_folds: int = 5) -> dict:
+    settings = linear_probe.ProbeSettings(size=size, c_folds=c_folds)
     extractor = linear_probe.FeatureExtractor(weights)
     result = linear_probe.run(extractor, splits, settings)
     return {k: v for k, v in result.items() if k not in ("scores", "image_ids")} | {
@@ -470,6 +470,8 @@ def check_flags(args: argparse.Namespace) -> None:
         raise ConfigError(f"--methods {','.join(args.methods)}: name each method once")
     if args.images < 0:
         raise ConfigError(f"--images {args.images}: must be 0 (every image) or more")
+    if args.probe_c_folds == 1 or args.probe_c_folds < 0:
+        raise ConfigError(f"--probe-c-folds {args.probe_c_folds}: 0 (train -> val) or 2 or more")
     if args.score_maps < 0:
         raise ConfigError(f"--score-maps {args.score_maps}: must be 0 or more")
     if args.floor is not None:
@@ -597,9 +599,9 @@ def run_methods(args, setting: Setting, out, runs: list[PatchRun], weights, spli
                 print(str(stopped), file=sys.stderr, flush=True)
                 return stopped.code
         elif method == "probe":
-            rows[method] = run_probe(weights, setting.probe_size, splits)
+            rows[method] = run_probe(weights, setting.probe_size, splits, args.probe_c_folds)
         elif method == "probe_own":
-            rows[method] = run_probe(weights, None, splits)
+            rows[method] = run_probe(weights, None, splits, args.probe_c_folds)
         else:
             rows[method] = run_chance(splits)
         rows[method]["label"] = label
@@ -646,6 +648,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated, of {','.join(METHODS)} (default: all)",
     )
     parser.add_argument("--score-maps", type=int, default=3, help="test photos to map")
+    parser.add_argument(
+        "--probe-c-folds",
+        type=int,
+        default=linear_probe.ProbeSettings().c_folds,
+        help="the probe's C by K-fold cross-validation on trainval (default %(default)s); 0: "
+        "chosen on train -> val, the official split",
+    )
     parser.add_argument(
         "--config", default=CONFIG, help="the patch method's config (match it to --weights)"
     )
