@@ -303,6 +303,7 @@ def test_the_report_describes_only_the_methods_that_ran():
     assert "frozen: 6 epochs" in text and "fine-tuned" not in text and "160 px" in text
     assert "fine-tuned: 60 trainval images" in ci.describe(["finetune"])
     assert ci.describe(["chance"]) == "chance only"
+    assert ci.describe(["probe", "probe_own"]) == "the probe at 160 px and at the photos' own sizes"
 
 
 @pytest.mark.slow  # a subprocess
@@ -335,3 +336,19 @@ def test_the_compile_cache_goes_in_out_unless_the_user_chose_one(tmp_path, monke
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla_cache")
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_the_compile_cache_is_set_once_out_is_compares(shared_data, tmp_path, monkeypatch):
+    """The checks before may compile small programs, and JAX makes its cache directory at the
+    first compile: set earlier, OUT/xla_cache appeared before OUT was marked and the claim
+    refused OUT as not compare's (the quickstart failed so). Now it is set after the claim."""
+    calls = []
+
+    def record(directory):
+        calls.append((directory, (directory.parent / compare_out.MARKER).is_file()))
+
+    monkeypatch.setattr(compare, "use_compile_cache", record)
+    voc = shared_data / "voc2007-subset" / "VOCdevkit" / "VOC2007"
+    argv = ["--voc", str(voc), "--out", str(tmp_path / "o"), "--methods", "chance", "--images", "8"]
+    assert compare.main(argv) == 0
+    assert calls == [(tmp_path / "o" / "xla_cache", True)]

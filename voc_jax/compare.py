@@ -79,8 +79,10 @@ class Setting:
         parts = [self.about] if {"frozen", "finetune"} & set(methods) else []
         parts += [f"frozen: {self.about_frozen}"] if "frozen" in methods else []
         parts += [f"fine-tuned: {self.about_finetune}"] if "finetune" in methods else []
-        if {"probe", "probe_own"} & set(methods):
-            parts.append(f"the probe at {self.probe_size} px and/or the photos' own sizes")
+        sizes = [f"{self.probe_size} px"] if "probe" in methods else []
+        sizes += ["the photos' own sizes"] if "probe_own" in methods else []
+        if sizes:
+            parts.append("the probe at " + " and at ".join(sizes))
         return "; ".join(parts) or "chance only"
 
 
@@ -551,7 +553,6 @@ def run(args: argparse.Namespace) -> int:
     setting = SETTINGS[args.setting]
     out = compare_out.CompareOut(args.out)
     out.check()
-    use_compile_cache(args.out / "xla_cache")  # before any compile; written on the first
     splits = load_real_splits(args.voc, args.images)
     needs_weights = any(m != "chance" for m in args.methods)
     weights = Path(args.weights) if args.weights else None
@@ -561,6 +562,7 @@ def run(args: argparse.Namespace) -> int:
     if weights is not None and runs:
         fingerprint_runs(out, runs, weights, splits, args.fresh)
     out.claim()
+    use_compile_cache(args.out / "xla_cache")
     if weights is None and needs_weights:
         weights = convert_weights(args.out)
         runs = plan_patch_runs(args, setting, weights)
@@ -574,15 +576,17 @@ def run(args: argparse.Namespace) -> int:
 def use_compile_cache(directory: Path) -> None:
     """JAX's persistent compilation cache in OUT (unless the user set one): a second
     invocation skips the compiles, most of all the own-size probe's one per photo size. Set
-    before anything compiles (JAX reads it once); nothing is written before the first compile,
-    which comes after every check."""
+    once OUT is compare's (the checks before may compile small programs, which would create
+    it early), and JAX's cache state reset so that the next compile reads the setting."""
     import os
 
     import jax
+    from jax.experimental.compilation_cache import compilation_cache
 
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
         return
-    jax.config.update("jax_compilation_cache_dir", str(directory))
+    compilation_cache.set_cache_dir(str(directory))
+    compilation_cache.reset_cache()
 
 
 def run_methods(args, setting: Setting, out, runs: list[PatchRun], weights, splits) -> int:
