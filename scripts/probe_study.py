@@ -110,7 +110,9 @@ def classify(feats: dict, splits, changes: dict) -> dict:
     start = time.perf_counter()
     trainval_t = lp.targets_of(splits["trainval"])
     choice = lp.select_c(settings, trainval_x, trainval_t, rows("train"), rows("val"))
-    scores = lp.fit_and_score(trainval_x, trainval_t, test_x, choice.cs, **lp._solver(settings))
+    scores = lp.fit_and_score(
+        trainval_x, trainval_t, test_x, choice.cs, **lp.solver_options(settings)
+    )
     targets = lp.targets_of(splits["test"])
     result = {
         p: metrics.mean_average_precision(scores, targets, p)["map"] for p in ("voc07", "area")

@@ -200,7 +200,7 @@ def resolve_patch_run(
     """The run's config, parsed and validated as voc_jax.train would (every flag, the config
     file, the weights against the config), before anything runs. ``weights`` None: the
     package's EfficientNet-Lite0, not converted yet (its architecture is checked instead)."""
-    from voc_jax import cli, experiment
+    from voc_jax import experiment
     from voc_jax import train as train_lib
 
     argv = patch_argv(method, args, setting, weights or args.out / "weights")

@@ -283,7 +283,7 @@ def choose_c_folds(
     return CChoice(chosen, at_edge)
 
 
-def _solver(settings: ProbeSettings) -> dict[str, Any]:
+def solver_options(settings: ProbeSettings) -> dict[str, Any]:
     return {"standardise": settings.standardise, "max_iter": settings.max_iter,
             "dtype": settings.dtype}  # fmt: skip
 
@@ -302,7 +302,7 @@ def select_c(
     else:
         folds = [(np.asarray(train_rows), np.asarray(val_rows))]
     return choose_c_folds(trainval_x, trainval_t, folds, settings.c_grid, settings.widen_c,
-                          select_by=settings.select_by, **_solver(settings))  # fmt: skip
+                          select_by=settings.select_by, **solver_options(settings))  # fmt: skip
 
 
 def fit_and_score(
@@ -357,7 +357,7 @@ def run(
         names = ", ".join(f"{k} (C={v:g})" for k, v in choice.at_edge.items())
         log.warning("linear probe: C on the edge of the widened grid for %s", names)
     test_t = targets_of(splits["test"])
-    scores = fit_and_score(trainval_x, trainval_t, test_x, choice.cs, **_solver(settings))
+    scores = fit_and_score(trainval_x, trainval_t, test_x, choice.cs, **solver_options(settings))
     cs = choice.cs
     results = {}
     for protocol in settings.protocols:
