@@ -84,9 +84,8 @@ class AlexNetOptions:
     )
 
 
-def to_fc6(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
-    """conv1..fc6 (after its ReLU, before its dropout): what a frozen backbone always computes
-    the same way, and what the feature cache stores."""
+def to_pool5(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
+    """conv1..conv5 and the last max-pool: the convolutional trunk's map (stride 32)."""
     del train  # no dropout or BatchNorm below fc6
     conv1_padding = (o.specific or AlexNetOptions()).conv1_padding
     x = x.astype(o.dtype)
@@ -103,7 +102,13 @@ def to_fc6(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
         x = nn.relu(x)
         if layer.name in POOL_AFTER:
             x = max_pool_3x3_s2(x)  # nn.max_pool's values, a cheaper gradient
-    x = adaptive_avg_pool(x, POOLED_SIZE)
+    return x
+
+
+def to_fc6(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
+    """conv1..fc6 (after its ReLU, before its dropout): what a frozen backbone always computes
+    the same way, and what the feature cache stores."""
+    x = adaptive_avg_pool(to_pool5(x, o, train), POOLED_SIZE)
     x = x.reshape(x.shape[0], -1)
     return dense_relu(x, scaled(FC_WIDTH, o.width), dtype=o.dtype, name="fc6")
 
@@ -201,4 +206,9 @@ BACKBONE = Backbone(
     torchvision=TorchvisionWeights("AlexNet_Weights", "IMAGENET1K_V1"),
     torch_classifier=torch_classifier,
     torch_features=torch_features,
+    to_map=to_pool5,
+    map_width=lambda width: scaled(CONV_LAYERS[-1].features, width),
+    fc_map=lambda x, o, train: common.fc_on_map(
+        x, o, train, POOLED_SIZE, scaled(FC_WIDTH, o.width)
+    ),
 )

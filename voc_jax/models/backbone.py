@@ -83,6 +83,13 @@ class Backbone:
     torch_classifier: Callable[..., Any] | None = None
     torch_features: Callable[[Any], tuple[Any, int]] | None = None
     cpu_grad_slice: int = 0  # grad_chunks=0 on a CPU: gradient slices of this many patches
+    # The whole-image family (voc_jax.image): the backbone up to its last feature map (stride
+    # 32: ResNet-50's layer4, Lite0's head convolution, AlexNet's and VGG-16's pool5) and
+    # that map's width; AlexNet and VGG-16 also run fc6 and fc7 as convolutions on it
+    # (``fc_map``, OverFeat's and Oquab et al. 2015's form), with the dense layers' parameters.
+    to_map: Stage | None = None
+    map_width: Callable[[float], int] | None = None
+    fc_map: Stage | None = None
     quick_width: float = 1.0  # the width CPU-sized demos train (quickstart, pretraining)
 
     # ------------------------------------------------------------------ options

@@ -128,6 +128,37 @@ def dense_relu(x: jax.Array, features: int, *, dtype: Dtype, name: str) -> jax.A
     return nn.relu(x)
 
 
+class DenseAsConv(nn.Module):
+    """A dense layer that reads a flattened ``grid x grid x C`` map (in (H, W, C) order),
+    applied as a ``grid x grid`` VALID convolution over a larger map (OverFeat): the same
+    parameters as ``nn.Dense`` (kernel [grid*grid*C, features], bias), so converted weights,
+    checkpoints and optimizer labels are shared. On a map of exactly ``grid`` it is the dense
+    layer."""
+
+    features: int
+    grid: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        shape = (self.grid * self.grid * c, self.features)
+        kernel = self.param("kernel", he_normal, shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        k = kernel.reshape(self.grid, self.grid, c, self.features).astype(self.dtype)
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype), k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return y + bias.astype(self.dtype)
+
+
+def fc_on_map(x: jax.Array, o: Options, train: bool, grid: int, width: int) -> jax.Array:
+    """AlexNet's and VGG-16's fc6 (a ``grid`` convolution) + ReLU, then fc6_to_fc7 (fc7 is a
+    1x1 convolution: nn.Dense acts on the last axis): [N, H', W', fc7 width]."""
+    x = nn.relu(DenseAsConv(width, grid, dtype=o.dtype, name="fc6")(x))
+    return fc6_to_fc7(x, o, train, width)
+
+
 def fc6_to_fc7(x: jax.Array, o: Options, train: bool, width: int) -> jax.Array:
     """AlexNet's and VGG-16's fc6 dropout, fc7 + ReLU, fc7 dropout (named, so that their
     random masks are the same whether the network starts from pixels or from cached fc6

@@ -153,9 +153,9 @@ class MBConv(nn.Module):
         return x
 
 
-def to_pool(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
-    """The stem, the 16 blocks, the head convolution and the global average pool: [N, 1280]
-    features, what the transfer head reads and the feature cache stores."""
+def to_map(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
+    """The stem, the 16 blocks and the head convolution: its map (stride 32), [N, H/32, W/32,
+    1280]."""
     x = conv_same(x.astype(o.dtype), STEM, 3, 2, dtype=o.dtype, name="conv_stem")
     x = nn.relu6(_bn(o, train, "bn0")(x))
     index = 0
@@ -168,8 +168,13 @@ def to_pool(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
             )(x)  # fmt: skip
             index += 1
     x = conv_same(x, HEAD, 1, dtype=o.dtype, name="conv_head")
-    x = nn.relu6(_bn(o, train, "bn1")(x))
-    return x.mean(axis=(1, 2))
+    return nn.relu6(_bn(o, train, "bn1")(x))
+
+
+def to_pool(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
+    """The map globally average-pooled: [N, 1280] features, what the transfer head reads and
+    the feature cache stores."""
+    return to_map(x, o, train).mean(axis=(1, 2))
 
 
 def identity(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
@@ -284,4 +289,6 @@ BACKBONE = Backbone(
     torch_classifier=torch_classifier,
     torch_features=torch_features,
     cpu_grad_slice=16,  # 1.3x faster on the CPU in 16-patch slices (docs/performance.md)
+    to_map=to_map,
+    map_width=lambda width: HEAD,
 )

@@ -63,9 +63,8 @@ def max_pool_3x3_s2_p1(x: jax.Array) -> jax.Array:
     return max_pool_3x3_s2(jax.lax.pad(x, pad, ((0, 0, 0), (1, 1, 0), (1, 1, 0), (0, 0, 0))))
 
 
-def to_pool(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
-    """The stem, the four stages and the global average pool: [N, 2048 * width] features,
-    what the transfer head reads and the feature cache stores."""
+def to_map(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
+    """The stem and the four stages: layer4's map (stride 32), [N, H/32, W/32, 2048 * width]."""
     x = x.astype(o.dtype)
     x = conv(scaled(64, o.width), 7, 2, 3, dtype=o.dtype, bias=False, name="conv1")(x)
     x = nn.relu(batch_norm(o, train, "bn1")(x))
@@ -76,7 +75,13 @@ def to_pool(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
             x = Bottleneck(scaled(width, o.width), stride, o, train, name=f"layer{stage}_{block}")(
                 x
             )
-    return x.mean(axis=(1, 2))
+    return x
+
+
+def to_pool(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
+    """The map globally average-pooled: [N, 2048 * width] features, what the transfer head
+    reads and the feature cache stores."""
+    return to_map(x, o, train).mean(axis=(1, 2))
 
 
 def identity(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
@@ -163,4 +168,6 @@ BACKBONE = Backbone(
     torch_features=torch_features,
     cpu_grad_slice=16,  # 1.44x faster on the CPU in 16-patch slices (docs/performance.md)
     quick_width=0.25,
+    to_map=to_map,
+    map_width=lambda width: scaled(STAGES[-1][1], width) * EXPANSION,
 )

@@ -45,8 +45,8 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-def to_fc6(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
-    """conv1_1..fc6 (after its ReLU, before its dropout): the feature cache's prefix."""
+def to_pool5(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
+    """conv1_1..conv5_3 and the last max-pool: the convolutional trunk's map (stride 32)."""
     del train  # no dropout or BatchNorm below fc6
     x = x.astype(o.dtype)
     for stage, convs, channels in STAGES:
@@ -54,7 +54,12 @@ def to_fc6(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
             layer = conv(scaled(channels, o.width), 3, 1, 1, dtype=o.dtype, name=f"conv{stage}_{k}")
             x = nn.relu(layer(x))
         x = max_pool_2x2(x)
-    x = adaptive_avg_pool(x, POOLED_SIZE)
+    return x
+
+
+def to_fc6(x: jax.Array, o: Options, train: bool = False) -> jax.Array:
+    """conv1_1..fc6 (after its ReLU, before its dropout): the feature cache's prefix."""
+    x = adaptive_avg_pool(to_pool5(x, o, train), POOLED_SIZE)
     x = x.reshape(x.shape[0], -1)
     return dense_relu(x, scaled(FC_WIDTH, o.width), dtype=o.dtype, name="fc6")
 
@@ -135,4 +140,9 @@ BACKBONE = Backbone(
     torch_features=torch_features,
     cpu_grad_slice=16,  # measured faster on the CPU in 16-patch slices (docs/performance.md)
     quick_width=0.25,
+    to_map=to_pool5,
+    map_width=lambda width: scaled(STAGES[-1][2], width),
+    fc_map=lambda x, o, train: common.fc_on_map(
+        x, o, train, POOLED_SIZE, scaled(FC_WIDTH, o.width)
+    ),
 )

@@ -1,0 +1,98 @@
+"""The whole-image network: on an input of exactly the patch size, AlexNet's and VGG-16's
+convolutional fc6/fc7 equal the dense ones; on larger inputs every position of the map is
+the dense network on that window; the backbones' maps pool to the patch family's features."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from voc_jax.image.model import WholeImageNet, map_shape
+from voc_jax.models.transfer import TransferNet
+
+WIDTH = 1 / 16
+
+
+def transfer_and_image(arch: str, **fields):
+    dense = TransferNet(arch=arch, width=WIDTH, head_hidden=8)
+    image = WholeImageNet(arch=arch, width=WIDTH, **fields)
+    return dense, image
+
+
+def shared_params(dense_vars, image_vars):
+    """The image network's backbone parameters taken from the dense network's (same names)."""
+    out = jax.tree_util.tree_map(lambda x: x, image_vars)
+    for name in out["params"]:
+        if name != "head":
+            out["params"][name] = dense_vars["params"][name]
+    if "batch_stats" in out:
+        out["batch_stats"] = dense_vars["batch_stats"]
+    return out
+
+
+@pytest.mark.parametrize("arch,side", [("alexnet", 224), ("vgg16", 224)])
+def test_fc_as_convolutions_equal_the_dense_layers_at_the_patch_size(arch, side):
+    dense, image = transfer_and_image(arch)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, side, side, 3))
+    dv = dense.init(jax.random.PRNGKey(0), x)
+    iv = shared_params(dv, image.init(jax.random.PRNGKey(2), x))
+    want = dense.apply(dv, x, stop="features")
+    got = image.apply(iv, x, stop="map")
+    assert got.shape == (2, 1, 1, want.shape[-1])
+    np.testing.assert_allclose(np.asarray(got[:, 0, 0]), np.asarray(want), rtol=1e-4, atol=1e-5)
+
+
+def test_each_position_of_the_alexnet_map_is_the_dense_network_on_its_window():
+    """pool5's stride is 32 px: position (i, j) of a larger input's fc7 map is the dense
+    network's fc7 on the window starting at (32 i, 32 j), of the patch size, where the
+    convolutions' padding does not reach inside (interior windows)."""
+    dense, image = transfer_and_image("alexnet")
+    x = jax.random.uniform(jax.random.PRNGKey(3), (1, 352, 352, 3))
+    dv = dense.init(jax.random.PRNGKey(0), x[:, :224, :224])
+    iv = shared_params(dv, image.init(jax.random.PRNGKey(2), x))
+    fmap = np.asarray(image.apply(iv, x, stop="map"))
+    assert fmap.shape[1:3] == (5, 5)
+    # The trunk is not translation-exact at the border (padding), so compare the conv form's
+    # fc6 input: pool5 of the whole image, window by window, through the dense fc6/fc7.
+    o = image.clone(fc_as_conv=False)
+    pool5 = o.apply(shared_params(dv, o.init(jax.random.PRNGKey(2), x)), x, stop="map")
+    fc = {k: dv["params"][k] for k in ("fc6", "fc7")}
+    for i, j in [(0, 0), (2, 3), (4, 4)]:
+        window = np.asarray(pool5[0, i : i + 6, j : j + 6]).reshape(-1)
+        h = np.maximum(window @ np.asarray(fc["fc6"]["kernel"]) + np.asarray(fc["fc6"]["bias"]), 0)
+        h = np.maximum(h @ np.asarray(fc["fc7"]["kernel"]) + np.asarray(fc["fc7"]["bias"]), 0)
+        np.testing.assert_allclose(fmap[0, i, j], h, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "efficientnet_lite0"])
+def test_the_map_pools_to_the_patch_familys_features(arch):
+    dense, image = transfer_and_image(arch)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 96, 128, 3))
+    dv = dense.init(jax.random.PRNGKey(0), x)
+    iv = shared_params(dv, image.init(jax.random.PRNGKey(2), x))
+    want = dense.apply(dv, x, stop="features")
+    fmap = image.apply(iv, x, stop="map")
+    assert fmap.shape[1:3] == (3, 4)
+    np.testing.assert_allclose(np.asarray(fmap.mean(axis=(1, 2))), np.asarray(want), rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
+
+
+def test_position_logits_and_the_two_layer_head():
+    net = WholeImageNet(arch="resnet50", width=WIDTH, num_classes=20, head_hidden=16)
+    x = jnp.zeros((1, 64, 64, 3))
+    variables = net.init(jax.random.PRNGKey(0), x)
+    assert set(variables["params"]["head"]) == {"fc_a", "fc_b"}
+    assert net.apply(variables, x).shape == (1, 2, 2, 20)
+    linear = WholeImageNet(arch="resnet50", width=WIDTH).init(jax.random.PRNGKey(0), x)
+    assert set(linear["params"]["head"]) == {"fc"}
+
+
+def test_map_shape_and_the_smallest_inputs():
+    alex = WholeImageNet(arch="alexnet", width=WIDTH)
+    assert map_shape(alex, 224) == (1, 1, 256)
+    assert map_shape(alex, 448)[:2] == (8, 8)
+    assert map_shape(alex, 160) is None  # pool5 smaller than fc6's 6x6
+    assert map_shape(alex.clone(fc_as_conv=False), 160)[:2] == (4, 4)
+    assert map_shape(WholeImageNet(arch="resnet50", width=WIDTH), 448)[:2] == (14, 14)
