@@ -232,12 +232,14 @@ def write_outputs(
     ids: Sequence[str],
     targets: np.ndarray,
     scores: dict[str, np.ndarray],
+    ranked: str = "power",
 ) -> None:
-    """scores.npz, the devkit result files and the AP table as Markdown, CSV and JSON."""
+    """scores.npz, the devkit result files (of the ``ranked`` scores) and the AP table as
+    Markdown, CSV and JSON."""
     results = summary["results"]
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez(out_dir / "scores.npz", image_ids=np.array(ids), targets=targets, **scores)
-    write_result_files(out_dir, summary["split"], ids, scores["power"])
+    write_result_files(out_dir, summary["split"], ids, scores[ranked])
     (out_dir / "ap_table.md").write_text(summary["table"] + "\n")
     with open(out_dir / "ap_table.csv", "w", newline="") as f:
         writer = csv.writer(f)

@@ -279,7 +279,7 @@ def set_aside(directory: Path, reason: str) -> Path:
     return target
 
 
-def _create(cache: FeatureCache, description: dict[str, Any]) -> np.ndarray:
+def create_files(cache: FeatureCache, description: dict[str, Any]) -> np.ndarray:
     """A fresh build's files, the space for every row checked and reserved first (writes
     into a memory map on a full disk would kill the process with SIGBUS)."""
     directory, storage = cache.directory, _storage_dtype(cache.dtype)
@@ -305,8 +305,8 @@ def _create(cache: FeatureCache, description: dict[str, Any]) -> np.ndarray:
     _reserve(directory / FEATURES)
     np.save(directory / INDEX, cache.offsets)
     (directory / DIGESTS).write_text("")
-    _write_json(directory / MANIFEST, description | {"complete": False})
-    _write_json(directory / PROGRESS, {"images": 0})
+    write_json(directory / MANIFEST, description | {"complete": False})
+    write_json(directory / PROGRESS, {"images": 0})
     return features
 
 
@@ -336,7 +336,7 @@ def _reserve(path: Path) -> None:
             raise
 
 
-def _resume(cache: FeatureCache, done: int) -> tuple[np.ndarray, list[str]]:
+def resume_files(cache: FeatureCache, done: int) -> tuple[np.ndarray, list[str]]:
     """An interrupted build's memory map (its space reserved again) and its first ``done``
     digests (lines written after the last commit are dropped)."""
     _reserve(cache.directory / FEATURES)
@@ -356,9 +356,9 @@ def build(
     from image ``done``."""
     directory, offsets = cache.directory, cache.offsets
     if done:
-        features, digests = _resume(cache, done)
+        features, digests = resume_files(cache, done)
     else:
-        features, digests = _create(cache, description), []
+        features, digests = create_files(cache, description), []
     log.info(
         "feature cache %s: %d images, %d candidate patches, %s (%s)%s",
         directory,
@@ -388,23 +388,23 @@ def build(
             bar.update(1)
             finished = index + 1
             if finished % COMMIT_EVERY == 0 or finished == len(records):
-                _commit(directory, features, digests)
+                commit(directory, features, digests)
     finally:
         bar.close()
     del features
-    _write_json(
+    write_json(
         directory / MANIFEST,
         description | {"complete": True, "seconds": time.perf_counter() - started},
     )
 
 
-def _commit(directory: Path, features: np.ndarray, digests: list[str]) -> None:
+def commit(directory: Path, features: np.ndarray, digests: list[str]) -> None:
     """Rows and digests on disk before the count that says they are there."""
     features.flush()
     tmp = directory / f"{DIGESTS}.tmp"
     tmp.write_text("".join(d + "\n" for d in digests))
     os.replace(tmp, directory / DIGESTS)
-    _write_json(directory / PROGRESS, {"images": len(digests)})
+    write_json(directory / PROGRESS, {"images": len(digests)})
 
 
 # Forward chunks an image's candidates are padded to: every image costs at most 1.5x its own
@@ -436,7 +436,7 @@ def candidates_example(
     return pipeline.example_from_boxes(image, padded, np.full(k_pad, -1), valid, index, config)
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
+def write_json(path: Path, value: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value) + "\n")
     os.replace(tmp, path)

@@ -140,6 +140,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     before the run is known to proceed), train epoch by epoch (saving as it goes), evaluate
     the test split at the end."""
     workdir = Path(workdir)
+    if config.get("method", "patches") == "image":  # the whole-image family (voc_jax.image)
+        from voc_jax.image import run as image_run
+
+        return image_run.train_and_evaluate(config, workdir)
     experiment.validate(config)
     with distributed.workdir_lock(workdir, "train"):
         workdir_lib.check_before_training(config, workdir)

@@ -105,6 +105,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
 
 
 def _check_run_and_data(config: ml_collections.ConfigDict, p: _Problems) -> None:
+    if config.get("method", "patches") != "patches":
+        p.add(f"method={config.method!r}: must be patches here, or image with a whole-image "
+              "config (voc_jax/configs/voc07_image.py)")  # fmt: skip
     p.check("seed", _int(0), "must be an integer >= 0")
     p.check("num_epochs", _int(0), "must be an integer >= 0 (0 only evaluates)")
     p.check("batch_size", _int(1), "must be an integer >= 1")
@@ -245,3 +248,13 @@ def _check_call_size(config: ml_collections.ConfigDict, p: _Problems) -> None:
             f"call: one call's patches need {format_bytes(needed)}, more than this machine's "
             f"{format_bytes(memory)} of memory"
         )
+
+
+# The building blocks, for the whole-image family's checks (voc_jax.image.validation).
+Problems = _Problems
+at_least = _int
+number = _number
+one_of = _one_of
+regexes = _regexes
+check_run_and_data = _check_run_and_data
+check_optim_and_outputs = _check_optim_and_outputs

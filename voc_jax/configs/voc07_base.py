@@ -13,6 +13,7 @@ from voc_jax.data.patches import REFERENCE_SCALES
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.method = "patches"  # the method family: patches (this) | image (voc07_image.py)
     c.seed = 0  # everything random derives from it: head init, shuffles, sampling, dropout
     c.num_epochs = 10  # the published run; the reference converged after ~15
     c.batch_size = 64  # patches per SGD update (per image micro-batch)

@@ -1,0 +1,198 @@
+"""A whole-image run end to end on the tiny synthetic set: the frozen run from the map cache
+equals the one from the photos, a run killed mid-epoch resumes bitwise, fine-tuning starts
+from the frozen run's head, and a config mixing the families is one line before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import REPO, call
+from voc_jax import train
+from voc_jax.errors import ConfigError
+from voc_jax.image import validation
+from voc_jax.image.data import Source
+from voc_jax.metric_writer import read_metrics
+
+CONFIG = str(REPO / "tests" / "configs" / "tiny_image.py")
+
+
+def args(workdir: Path, data: Path, *overrides: str, variant: str = "resnet50,frozen"):
+    return ["voc_jax.train", f"--config={CONFIG}:{variant}", f"--workdir={workdir}",
+            f"--config.data.root={data}", *overrides]  # fmt: skip
+
+
+def ap_table(workdir: Path) -> dict:
+    (step,) = sorted((workdir / "eval").iterdir())
+    return json.loads((step / "ap_table.json").read_text())
+
+
+def final_params(workdir: Path):
+    """(step, variables as NumPy) of an image workdir's newest checkpoint."""
+    import jax
+
+    from voc_jax import workdir as workdir_lib
+    from voc_jax.image.experiment import ImageExperiment
+
+    exp = ImageExperiment.build(workdir_lib.load_config(workdir))
+    found, variables = workdir_lib.restore_variables(workdir, exp.variables)
+    return found, jax.tree.map(np.asarray, variables)
+
+
+def flat(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from flat(v, f"{prefix}{k}/" if isinstance(v, dict) else f"{prefix}{k}")
+    else:
+        yield prefix, np.asarray(tree)
+
+
+@pytest.fixture(scope="module")
+def frozen_cached(tmp_path_factory, tiny_data_root) -> Path:
+    import jax
+
+    work = tmp_path_factory.mktemp("image") / "frozen"
+    jax.config.update("jax_disable_most_optimizations", True)  # plumbing: quick compiles
+    try:
+        assert train.main(args(work, tiny_data_root)) == 0
+    finally:
+        jax.config.update("jax_disable_most_optimizations", False)
+    return work
+
+
+@pytest.mark.slow
+def test_cached_and_uncached_frozen_runs_are_equal(
+    frozen_cached, tiny_data_root, tmp_path, quick_compiles
+):
+    caches = sorted(p.name for p in (frozen_cached / "feature_cache").iterdir())
+    assert [c.split("-")[1] for c in caches] == ["test", "trainval"]
+    plain = tmp_path / "plain"
+    assert train.main(args(plain, tiny_data_root, "--config.feature_cache.enabled=False")) == 0
+    assert not (plain / "feature_cache").exists()
+    (s1, p1), (s2, p2) = final_params(frozen_cached), final_params(plain)
+    assert s1 == s2 == 4
+    for (path, a), (_, b) in zip(flat(p1), flat(p2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=path)
+    got, want = ap_table(frozen_cached)["results"], ap_table(plain)["results"]
+    assert got["voc07"]["map"] == pytest.approx(want["voc07"]["map"], abs=1e-6)
+    # The backbone did not move; the head did.
+    paths = dict(flat(p1))
+    assert any(k.startswith("params/head/") for k in paths)
+
+
+@pytest.mark.slow
+def test_a_damaged_map_cache_is_set_aside_and_rebuilt(
+    frozen_cached, tmp_path, tiny_data_root, quick_compiles
+):
+    work = tmp_path / "again"
+    shutil.copytree(frozen_cached, work)
+    shutil.rmtree(work / "checkpoints")
+    shutil.rmtree(work / "eval")
+    (work / "metrics.jsonl").unlink()
+    train_cache = next(p for p in (work / "feature_cache").iterdir() if "trainval" in p.name)
+    features = np.load(train_cache / "features.npy", mmap_mode="r+")
+    features[3] += 1.0
+    features.flush()
+    del features
+    assert train.main(args(work, tiny_data_root)) == 0
+    aside = [p.name for p in (work / "feature_cache").iterdir() if ".damaged-" in p.name]
+    assert len(aside) == 1
+    assert ap_table(work)["results"] == ap_table(frozen_cached)["results"]
+
+
+@pytest.mark.slow
+def test_killed_mid_epoch_resumes_bitwise(
+    frozen_cached, tiny_data_root, tmp_path, monkeypatch, quick_compiles
+):
+    """Fine-tuned (crops, flips, BatchNorm statistics, an EMA), SIGTERM after the first update
+    of epoch 2: the resumed run's params, metrics and APs are the uninterrupted run's."""
+    extra = ("--config.model.bn_update=True", "--config.image.ema=0.5",
+             f"--config.init.head_from={frozen_cached}")  # fmt: skip
+    whole = tmp_path / "whole"
+    assert train.main(args(whole, tiny_data_root, *extra, variant="resnet50,finetune")) == 0
+    killed = tmp_path / "killed"
+    original = Source.train_batch
+
+    def interrupt(self, seed, epoch, b):
+        if (epoch, b) == (1, 1):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, seed, epoch, b)
+
+    monkeypatch.setattr(Source, "train_batch", interrupt)
+    assert train.main(args(killed, tiny_data_root, *extra, variant="resnet50,finetune")) == 130
+    monkeypatch.setattr(Source, "train_batch", original)
+    assert train.main(args(killed, tiny_data_root, *extra, variant="resnet50,finetune")) == 0
+    (s1, p1), (s2, p2) = final_params(whole), final_params(killed)
+    assert s1 == s2
+    for (path, a), (_, b) in zip(flat(p1), flat(p2), strict=True):
+        assert np.array_equal(a, b), path
+
+    def rows(work):  # all but the wall-clock rate
+        return [{k: v for k, v in r.items() if k != "images_per_s"} for r in read_metrics(work)]
+
+    assert rows(whole) == rows(killed) and len(rows(whole)) == 4
+    assert ap_table(whole)["results"] == ap_table(killed)["results"]
+
+
+def test_fine_tuning_starts_from_the_frozen_runs_head(frozen_cached, tiny_data_root, tmp_path):
+    from tests.configs import tiny_image
+    from voc_jax.image import run, steps
+    from voc_jax.image.experiment import ImageExperiment
+
+    config = tiny_image.get_config("resnet50,finetune")
+    config.init.head_from = str(frozen_cached)
+    exp = ImageExperiment.build(config)
+    optimizer = exp.optimizer(2)
+    fresh = steps.create_state(exp.params, exp.batch_stats, optimizer, 0, ema=False)
+    state, step, _ = run.restore(exp, run.Checkpointer(tmp_path / "none"), fresh)
+    _, frozen = final_params(frozen_cached)
+    want = frozen["params"]["head"]["fc"]["kernel"]
+    assert step == 0 and np.array_equal(np.asarray(state.params["head"]["fc"]["kernel"]), want)
+    assert not np.array_equal(np.asarray(fresh.params["head"]["fc"]["kernel"]), want)
+
+
+def image_config(arg: str = "resnet50,frozen"):
+    from tests.configs import tiny_image
+
+    return tiny_image.get_config(arg)
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (lambda c: c.__setitem__("patches", {"size": 96}), "patches"),
+        (lambda c: c.image.__setitem__("pooling", "mean"), "image.pooling"),
+        (lambda c: c.image.__setitem__("lse_r", 0.0), "image.lse_r"),
+        (lambda c: c.image.__setitem__("lse_r", -2.0), "image.lse_r"),
+        (lambda c: c.model.__setitem__("num_classes", 21), "model.num_classes"),
+        (lambda c: c.image.__setitem__("crop_area", (0.3, 1.0)), "image.crop_area"),
+        (lambda c: (c.model.__setitem__("arch", "alexnet"), c.image.__setitem__("size", 128)),
+         "image.size=128"),
+    ],
+)  # fmt: skip
+def test_bad_image_configs_name_the_field(change, field):
+    config = image_config()
+    with config.unlocked():
+        change(config)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validation.validate(config)
+
+
+def test_a_patch_config_cannot_say_image_and_the_command_says_one_line(tmp_path, capsys):
+    code, _, err = call(train.main, ["voc_jax.train", f"--config={CONFIG}", f"--workdir={tmp_path}",
+                                     "--config.image.pooling=median"], capsys)  # fmt: skip
+    assert code != 0 and err.count("error:") == 1 and "image.pooling" in err
+    assert not any(tmp_path.iterdir())
+    from voc_jax import validation as patch_validation
+    from voc_jax.configs import smoke
+
+    config = smoke.get_config()
+    config.method = "images"
+    with pytest.raises(ConfigError, match="method='images'"):
+        patch_validation.validate(config, 1, 1)

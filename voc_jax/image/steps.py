@@ -1,0 +1,147 @@
+"""The whole-image family's jitted steps: photos (or cached maps) -> position logits ->
+pooled image logits -> the loss; the partitioned optimizer's update on the trainable leaves
+only (XLA drops the backward pass through frozen layers); an optional exponential moving
+average of the weights; the evaluation's image scores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from voc_jax import optim
+from voc_jax.image.loss import Loss, mean_loss
+from voc_jax.image.model import WholeImageNet
+from voc_jax.image.pooling import Pooling, pool
+from voc_jax.preprocessing import Preprocessing
+
+Batch = dict[str, Any]  # views: tuple of [B, S, S, 3] uint8 or [B, gh, gw, C]; valid; targets
+
+
+@flax.struct.dataclass
+class ImageState:
+    step: jax.Array  # updates done (the schedule's count)
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # dropout uses fold_in(rng, step)
+    batch_stats: Any  # {} without BatchNorm
+    ema: Any  # the weights' moving average ({} when off)
+
+
+def create_state(params: Any, batch_stats: Any, optimizer: optim.Optimizer, seed: int,
+                 ema: bool) -> ImageState:  # fmt: skip
+    return ImageState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        rng=jax.random.PRNGKey(seed),
+        batch_stats=batch_stats or {},
+        ema=jax.tree.map(jnp.asarray, params) if ema else {},
+    )
+
+
+def variables_of(params: Any, batch_stats: Any) -> dict[str, Any]:
+    return {"params": params} | ({"batch_stats": batch_stats} if batch_stats else {})
+
+
+def image_logits(
+    module: WholeImageNet,
+    variables: dict[str, Any],
+    batch: Batch,
+    pooling: Pooling,
+    preprocessing: Preprocessing,
+    *,
+    start: str,
+    train: bool = False,
+    rng: jax.Array | None = None,
+    update_stats: bool = False,
+) -> tuple[jax.Array, Any]:
+    """([B, classes] pooled logits, BatchNorm statistics after the batch)."""
+    stats = variables.get("batch_stats", {})
+    positions = []
+    for i, view in enumerate(batch["views"]):
+        x = preprocessing.normalize(view, module.dtype) if start == "image" else view
+        kwargs: dict[str, Any] = {"train": train, "start": start}
+        if rng is not None:
+            kwargs["rngs"] = {"dropout": jax.random.fold_in(rng, i)}
+        if update_stats:
+            out, changed = module.apply(
+                variables_of(variables["params"], stats), x, mutable=["batch_stats"], **kwargs
+            )
+            stats = changed["batch_stats"]
+        else:
+            out = module.apply(variables, x, **kwargs)
+        positions.append(out.reshape(out.shape[0], -1, out.shape[-1]))
+    logits = pool(jnp.concatenate(positions, axis=1), batch["valid"], pooling)
+    return logits, stats
+
+
+def make_train_step(
+    module: WholeImageNet,
+    optimizer: optim.Optimizer,
+    pooling: Pooling,
+    loss: Loss,
+    preprocessing: Preprocessing,
+    *,
+    start: str = "image",
+    ema_decay: float = 0.0,
+) -> Callable[[ImageState, Batch], tuple[ImageState, dict[str, jax.Array]]]:
+    """The un-jitted step (jit it with the state donated)."""
+    labels, schedule = optimizer.labels, optimizer.schedule
+    update_stats = module.bn_update and not module.frozen_backbone and start == "image"
+
+    def train_step(state: ImageState, batch: Batch):
+        trainable, frozen = optim.split_trainable(state.params, labels)
+        key = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(t):
+            variables = variables_of(optim.merge(t, frozen), state.batch_stats)
+            logits, stats = image_logits(module, variables, batch, pooling, preprocessing,
+                                         start=start, train=True, rng=key,
+                                         update_stats=update_stats)  # fmt: skip
+            return mean_loss(logits, batch["targets"], loss), (logits, stats)
+
+        (value, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        zeros = jax.tree.map(jnp.zeros_like, frozen)
+        updates, opt_state = optimizer.tx.update(
+            optim.merge(grads, zeros), state.opt_state, state.params
+        )
+        new_trainable, _ = optim.split_trainable(optax.apply_updates(state.params, updates), labels)
+        params = optim.merge(new_trainable, frozen)  # frozen leaves: bitwise the same
+        ema = state.ema
+        if ema_decay:
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+        counted = batch["targets"] != 0
+        correct = (logits > 0) == (batch["targets"] > 0)
+        metrics = {
+            "loss": value,
+            "accuracy": jnp.sum(correct & counted) / jnp.maximum(counted.sum(), 1),
+            "learning_rate": schedule(state.step),
+            "grad_norm": optax.tree.norm(grads),
+        }
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            batch_stats=stats, ema=ema)  # fmt: skip
+        return new, metrics
+
+    return train_step
+
+
+def make_score_step(
+    module: WholeImageNet, pooling: Pooling, preprocessing: Preprocessing, *, start: str
+) -> Callable[[dict[str, Any], Batch], jax.Array]:
+    """(variables, batch) -> [B, classes] probabilities (the sigmoid of the pooled logits)."""
+
+    def score(variables, batch):
+        logits, _ = image_logits(module, variables, batch, pooling, preprocessing, start=start)
+        return jax.nn.sigmoid(logits)
+
+    return score
+
+
+def stack_views(views: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
+    """Per-photo lists of views -> one batch array per view."""
+    return tuple(jnp.stack(v) for v in zip(*views, strict=True))
