@@ -106,6 +106,57 @@ def test_one_table_for_the_method_the_probe_and_chance(
     assert "linear probe, 160 px: VOC07 mAP" in capsys.readouterr().err
 
 
+IMAGE_TINY = [
+    "--config.image.size=224",  # the narrow AlexNet's fc6 as a 6x6 convolution: 1..2 positions
+    "--config.image.scales=(1.0, 1.3)",
+    "--config.num_epochs=1",
+    "--config.batch_size=8",
+    "--config.model.width=0.0625",
+    "--config.data.workers=0",
+]
+
+
+@pytest.mark.slow  # two whole-image runs on 16 + 16 real photos
+def test_whole_image_rows_join_the_table(
+    shared_data, narrow_weights, tmp_path, capsys, quick_compiles
+):
+    voc = shared_data / "voc2007-subset" / "VOCdevkit" / "VOC2007"
+    out = tmp_path / "cmp"
+    argv = ["--voc", str(voc), "--out", str(out), "--weights", str(narrow_weights), "--setting",
+            "ci", "--images", "16", "--methods", "image_frozen,image_finetune,chance",
+            "--score-maps", "0", *(f"--image-arg={a}" for a in IMAGE_TINY)]  # fmt: skip
+    assert compare.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())["methods"]
+    assert set(results) == {"image_frozen", "image_finetune", "chance"}
+    for m in ("image_frozen", "image_finetune"):
+        assert 0 <= results[m]["results"]["voc07"]["map"] <= 1
+        assert any(a.startswith("--config=voc_jax/configs/voc07_image.py:alexnet,")
+                   for a in results[m]["argv"])  # fmt: skip
+    # LP-FT: the fine-tuned run starts from the frozen whole-image run's head.
+    assert f"--config.init.head_from={out / 'image_frozen'}" in results["image_finetune"]["argv"]
+    report = (out / "report.md").read_text()
+    assert "whole image, frozen: voc07" in report and "whole image, fine-tuned from the" in report
+    assert "whole image: 448-px canvases" in report  # the setting, in words
+    assert (out / "image_frozen" / "feature_cache").is_dir()  # the map cache
+    # A changed image setting is a changed fingerprint: refused, naming the field.
+    capsys.readouterr()
+    assert compare.main([*argv, "--image-arg=--config.image.pooling=max"]) == 2
+    assert "image.pooling 'avg' -> 'max'" in capsys.readouterr().err
+
+
+def test_family_notes_say_which_classes_each_family_wins():
+    def row(aps):
+        return {"results": {"voc07": {"ap": aps}}}
+
+    patches = [0.5] * 20
+    image = [0.6] * 18 + [0.4, np.nan]
+    rows = {"frozen": row(patches), "image_frozen": row(image), "chance": row([0.1] * 20)}
+    notes = compare.family_notes(rows)
+    assert notes[2] == "- patches (1): train" and notes[3].startswith("- whole image (18): aeropl")
+    assert len(notes) == 4  # tvmonitor: no AP in one row, in neither list
+    assert compare.family_notes({"frozen": row(patches)}) == []
+
+
 @pytest.mark.slow  # converts narrow weights (torch)
 def test_late_refusals_come_first(shared_data, narrow_weights, tmp_path, capsys, quick_compiles):
     """Weights of another architecture than the config's, a bad --train-arg, a missing

@@ -196,3 +196,22 @@ def test_a_patch_config_cannot_say_image_and_the_command_says_one_line(tmp_path,
     config.method = "images"
     with pytest.raises(ConfigError, match="method='images'"):
         patch_validation.validate(config, 1, 1)
+
+
+def test_evaluate_and_predict_read_an_image_workdir(
+    frozen_cached, tiny_data_root, tmp_path, capsys
+):
+    from voc_jax import evaluate, predict
+
+    work = tmp_path / "work"
+    shutil.copytree(frozen_cached, work)
+    shutil.rmtree(work / "eval")
+    code, out, _ = call(evaluate.main, ["voc_jax.evaluate", f"--workdir={work}"], capsys)
+    assert code == 0 and "AP on test" in out
+    assert ap_table(work)["results"] == ap_table(frozen_cached)["results"]
+    photo = sorted((tiny_data_root / "JPEGImages").iterdir())[0]
+    code, out, _ = call(predict.main, ["voc_jax.predict", f"--workdir={work}", "--top=2",
+                                       f"--out={tmp_path / 'maps'}", str(photo)], capsys)  # fmt: skip
+    assert code == 0, out
+    assert "whole image" in out and "sigmoid of its logit pooled over" in out
+    assert (tmp_path / "maps" / f"{photo.stem}.png").stat().st_size > 1000

@@ -46,7 +46,10 @@ from voc_jax import cli, compare_out, linear_probe, metrics
 from voc_jax.classes import VOC_CLASSES
 from voc_jax.errors import ConfigError, DataError, UserError
 
-METHODS = ("frozen", "finetune", "probe", "probe_own", "chance")
+METHODS = ("frozen", "finetune", "image_frozen", "image_finetune", "probe", "probe_own", "chance")
+TRAINED = ("frozen", "finetune", "image_frozen", "image_finetune")  # training runs in OUT/<m>
+HEAD_SOURCE = {"finetune": "frozen", "image_finetune": "image_frozen"}  # LP-FT: whose head
+IMAGE_CONFIG = "voc_jax/configs/voc07_image.py"  # the whole-image family's, ARCH,VARIANT
 PROTOCOLS = ("voc07", "area")
 FINETUNE_HEADS = {"frozen": " from the frozen head", "fresh": ", fresh head"}
 CONFIG = "voc_jax/configs/voc07_lite0.py"  # --config: the patch method's, for other weights
@@ -54,6 +57,8 @@ DEFAULT_ARCH = "efficientnet_lite0"  # the default weights' (from the package)
 LABELS = {
     "frozen": "patches, frozen (Oquab)",
     "finetune": "patches, fine-tuned",  # + FINETUNE_HEADS[--finetune-head]
+    "image_frozen": "whole image, frozen",
+    "image_finetune": "whole image, fine-tuned",  # + FINETUNE_HEADS[--finetune-head]
     "probe": "linear probe, {size} px",
     "probe_own": "linear probe, own size",
     "chance": "chance",
@@ -73,12 +78,23 @@ class Setting:
     about: str = ""  # the patch methods' shared settings, in words
     about_frozen: str = ""
     about_finetune: str = ""
+    # The whole-image family's overrides (both, then each) and their words.
+    image_both: tuple[str, ...] = ()
+    image_frozen: tuple[str, ...] = ()
+    image_finetune: tuple[str, ...] = ()
+    about_image: str = ""
+    about_image_frozen: str = ""
+    about_image_finetune: str = ""
 
     def describe(self, methods: Sequence[str]) -> str:
         """The setting in words, for the methods that ran (never one that did not)."""
-        parts = [self.about] if {"frozen", "finetune"} & set(methods) else []
+        parts = [f"patches: {self.about}"] if {"frozen", "finetune"} & set(methods) else []
         parts += [f"frozen: {self.about_frozen}"] if "frozen" in methods else []
         parts += [f"fine-tuned: {self.about_finetune}"] if "finetune" in methods else []
+        image = {"image_frozen", "image_finetune"} & set(methods)
+        parts += [f"whole image: {self.about_image}"] if image else []
+        parts += [f"frozen: {self.about_image_frozen}"] if "image_frozen" in methods else []
+        parts += [f"fine-tuned: {self.about_image_finetune}"] if "image_finetune" in methods else []
         sizes = [f"{self.probe_size} px"] if "probe" in methods else []
         sizes += ["the photos' own sizes"] if "probe_own" in methods else []
         if sizes:
@@ -86,6 +102,13 @@ class Setting:
         return "; ".join(parts) or "chance only"
 
 
+# The cpu setting's whole-image fine-tuning: what two cores fit beside the rest (docs/image.md).
+IMAGE_CPU_FINETUNE = (
+    "--config.num_epochs=2",
+    "--config.image.size=320",
+    "--config.optim.warmup_epochs=0.5",
+)
+IMAGE_CPU_FINETUNE_ABOUT = "320 px, 2 epochs (AdamW 1e-4 after a half-epoch warm-up), crops, flips"
 SMALL_GEOMETRY = (
     "--config.patches.scales=(1.0, 1.6, 2.3, 3.0)",
     "--config.patches.min_scales=4",
@@ -100,6 +123,11 @@ SETTINGS = {
         "the 13 scales (11 at least), every image",
         about_frozen="10 epochs from the feature cache",
         about_finetune="3 epochs (1e-3, 1e-4 in the last), to fit one GPU call",
+        image_both=("--config.data.max_train_images=0",),
+        about_image="448-px canvases (the longer side; aspect kept), average pooling, every image",
+        about_image_frozen="20 epochs from the map cache (AdamW 1e-2, cosine)",
+        about_image_finetune="10 epochs (AdamW 1e-4 after a 1-epoch warm-up, cosine), crops and "
+        "flips",
     ),
     "cpu": Setting(
         "cpu",
@@ -120,6 +148,11 @@ SETTINGS = {
         "sampled for training and spread for testing, updates of 32",
         about_frozen="10 epochs from the feature cache",
         about_finetune="1 epoch at 1e-4",
+        image_both=("--config.data.max_train_images=0",),
+        image_finetune=IMAGE_CPU_FINETUNE,
+        about_image="448-px canvases (the longer side; aspect kept), average pooling, every image",
+        about_image_frozen="20 epochs from the map cache (AdamW 1e-2, cosine)",
+        about_image_finetune=IMAGE_CPU_FINETUNE_ABOUT,
     ),
     "ci": Setting(
         "ci",
@@ -140,6 +173,16 @@ SETTINGS = {
         "images, every test image",
         about_frozen="6 epochs from the feature cache (1e-4 from the fifth)",
         about_finetune="60 trainval images, one epoch",
+        image_both=("--config.data.max_train_images=200", "--config.eval.plots=False"),
+        image_finetune=(
+            "--config.num_epochs=1",
+            "--config.data.max_train_images=60",
+            "--config.image.size=224",
+        ),  # fmt: skip
+        about_image="448-px canvases (the longer side), average pooling, the first 200 "
+        "trainval images",
+        about_image_frozen="20 epochs from the map cache",
+        about_image_finetune="224 px, 60 trainval images, one epoch",
     ),
 }
 
@@ -170,9 +213,27 @@ class PatchRun:
     fingerprint: compare_out.Fingerprint | None = None
 
 
+def image_arch(weights: Path | None) -> str:
+    """The whole-image runs' backbone: the weights' (the package's Lite0 when not converted)."""
+    if weights is None or not (weights / "metadata.json").is_file():
+        return DEFAULT_ARCH
+    from voc_jax import weights as weights_lib
+
+    return weights_lib.backbone_of(weights_lib.read_metadata(weights / "metadata.json")
+                                   ["architecture"]).name  # fmt: skip
+
+
 def patch_argv(method: str, args: argparse.Namespace, setting: Setting, weights: Path) -> list[str]:
     """voc_jax.train's argv for ``method`` (without the fine-tuned run's head source)."""
-    config = args.config + (":frozen" if method == "frozen" else "")
+    if method.startswith("image_"):
+        variant = method.removeprefix("image_")
+        config = f"{IMAGE_CONFIG}:{image_arch(weights)},{variant}"
+        own = [*setting.image_both, *getattr(setting, method)]
+        user = args.image_arg
+    else:
+        config = args.config + (":frozen" if method == "frozen" else "")
+        own = [*setting.both, *getattr(setting, method)]
+        user = args.train_arg
     limits = (
         [
             f"--config.data.max_train_images={args.images}",
@@ -187,10 +248,9 @@ def patch_argv(method: str, args: argparse.Namespace, setting: Setting, weights:
         f"--workdir={args.out / method}",
         f"--config.data.root={args.voc}",
         f"--config.init.weights={weights}",
-        *setting.both,
-        *getattr(setting, method),
+        *own,
         *limits,
-        *args.train_arg,
+        *user,
     ]
 
 
@@ -204,11 +264,18 @@ def resolve_patch_run(
     from voc_jax import train as train_lib
 
     argv = patch_argv(method, args, setting, weights or args.out / "weights")
-    if method == "finetune" and args.finetune_head == "frozen":
-        argv.insert(5, f"--config.init.head_from={args.out / 'frozen'}")
+    if method in HEAD_SOURCE and args.finetune_head == "frozen":
+        argv.insert(5, f"--config.init.head_from={args.out / HEAD_SOURCE[method]}")
     fv, _ = cli.parse(argv, train_lib.define_flags, program="voc_jax.train")
     config = fv.config
-    if weights is None:
+    if method.startswith("image_"):
+        from voc_jax.image import validation as image_validation
+
+        checked = config.copy_and_resolve_references()
+        if weights is None:
+            checked.init.weights = ""
+        image_validation.validate(checked)
+    elif weights is None:
         if config.model.arch != DEFAULT_ARCH or config.model.width != 1.0:
             raise ConfigError(
                 f"--config {args.config}: a {config.model.arch} model (width "
@@ -327,7 +394,7 @@ def load_real_splits(voc: Path, images: int = 0) -> dict:
 
 def method_label(method: str, setting: Setting, finetune_head: str = "frozen") -> str:
     label = LABELS[method].format(size=setting.probe_size)
-    return label + FINETUNE_HEADS[finetune_head] if method == "finetune" else label
+    return label + FINETUNE_HEADS[finetune_head] if method in HEAD_SOURCE else label
 
 
 def _percent(value: float) -> str:
@@ -430,6 +497,30 @@ def c_edge_notes(rows: dict) -> list[str]:
     return notes
 
 
+def family_notes(rows: dict) -> list[str]:
+    """Which classes each family wins: per class, the best patch row against the best
+    whole-image row (VOC07 AP), as measured, whichever way it falls."""
+    patch = [m for m in ("frozen", "finetune") if m in rows]
+    image = [m for m in ("image_frozen", "image_finetune") if m in rows]
+    if not patch or not image:
+        return []
+
+    def best(methods, c):
+        return max(rows[m]["results"]["voc07"]["ap"][c] for m in methods)
+
+    wins: dict[str, list[str]] = {"patches": [], "whole image": [], "tie": []}
+    for c, name in enumerate(VOC_CLASSES):
+        a, b = best(patch, c), best(image, c)
+        if not (np.isfinite(a) and np.isfinite(b)):
+            continue
+        wins["patches" if a > b else "whole image" if b > a else "tie"].append(name)
+    lines = ["", "Per class, the better family (its best row, VOC07 AP):"]
+    for family, names in wins.items():
+        if names:
+            lines.append(f"- {family} ({len(names)}): {', '.join(names)}")
+    return lines
+
+
 def report(rows: dict, setting: Setting, args: argparse.Namespace, splits, maps) -> str:
     counts = {k: len(v) for k, v in splits.items()}
     command = " ".join(["python -m voc_jax.compare", *sys.argv[1:]]) if sys.argv[1:] else ""
@@ -455,7 +546,8 @@ def report(rows: dict, setting: Setting, args: argparse.Namespace, splits, maps)
     lines += ["", "The probe's C:", *edges] if edges else []
     if command:
         lines += ["", f"Command: `{command}`"]
-    for m in ("frozen", "finetune"):
+    lines += family_notes(rows)
+    for m in TRAINED:
         if m in rows:
             lines += ["", f"{m}: `python -m voc_jax.train {' '.join(rows[m]['argv'])}`"]
     if maps:
@@ -495,13 +587,11 @@ def check_flags(args: argparse.Namespace) -> None:
 
 def plan_patch_runs(args, setting: Setting, weights: Path | None) -> list[PatchRun]:
     """Every patch run's config, resolved and validated (nothing runs or is written)."""
-    runs = [
-        resolve_patch_run(m, args, setting, weights)
-        for m in args.methods
-        if m in ("frozen", "finetune")
-    ]
-    if any(r.method == "finetune" for r in runs) and args.finetune_head == "frozen":
-        frozen_head(args, "frozen" in args.methods)
+    runs = [resolve_patch_run(m, args, setting, weights) for m in args.methods if m in TRAINED]
+    if args.finetune_head == "frozen":
+        for r in runs:
+            if r.method in HEAD_SOURCE:
+                frozen_head(args, r.method, HEAD_SOURCE[r.method] in args.methods)
     return runs
 
 
@@ -513,37 +603,38 @@ def fingerprint_runs(
 
     weights_digest = compare_out.weights_digest(weights)
     images = compare_out.images_digest([*splits["trainval"], *splits["test"]])
-    frozen_digest = ""
-    for run in runs:  # frozen first, when both run
+    digests: dict[str, str] = {}
+    for run in runs:  # a head's source first, when both run
         starts = ""
-        if run.method == "finetune" and run.config.init.head_from:
-            recorded = out.recorded("frozen") or {}
-            starts = frozen_digest or recorded.get("digest", "")
+        source = HEAD_SOURCE.get(run.method)
+        if source and run.config.init.head_from:
+            recorded = out.recorded(source) or {}
+            starts = digests.get(source) or recorded.get("digest", "")
         run.fingerprint = compare_out.Fingerprint.of(
             run.config.to_dict(), weights_digest, images, starts
         )
-        if run.method == "frozen":
-            frozen_digest = run.fingerprint.digest
+        digests[run.method] = run.fingerprint.digest
         trained = bool(workdir_lib.checkpoint_steps(run.workdir))
         out.check_reuse(run.method, run.fingerprint, fresh, trained)
 
 
-def frozen_head(args: argparse.Namespace, frozen_runs_now: bool) -> None:
+def frozen_head(args: argparse.Namespace, method: str, source_runs_now: bool) -> None:
     """The fine-tuned run starts from the frozen run's head (LP-FT: Kumar et al. 2022,
     fine-tuning distorts pretrained features least from a fitted head): the frozen run must
     run now or have a checkpoint, unless the fine-tuned run is under way already (and not
     being redone with --fresh)."""
     from voc_jax import workdir as workdir_lib
 
-    frozen = args.out / "frozen"
-    if frozen_runs_now:
+    source = HEAD_SOURCE[method]
+    frozen = args.out / source
+    if source_runs_now:
         return
-    if not args.fresh and workdir_lib.checkpoint_steps(args.out / "finetune"):
+    if not args.fresh and workdir_lib.checkpoint_steps(args.out / method):
         return
     if not workdir_lib.checkpoint_steps(frozen):
         raise UserError(
-            f"the fine-tuned run starts from the frozen run's head, but {frozen} has no "
-            "checkpoint: run --methods frozen,finetune (or pass --finetune-head fresh)"
+            f"the {method} run starts from the {source} run's head, but {frozen} has no "
+            f"checkpoint: run --methods {source},{method} (or pass --finetune-head fresh)"
         )
 
 
@@ -681,11 +772,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="an extra --config.x=... for both patch runs (repeatable)",
     )
     parser.add_argument(
+        "--image-arg",
+        action="append",
+        default=[],
+        help="an extra --config.x=... for both whole-image runs (repeatable)",
+    )
+    parser.add_argument(
         "--finetune-head",
         choices=("frozen", "fresh"),
         default="frozen",
-        help="the fine-tuned run's head at the start: the frozen run's (OUT/frozen, LP-FT; "
-        "the default) or a random one",
+        help="the fine-tuned runs' head at the start: their frozen run's (OUT/frozen, "
+        "OUT/image_frozen: LP-FT; the default) or a random one",
     )
     parser.add_argument(
         "--fresh",

@@ -274,6 +274,10 @@ def evaluate_workdir(
     split: str | None = None,
 ) -> int:
     """Evaluate a checkpoint of ``workdir`` on ``split`` (default: the config's test split)."""
+    if config.get("method", "patches") == "image":  # the whole-image family (voc_jax.image)
+        from voc_jax.image import run as image_run
+
+        return image_run.evaluate_workdir(config, workdir, step=step, split=split)
     experiment.validate(config)
     if split is not None:
         config = config.copy_and_resolve_references()

@@ -89,6 +89,10 @@ class Predictor:
 
 def score_meaning(result: dict) -> str:
     """What the printed and drawn image score is, in words."""
+    if "heat" in result:  # the whole-image family
+        from voc_jax.image.predict import score_meaning as image_meaning
+
+        return image_meaning(result)
     return (
         f"image score: the sum over its {len(result['boxes'])} patches of "
         f"p(class | patch)^{result['exponent']:g} (at most {len(result['boxes'])})"
@@ -103,7 +107,7 @@ def figure(result: dict, top: int, title: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    image, boxes, probs, scores = (result[k] for k in ("image", "boxes", "probs", "scores"))
+    image, scores = result["image"], result["scores"]
     h, w = image.shape[:2]
     best = np.argsort(-scores)[:top]
     fig, axes = plt.subplots(1, top + 1, figsize=(4 * (top + 1) + 0.8, 4 * h / w + 1.0))
@@ -111,15 +115,36 @@ def figure(result: dict, top: int, title: str):
     axes[0].set_title(title, fontsize=9)
     shown = None
     for ax, c in zip(axes[1:], best, strict=True):
-        heat = score_map(boxes, probs[:, c + 1], h, w, stride=4)
+        if "heat" in result:  # the whole-image family: its map positions' probabilities
+            heat = result["heat"][:, :, c]
+            span_h, span_w = result["heat_span"]
+            extent = (0, span_w, span_h, 0)
+        else:
+            heat = score_map(result["boxes"], result["probs"][:, c + 1], h, w, stride=4)
+            extent = (0, w, h, 0)
         ax.imshow(image)
-        shown = ax.imshow(heat, extent=(0, w, h, 0), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+        shown = ax.imshow(
+            heat,
+            extent=extent,
+            cmap="jet",
+            alpha=0.5,
+            vmin=0.0,
+            vmax=1.0,
+            interpolation="bilinear" if "heat" in result else "antialiased",
+        )
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
         ax.set_title(f"{VOC_CLASSES[c]}: image score {scores[c]:.3g}", fontsize=10)
     for ax in axes:
         ax.axis("off")
     if shown is not None:
         bar = fig.colorbar(shown, ax=list(axes), fraction=0.02, pad=0.01)
-        bar.set_label("p(class | patch), mean of the patches covering each pixel", fontsize=8)
+        bar.set_label(
+            "p(class) at each map position"
+            if "heat" in result
+            else "p(class | patch), mean of the patches covering each pixel",
+            fontsize=8,
+        )
     fig.text(0.01, 0.01, score_meaning(result), fontsize=8)
     return fig
 
@@ -167,9 +192,7 @@ def predict_images(
     out_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(out_dir, os.W_OK | os.X_OK):  # before the predictions, not after
         raise ConfigError(f"{out_dir}: cannot write there (permission denied); pass --out DIR")
-    exp = Experiment.build(config)
-    found, variables = workdir_lib.restore_variables(workdir, exp.model.variables, step)
-    predictor = Predictor(exp, variables)
+    predictor, found = make_predictor(config, workdir, step)
     failed = 0
     for path, name in zip(images, output_names(images), strict=True):
         try:
@@ -179,8 +202,8 @@ def predict_images(
             failed += 1
             continue
         ranked = np.argsort(-result["scores"])
-        print(f"{path}: {len(result['boxes'])} patches (checkpoint step {found}); "
-              f"{score_meaning(result)}")  # fmt: skip
+        what = f"{len(result['boxes'])} patches" if "boxes" in result else "whole image"
+        print(f"{path}: {what} (checkpoint step {found}); {score_meaning(result)}")
         for c in ranked[: max(top, 5)]:
             print(f"  {VOC_CLASSES[c]:<12} {result['scores'][c]:.4g}")
         target = out_dir / name
@@ -190,6 +213,21 @@ def predict_images(
         print(f"{failed} of {len(images)} images could not be predicted", file=sys.stderr)
         return cli.EXIT_USER_ERROR
     return 0
+
+
+def make_predictor(config, workdir: Path, step: int | None) -> tuple:
+    """(predictor, checkpoint step) of the workdir's method family."""
+    if config.get("method", "patches") == "image":
+        from voc_jax.image import run as image_run
+        from voc_jax.image.experiment import ImageExperiment
+        from voc_jax.image.predict import ImagePredictor
+
+        exp = ImageExperiment.build(config)
+        found, variables = image_run.restore_for_evaluation(exp, workdir, step)
+        return ImagePredictor(exp, variables), found
+    exp = Experiment.build(config)
+    found, variables = workdir_lib.restore_variables(workdir, exp.model.variables, step)
+    return Predictor(exp, variables), found
 
 
 def run_command(fv: flags.FlagValues, images: list[str]) -> int:

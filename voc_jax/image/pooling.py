@@ -45,7 +45,9 @@ def pool(logits: jax.Array, valid: jax.Array, pooling: Pooling) -> jax.Array:
         return jnp.where(m, x, low).max(axis=1)
     if pooling.kind == "lse":
         top = jax.lax.stop_gradient(jnp.where(m, x, low).max(axis=1, keepdims=True))
-        e = jnp.where(m, jnp.exp(pooling.r * (x - top)), 0.0)
+        # Padded positions out BEFORE the exponential: exp of a padded logit above the valid
+        # maximum overflows, and where(m, inf, 0)'s gradient is NaN.
+        e = jnp.exp(pooling.r * jnp.where(m, x - top, -jnp.inf))
         return top[:, 0] + jnp.log(e.sum(axis=1) / count) / pooling.r
     # topk: the k best valid positions of each class, averaged (fewer when fewer are valid)
     k = min(pooling.k, x.shape[1])

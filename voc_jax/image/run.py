@@ -322,3 +322,50 @@ def evaluate_and_report(exp: ImageExperiment, variables: Any, dataset: VocDatase
     print(table)
     print(f"written to {out_dir}")
     return summary
+
+
+def evaluate_workdir(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    *,
+    step: int | None = None,
+    split: str | None = None,
+) -> int:
+    """``voc_jax.evaluate`` of a whole-image workdir: its newest good checkpoint (or ``step``)
+    on ``split`` (default: the config's test split); the EMA weights when the run kept them."""
+    validation.validate(config)
+    if split is not None:
+        config = config.copy_and_resolve_references()
+        config.data.test_split = split
+    with distributed.workdir_lock(workdir, "evaluate"):
+        workdir_lib.check_before_evaluating(config, workdir)
+        workdir_lib.check_unchanged(config, workdir,
+                                    workdir_lib.SHAPE_FIELDS + EXTRA_SHAPE_FIELDS, "evaluate")  # fmt: skip
+        exp = ImageExperiment.build(config)
+        found, variables = restore_for_evaluation(exp, workdir, step)
+        splits = load_splits(exp.settings.data, workdir, train=False)
+        splits.remember_decoded()
+        evaluate_and_report(exp, variables, splits.test, workdir, found)
+    return 0
+
+
+def restore_for_evaluation(exp: ImageExperiment, workdir: Path, step: int | None) -> tuple:
+    """(step, variables): the checkpoint's params, or its EMA when the run kept one; the
+    initial variables (step 0) where there is no checkpoint (converted weights, fresh head)."""
+    if not exp.settings.image.ema:
+        return workdir_lib.restore_variables(workdir, exp.variables, step)
+    state = image_steps.create_state(exp.params, exp.batch_stats, exp.optimizer(1),
+                                     exp.settings.seed, ema=True)  # fmt: skip
+    abstract = {"params": abstract_like(state.params), "train": abstract_like(train_part(state))}
+    if state.batch_stats:
+        abstract["batch_stats"] = abstract_like(state.batch_stats)
+    checkpointer = Checkpointer(workdir / workdir_lib.CHECKPOINTS, asynchronous=False)
+    try:
+        if step is None and not checkpointer.steps():
+            log.warning("no checkpoint in %s: evaluating the initial weights", workdir)
+            return 0, exp.variables
+        found, restored = checkpointer.restore(abstract, step)
+    finally:
+        checkpointer.close()
+    ema = restored["train"]["ema"]
+    return found, image_steps.variables_of(ema, restored.get("batch_stats", {}))
