@@ -31,6 +31,10 @@ Sections:
             grouped conv with voc-jax's options, with XLA's defaults, in NCHW; shifted
             slices autodiffed, and with voc-jax's written-out gradient) against PyTorch's
             grouped conv2d, forward and both gradients
+  image     the whole-image family (scripts/bench_image.py): the frozen head's step from
+            cached maps, the fine-tune step and the evaluation of ResNet-50 and Lite0 (--arch)
+            against the same network in PyTorch, --image-batch photos at --image-size
+            python scripts/benchmark.py --only image --json docs/benchmark_image.json
 
 Timings are medians over --repeats after a warm-up; results are printed as a table and
 written as JSON. Ratios are what to compare across machines; absolute numbers depend on it.
@@ -1176,6 +1180,14 @@ def voc_trainval_candidates() -> int:
     return sum(len(candidates(r, PatchConfig())[0]) for r in records)
 
 
+def bench_image_section(records, config, args) -> list[dict]:
+    """The whole-image family's steps against PyTorch's (scripts/bench_image.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_image
+
+    return bench_image.bench_image(records, config, args, sys.modules[__name__])
+
+
 SECTIONS = {
     "pipeline": bench_pipeline,
     "crops": bench_crops,
@@ -1187,6 +1199,7 @@ SECTIONS = {
     "backbones": bench_backbones,
     "blocks": bench_blocks,
     "depthwise": bench_depthwise,
+    "image": bench_image_section,
 }
 
 
@@ -1241,9 +1254,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        default=",".join(s for s in SECTIONS if s not in ("backbones", "blocks")),
-        help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all but backbones "
-        "and blocks)",
+        default=",".join(s for s in SECTIONS if s not in ("backbones", "blocks", "image")),
+        help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all but backbones, "
+        "blocks and image)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
     parser.add_argument(
@@ -1293,6 +1306,12 @@ def main() -> int:
         default=16,
         help="blocks section: patches per piece (16: one slice of the sliced full step)",
     )
+    parser.add_argument(
+        "--image-size", type=int, default=448, help="image section: the canvas side (448)"
+    )
+    parser.add_argument(
+        "--image-batch", type=int, default=8, help="image section: photos per step (8)"
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     args.arch = args.arch or list(BACKBONE_ROWS)
@@ -1307,6 +1326,8 @@ def main() -> int:
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} {value}: must be at least 1")
     if args.quick:
+        args.image_size = min(args.image_size, 64)
+        args.image_batch = min(args.image_batch, 2)
         args.patch_size = min(args.patch_size, 64)
         args.repeats = 1
         args.batch = min(args.batch, 16)
@@ -1366,6 +1387,11 @@ def check_targets(rows: list[dict]) -> list[str]:
         if row:
             met = "met" if row["ratio_vs_baseline"] >= goal else "MISSED"
             lines.append(f"target {label} >= {goal}x: {row['ratio_vs_baseline']:.2f}x ({met})")
+    for row in rows:  # the whole-image issue: each step at least PyTorch's speed
+        if row["section"] == "image" and row["variant"] == "ours":
+            met = "met" if row["ratio_vs_baseline"] >= 1.0 else "MISSED"
+            lines.append(f"target whole-image {row['arch']} {row['step']} vs PyTorch >= 1.0x: "
+                         f"{row['ratio_vs_baseline']:.2f}x ({met})")  # fmt: skip
     # (what, the row's field, goal, at least (True) or at most, shown as a percentage)
     for label, field, goal, at_least, percent in (
         ("frozen >= 2.5x full", "ratio_vs_full", 2.5, True, False),

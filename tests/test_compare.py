@@ -101,9 +101,12 @@ def test_one_table_for_the_method_the_probe_and_chance(
                              "final_step": row["reused"]["final_step"], "retrained": False}  # fmt: skip
     assert "**reused**" in (out / "report.md").read_text()
 
-    # The floor: a method below it fails the command (exit 1), naming the method.
+    # The floor: a method below it fails the command (exit 1), naming the method; a method's
+    # own floor overrides the shared one.
     assert compare.main(_argv(voc, out, narrow_weights, "--methods", "probe", "--floor", "99")) == 1
     assert "linear probe, 160 px: VOC07 mAP" in capsys.readouterr().err
+    assert compare.main(_argv(voc, out, narrow_weights, "--methods", "probe", "--floor", "99",
+                              "--floor", "probe=0")) == 0  # fmt: skip
 
 
 IMAGE_TINY = [
@@ -188,6 +191,14 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
         "--methods svm: expected some of": ["--methods", "frozen,svm"],
         "--images -1: must be 0": ["--images", "-1"],
         "--floor nan: must be": ["--floor", "nan"],
+        "--floor probe=x: must be": ["--floor", "probe=x"],
+        "--floor image_frozen=...: not among --methods": [
+            "--methods",
+            "frozen,chance",
+            "--floor",
+            "60,image_frozen=70",
+        ],
+        "chance has no floor": ["--floor", "chance=5"],
         "only chance would run": ["--methods", "chance", "--floor", "10"],
         "--score-maps -2": ["--score-maps", "-2"],
         "--probe-c-folds 1: 0 (train -> val) or 2": ["--probe-c-folds", "1"],

@@ -55,9 +55,13 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert all(s["exit"] == 0 for s in steps)
     report = json.loads((out / "bench_f32.json").read_text())
     rows = report["results"]
-    sections = {"pipeline", "crops", "train", "eval", "e2e", "cache"}
+    sections = {"pipeline", "crops", "train", "eval", "e2e", "cache", "image"}
     assert {r["section"] for r in rows} == sections | {"peak"}
-    assert all(r["patches_per_s"] > 0 for r in rows if r["section"] != "peak")
+    assert all(r["patches_per_s"] > 0 for r in rows if r["section"] not in ("peak", "image"))
+    image = [r for r in rows if r["section"] == "image"]  # the whole-image steps, both sides
+    assert {(r["step"], r["variant"]) for r in image} == {
+        (s, v) for s in ("frozen", "finetune", "eval") for v in ("ours", "torch")
+    } and all(r["images_per_s"] > 0 for r in image)
     # Train and eval rows: XLA's FLOP count, achieved GFLOP/s and the share of the GEMM peak
     # measured in the same run (PyTorch's rows counted with the same network's FLOPs).
     timed = [r for r in rows if r["section"] in ("train", "eval") and "variant" in r]

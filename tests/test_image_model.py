@@ -96,3 +96,29 @@ def test_map_shape_and_the_smallest_inputs():
     assert map_shape(alex, 160) is None  # pool5 smaller than fc6's 6x6
     assert map_shape(alex.clone(fc_as_conv=False), 160)[:2] == (4, 4)
     assert map_shape(WholeImageNet(arch="resnet50", width=WIDTH), 448)[:2] == (14, 14)
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "efficientnet_lite0"])
+def test_the_map_equals_torchs(arch):
+    """Converted from a torch reference with non-default BatchNorm statistics, the map of a
+    non-square photo equals the torch module's (voc_jax.convert.torch_models.torch_map)."""
+    import torch
+
+    from voc_jax import models
+    from voc_jax.convert import layout, torch_models
+    from voc_jax.image.experiment import with_backbone
+
+    torch.manual_seed(0)
+    tmodel = torch_models.randomize_batch_norm(torch_models.classifier(arch, 1000, WIDTH)).eval()
+    state = {k: v.detach().numpy() for k, v in tmodel.state_dict().items()}
+    converted, _, _ = layout.torch_to_flax(models.backbone(arch), state, "mem")
+    image = WholeImageNet(arch=arch, width=WIDTH)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 96, 160, 3)).astype(np.float32)
+    fresh = jax.tree.map(np.asarray, dict(image.init(jax.random.PRNGKey(0), x)))
+    variables = with_backbone(fresh, converted, "mem")
+    got = np.asarray(image.apply(variables, x, stop="map"))
+    trunk = torch_models.torch_map(arch, WIDTH, tmodel)
+    with torch.no_grad():
+        want = trunk.eval()(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    assert got.shape == want.shape == (2, 3, 5, got.shape[-1])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

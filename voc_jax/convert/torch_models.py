@@ -162,3 +162,51 @@ __all__ = [
     "classifier",
     "randomize_batch_norm",
 ]
+
+
+class _LiteMap(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net.extract_features(x)
+
+
+def torch_map(arch: str, width: float = 1.0, model: torch.nn.Module | None = None):
+    """The torch reference up to the last feature map (stride 32, NCHW): what the whole-image
+    family's network reads (voc_jax.image.model; ResNet-50's layer4, Lite0's head convolution,
+    AlexNet's and VGG-16's pool5), sharing the layers of ``model`` (default: a fresh
+    classifier)."""
+    model = model if model is not None else classifier(arch, 1000, width)
+    if arch == "resnet50":
+        return torch.nn.Sequential(OrderedDict(
+            (name, getattr(model, name))
+            for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+        ))  # fmt: skip
+    if arch == "efficientnet_lite0":
+        return _LiteMap(model)
+    return model.features
+
+
+class WholeImage(torch.nn.Module):
+    """The whole-image family in torch, for the benchmarks: the map, a 1x1 convolution per
+    class, average pooling; BatchNorm in inference mode also when training (the default)."""
+
+    def __init__(self, arch: str, width: float = 1.0, num_classes: int = 20):
+        super().__init__()
+        self.backbone = torch_map(arch, width)
+        channels = models.backbone(arch).map_width(width)
+        self.head = torch.nn.Conv2d(channels, num_classes, 1)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor, *, maps: bool = False) -> torch.Tensor:
+        """Pooled logits of images, or of already computed maps (``maps``)."""
+        features = x if maps else self.backbone(x)
+        return self.head(features).mean(dim=(2, 3))
