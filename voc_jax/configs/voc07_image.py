@@ -82,6 +82,10 @@ def get_config(arg: str = "resnet50,frozen") -> ml_collections.ConfigDict:
     c.image.crop_area = (1.0, 1.0)  # training: random resized crop's area range (fine-tuning)
     c.image.test_flip = False  # evaluation: the mirrored photo's positions pooled in too
     c.image.eval_batch = 8  # photos per evaluation (and cache) forward pass
+    # An update's gradient in this many sequential slices of its photos, summed: the same
+    # update (to float rounding) with a smaller working set; must divide batch_size; not with
+    # model.bn_update (batch statistics would be per slice)
+    c.image.grad_chunks = 1
     c.image.ema = 0.0  # an exponential moving average of the weights, evaluated; 0 = off
 
     c.init = ml_collections.ConfigDict()

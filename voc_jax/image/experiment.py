@@ -35,6 +35,7 @@ class ImageSettings:
     fc_as_conv: bool
     eval_batch: int
     ema: float  # 0: off
+    grad_chunks: int = 1  # gradient slices of an update's photos
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,7 @@ def read(config: ml_collections.ConfigDict) -> RunSettings:
         fc_as_conv=bool(im.fc_as_conv),
         eval_batch=int(im.eval_batch),
         ema=float(im.ema),
+        grad_chunks=int(im.get("grad_chunks", 1)),
     )
     d = config.data
     data = settings._fields(

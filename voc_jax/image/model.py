@@ -11,6 +11,7 @@ weights, optimizer regexes and checkpoints read as they do for the patch family.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -106,7 +107,13 @@ class WholeImageNet(nn.Module):
 
 def map_shape(net: WholeImageNet, side: int) -> tuple[int, int, int] | None:
     """The map's (H', W', C) for a ``side x side`` input, None where the input is too small
-    for the network (no compile: shapes only)."""
+    for the network (no compile: shapes only; remembered, as validation and assembly ask)."""
+    return _map_shape(net.arch, net.width, net.uses_fc(), net.options, side)
+
+
+@functools.lru_cache(maxsize=256)
+def _map_shape(arch: str, width: float, fc: bool, options: Any, side: int):
+    net = WholeImageNet(arch=arch, width=width, fc_as_conv=fc, options=options)
     x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
     try:
         out = jax.eval_shape(

@@ -70,7 +70,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             train_step = xla_options.jit(
                 image_steps.make_train_step(exp.module, optimizer, s.image.pooling, s.image.loss,
                                             exp.preprocessing, start=start,
-                                            ema_decay=s.image.ema),
+                                            ema_decay=s.image.ema,
+                                            grad_chunks=s.image.grad_chunks),
                 donate_argnums=0,
             )  # fmt: skip
             loop = Loop(exp, train_source, train_step, checkpointer, writer, per_epoch, workdir,

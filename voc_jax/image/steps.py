@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from voc_jax import optim
-from voc_jax.image.loss import Loss, mean_loss
+from voc_jax.image.loss import Loss, mean_loss, per_pair
 from voc_jax.image.model import WholeImageNet
 from voc_jax.image.pooling import Pooling, pool
 from voc_jax.preprocessing import Preprocessing
@@ -89,15 +89,18 @@ def make_train_step(
     *,
     start: str = "image",
     ema_decay: float = 0.0,
+    grad_chunks: int = 1,
 ) -> Callable[[ImageState, Batch], tuple[ImageState, dict[str, jax.Array]]]:
-    """The un-jitted step (jit it with the state donated)."""
+    """The un-jitted step (jit it with the state donated). ``grad_chunks`` > 1: the batch's
+    gradient in that many sequential slices, summed (the same update to float rounding, a
+    smaller working set; dropout masks drawn per slice); refused with BatchNorm updates,
+    whose batch statistics would become per slice."""
     labels, schedule = optimizer.labels, optimizer.schedule
     update_stats = module.bn_update and not module.frozen_backbone and start == "image"
+    if grad_chunks > 1 and update_stats:
+        raise ValueError("gradient slices with model.bn_update: batch statistics per slice")
 
-    def train_step(state: ImageState, batch: Batch):
-        trainable, frozen = optim.split_trainable(state.params, labels)
-        key = jax.random.fold_in(state.rng, state.step)
-
+    def whole_grads(trainable, frozen, state, batch, key):
         def loss_fn(t):
             variables = variables_of(optim.merge(t, frozen), state.batch_stats)
             logits, stats = image_logits(module, variables, batch, pooling, preprocessing,
@@ -105,7 +108,38 @@ def make_train_step(
                                          update_stats=update_stats)  # fmt: skip
             return mean_loss(logits, batch["targets"], loss), (logits, stats)
 
-        (value, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        return jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+
+    def sliced_grads(trainable, frozen, state, batch, key):
+        counted = jnp.maximum((batch["targets"] != 0).sum(), 1)
+        variables = {"batch_stats": state.batch_stats} if state.batch_stats else {}
+
+        def slice_loss(t, part, i):
+            logits, _ = image_logits(module, {"params": optim.merge(t, frozen), **variables},
+                                     part, pooling, preprocessing, start=start, train=True,
+                                     rng=jax.random.fold_in(key, i))  # fmt: skip
+            return per_pair(logits, part["targets"], loss).sum() / counted, logits
+
+        def body(carry, xs):
+            total, acc = carry
+            part, i = xs
+            (value, logits), g = jax.value_and_grad(slice_loss, has_aux=True)(trainable, part, i)
+            return (total + value, jax.tree.map(jnp.add, acc, g)), logits
+
+        parts = jax.tree.map(
+            lambda a: a.reshape(grad_chunks, a.shape[0] // grad_chunks, *a.shape[1:]), batch
+        )
+        zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, trainable))
+        (value, grads), logits = jax.lax.scan(body, zero, (parts, jnp.arange(grad_chunks)))
+        logits = logits.reshape(-1, logits.shape[-1])
+        return (value, (logits, state.batch_stats)), grads
+
+    grads_of = sliced_grads if grad_chunks > 1 else whole_grads
+
+    def train_step(state: ImageState, batch: Batch):
+        trainable, frozen = optim.split_trainable(state.params, labels)
+        key = jax.random.fold_in(state.rng, state.step)
+        (value, (logits, stats)), grads = grads_of(trainable, frozen, state, batch, key)
         zeros = jax.tree.map(jnp.zeros_like, frozen)
         updates, opt_state = optimizer.tx.update(
             optim.merge(grads, zeros), state.opt_state, state.params

@@ -93,11 +93,18 @@ def _check_image(config: ml_collections.ConfigDict, p: validation.Problems) -> N
     p.check("image.crop_area", pair(0.01, 1.0), "must be (low, high) with 0.01 <= low <= high <= 1")
     p.check("image.eval_batch", validation.at_least(1), "must be an integer >= 1")
     p.check("image.ema", validation.number(0, 1, high_open=True), "must be in [0, 1) (0: off)")
+    p.check("image.grad_chunks", validation.at_least(1), "must be an integer >= 1")
     if p.items:
         return
     if config.feature_cache.enabled and tuple(config.image.crop_area) != (1.0, 1.0):
         p.add(f"image.crop_area={tuple(config.image.crop_area)}: random crops cannot come from "
               "the cache of whole maps; set it to (1.0, 1.0) or feature_cache.enabled=False")  # fmt: skip
+    chunks = config.image.grad_chunks
+    if chunks > 1 and config.batch_size % chunks:
+        p.add(f"image.grad_chunks={chunks}: must divide batch_size={config.batch_size}")
+    if chunks > 1 and config.model.bn_update:
+        p.add(f"image.grad_chunks={chunks} with model.bn_update=True: batch statistics would be "
+              "per slice; use one or the other")  # fmt: skip
     if config.feature_cache.enabled and config.model.bn_update:
         p.add("model.bn_update=True: the cached maps come from a frozen backbone; set it to "
               "False or feature_cache.enabled=False")  # fmt: skip
