@@ -54,6 +54,7 @@ def photo_batch(exp, records, args) -> dict:
                     args.image_batch)  # fmt: skip
     batch = source.test_batch(0)
     batch.pop("count")
+    batch.pop("indices")
     return batch
 
 

@@ -87,6 +87,37 @@ def test_cached_and_uncached_frozen_runs_are_equal(
 
 
 @pytest.mark.slow
+def test_own_sizes_from_the_cache_and_from_the_photos_are_equal(
+    tiny_data_root, tmp_path, quick_compiles
+):
+    """resize=own: photos in buckets of their own shapes (several canvases, several
+    compiles), their maps cached in the square grid; both runs train and score alike."""
+    own = ("--config.image.resize=own", "--config.image.size=128", "--config.image.bucket=32")
+    cached, plain = tmp_path / "cached", tmp_path / "plain"
+    assert train.main(args(cached, tiny_data_root, *own)) == 0
+    assert (
+        train.main(args(plain, tiny_data_root, *own, "--config.feature_cache.enabled=False")) == 0
+    )
+    (s1, p1), (s2, p2) = final_params(cached), final_params(plain)
+    assert s1 == s2 == 6  # 6 photos in 3 buckets here: 3 batches an epoch, not 2
+    for (path, a), (_, b) in zip(flat(p1), flat(p2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=path)
+    got, want = ap_table(cached)["results"], ap_table(plain)["results"]
+    assert got["voc07"]["map"] == pytest.approx(want["voc07"]["map"], abs=1e-6)
+    # predict sees each photo on its own bucket's canvas, as the evaluation did
+    from voc_jax import workdir as workdir_lib
+    from voc_jax.predict import make_predictor
+
+    predictor, _ = make_predictor(workdir_lib.load_config(plain), plain, None)
+    (step_dir,) = (plain / "eval").iterdir()
+    scores = np.load(step_dir / "scores.npz")
+    for i in (0, 3):
+        photo = tiny_data_root / "JPEGImages" / f"{scores['image_ids'][i]}.jpg"
+        result = predictor(str(photo))
+        np.testing.assert_allclose(result["scores"], scores["probability"][i], atol=1e-5)
+
+
+@pytest.mark.slow
 def test_a_damaged_map_cache_is_set_aside_and_rebuilt(
     frozen_cached, tmp_path, tiny_data_root, quick_compiles
 ):
@@ -174,6 +205,12 @@ def image_config(arg: str = "resnet50,frozen"):
         (lambda c: c.image.__setitem__("crop_area", (0.3, 1.0)), "image.crop_area"),
         (lambda c: (c.model.__setitem__("arch", "alexnet"), c.image.__setitem__("size", 128)),
          "image.size=128"),
+        (lambda c: c.image.__setitem__("resize", "native"), "image.resize"),
+        (lambda c: c.image.__setitem__("bucket", 48), "image.bucket"),
+        (lambda c: c.image.__setitem__("frame", 16), "image.frame"),
+        (lambda c: (c.model.__setitem__("arch", "alexnet"), c.image.__setitem__("size", 256),
+                    c.image.__setitem__("resize", "own"), c.image.__setitem__("bucket", 64)),
+         "image.bucket=64"),
     ],
 )  # fmt: skip
 def test_bad_image_configs_name_the_field(change, field):

@@ -65,7 +65,11 @@ def get_config(arg: str = "resnet50,frozen") -> ml_collections.ConfigDict:
 
     c.image = ml_collections.ConfigDict()
     c.image.size = 448  # the canvas side at scale 1 (the anchors' setting: 448 px)
-    c.image.resize = "longer"  # longer: aspect kept, padded and masked | square: squashed
+    # longer: the longer side made image.size, aspect kept, padded and masked | square:
+    # squashed | own: the photo's own size (scaled down only past image.size), on a canvas of
+    # its sides rounded up to image.bucket (batches drawn within a bucket: few compiles)
+    c.image.resize = "longer"
+    c.image.bucket = 64  # own: canvas sides are multiples of this (a multiple of 32)
     c.image.scales = (1.0,)  # canvas sides size * s; every scale's positions pooled together
     # avg | max | lse (log-sum-exp) | topk (mean of the k best). avg: on frozen Lite0 maps
     # (the genuine photos, 448 px) the sharper poolings generalise far worse (docs/image.md)
@@ -81,6 +85,11 @@ def get_config(arg: str = "resnet50,frozen") -> ml_collections.ConfigDict:
     c.image.flip = True  # training: random horizontal flips (cached: the mirrored maps)
     c.image.crop_area = (1.0, 1.0)  # training: random resized crop's area range (fine-tuning)
     c.image.test_flip = False  # evaluation: the mirrored photo's positions pooled in too
+    # Training from photos with random resized crops (image.crop_area): crops and flips
+    # resampled on the device, inside the step (True), or by PIL on the host (False); the
+    # same draws either way. Without crops the canvases are PIL's, as the map cache's
+    c.image.device_crops = True
+    c.image.frame = 512  # device crops: each photo's frame side (larger photos scaled down once)
     c.image.eval_batch = 8  # photos per evaluation (and cache) forward pass
     # An update's gradient in this many sequential slices of its photos, summed: the same
     # update (to float rounding) with a smaller working set; must divide batch_size; not with

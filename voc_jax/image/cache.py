@@ -68,10 +68,37 @@ class Layout:
 def view_pixels(
     rgb: np.ndarray, view: View, inputs: InputSettings, pad: np.ndarray
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """The canvas of one view and the photo's extent on it."""
+    """The canvas of one view (square, or the photo's bucket with own sizes) and the photo's
+    extent on it."""
     if view.flipped:
         rgb = np.ascontiguousarray(rgb[:, ::-1])
-    return fit(rgb, view.side, inputs.resize, pad)
+    scale = inputs.scales[inputs.sides.index(view.side)]
+    return fit(rgb, view.side, inputs, pad, scale=scale)
+
+
+def view_maps(
+    photos: Sequence[np.ndarray],
+    view: View,
+    inputs: InputSettings,
+    pad: np.ndarray,
+    forward: Callable[[int, np.ndarray], np.ndarray],
+    batch: int,
+) -> np.ndarray:
+    """[len(photos), gh * gw, C] rows of one view: each canvas shape through the network as
+    one batch of ``batch`` (one compile per shape), each map at the top left of the view's
+    grid (own sizes' smaller canvases leave zeros, masked when read)."""
+    canvases = [view_pixels(p, view, inputs, pad)[0] for p in photos]
+    out = None
+    for shape in sorted({c.shape for c in canvases}):
+        members = [i for i, c in enumerate(canvases) if c.shape == shape]
+        pixels = np.stack([canvases[i] for i in members])
+        if len(members) < batch:
+            pixels = np.concatenate([pixels, np.repeat(pixels[:1], batch - len(members), 0)])
+        maps = np.asarray(forward(view.side, pixels))[: len(members)]
+        if out is None:
+            out = np.zeros((len(photos), *view.grid, maps.shape[-1]), maps.dtype)
+        out[members, : maps.shape[1], : maps.shape[2]] = maps
+    return out.reshape(len(photos), -1, out.shape[-1])
 
 
 def describe(
@@ -94,6 +121,11 @@ def describe(
         "network": network,
         "preprocessing": preprocessing.to_dict(),
         "resize": inputs.resize,
+        **(
+            {"bucket": inputs.bucket, "scales": list(inputs.scales)}
+            if inputs.resize == "own"
+            else {}
+        ),  # fmt: skip
         "views": [[v.side, v.flipped] for v in layout.views],
         "dtype": dtype,
         "split": split,
@@ -167,13 +199,8 @@ def build(
         for start in range(done, len(records), batch):
             chunk = records[start : start + batch]
             photos = [decode_image(str(r.image_path), (r.width, r.height)) for r in chunk]
-            per_view = []
-            for view in layout.views:
-                pixels = np.stack([view_pixels(p, view, inputs, pad)[0] for p in photos])
-                if len(chunk) < batch:  # one compiled batch size
-                    pixels = np.concatenate([pixels, np.repeat(pixels[:1], batch - len(chunk), 0)])
-                maps = np.asarray(forward(view.side, pixels))[: len(chunk)]
-                per_view.append(maps.reshape(len(chunk), -1, maps.shape[-1]))
+            per_view = [view_maps(photos, view, inputs, pad, forward, batch)
+                        for view in layout.views]  # fmt: skip
             rows = np.concatenate(per_view, axis=1)
             rows = _stored(rows, cache.dtype)
             for i in range(len(chunk)):

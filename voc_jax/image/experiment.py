@@ -68,6 +68,9 @@ def read(config: ml_collections.ConfigDict) -> RunSettings:
         flip=bool(im.flip),
         crop_area=plain(im.crop_area),
         test_flip=bool(im.test_flip),
+        device_crops=bool(im.get("device_crops", True)),
+        frame=int(im.get("frame", 512)),
+        bucket=int(im.get("bucket", 64)),
     )
     image = ImageSettings(
         inputs=inputs,
@@ -152,6 +155,14 @@ class ImageExperiment:
     @property
     def frozen_backbone(self) -> bool:
         return self.module.frozen_backbone
+
+    def grid_of(self, canvas: tuple[int, int]) -> tuple[int, int]:
+        """The map positions of a (height, width) canvas (own sizes' buckets)."""
+        shape = map_shape(self.module, canvas)
+        if shape is None:
+            raise ConfigError(f"a {canvas[0]}x{canvas[1]} canvas is too small for "
+                              f"{self.settings.model.arch}; raise image.bucket or image.size")  # fmt: skip
+        return shape[:2]
 
     def optimizer(self, steps_per_epoch: int) -> optim.Optimizer:
         return optim.make_optimizer(

@@ -105,16 +105,18 @@ class WholeImageNet(nn.Module):
         return x.astype(jnp.float32)
 
 
-def map_shape(net: WholeImageNet, side: int) -> tuple[int, int, int] | None:
-    """The map's (H', W', C) for a ``side x side`` input, None where the input is too small
-    for the network (no compile: shapes only; remembered, as validation and assembly ask)."""
-    return _map_shape(net.arch, net.width, net.uses_fc(), net.options, side)
+def map_shape(net: WholeImageNet, side: int | tuple[int, int]) -> tuple[int, int, int] | None:
+    """The map's (H', W', C) for a ``side x side`` (or (height, width)) input, None where the
+    input is too small for the network (no compile: shapes only; remembered, as validation
+    and assembly ask)."""
+    hw = (side, side) if isinstance(side, int) else tuple(side)
+    return _map_shape(net.arch, net.width, net.uses_fc(), net.options, hw)
 
 
 @functools.lru_cache(maxsize=256)
-def _map_shape(arch: str, width: float, fc: bool, options: Any, side: int):
+def _map_shape(arch: str, width: float, fc: bool, options: Any, hw: tuple[int, int]):
     net = WholeImageNet(arch=arch, width=width, fc_as_conv=fc, options=options)
-    x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, *hw, 3), jnp.float32)
     try:
         out = jax.eval_shape(
             lambda: net.init_with_output(jax.random.PRNGKey(0), jnp.zeros(x.shape), stop="map")[0]

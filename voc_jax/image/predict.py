@@ -38,23 +38,23 @@ class ImagePredictor:
         if min(h, w) < 2:
             raise ImageError(f"{path}: is {w}x{h} pixels, too small")
         logits, valid, first = [], [], None
-        for side, grid in zip(self.inputs.sides, self.exp.grids, strict=True):
-            canvas, extent = fit(rgb, side, self.inputs.resize, self.pad)
+        for side, scale in zip(self.inputs.sides, self.inputs.scales, strict=True):
+            canvas, extent = fit(rgb, side, self.inputs, self.pad, scale=scale)
             out = np.asarray(self._positions(self.variables, canvas[None]))[0]  # [gh, gw, C]
-            mask = valid_grid(extent, side, grid)
+            mask = valid_grid(extent, canvas.shape[:2], out.shape[:2])
             if first is None:
-                first = (out, mask, extent, side)
+                first = (out, mask, extent, canvas.shape[:2])
             logits.append(out.reshape(-1, out.shape[-1]))
             valid.append(mask.reshape(-1))
         pooled = np.asarray(pool(np.concatenate(logits)[None], np.concatenate(valid)[None],
                                  self.pooling))[0]  # fmt: skip
-        out, mask, extent, side = first
+        out, mask, extent, (height, width) = first
         rows, cols = mask.any(axis=1).sum(), mask.any(axis=0).sum()
         heat = 1.0 / (1.0 + np.exp(-out[:rows, :cols].astype(np.float64)))
         # The cells' span in the photo's pixels (the last cells may reach past its edge).
         span = (
-            rows * side / out.shape[0] * h / extent[0],
-            cols * side / out.shape[1] * w / extent[1],
+            rows * height / out.shape[0] * h / extent[0],
+            cols * width / out.shape[1] * w / extent[1],
         )
         return {
             "image": rgb,

@@ -26,9 +26,9 @@ from voc_jax.data.voc import VocDataset
 from voc_jax.errors import ConfigError, is_disk_full
 from voc_jax.feature_cache import cache_root
 from voc_jax.image import cache as map_cache
+from voc_jax.image import device_crops, validation
 from voc_jax.image import steps as image_steps
-from voc_jax.image import validation
-from voc_jax.image.data import Source, chunks
+from voc_jax.image.data import Source, batches_per_epoch
 from voc_jax.image.experiment import ImageExperiment
 from voc_jax.image.inputs import pad_value
 from voc_jax.metric_writer import MetricWriter
@@ -52,7 +52,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         exp = ImageExperiment.build(config)
         s = exp.settings
         splits = load_splits(s.data, workdir, train=s.num_epochs > 0)
-        per_epoch = chunks(len(splits.train), s.batch_size) if s.num_epochs else 1
+        per_epoch = (batches_per_epoch(splits.train.records, s.image.inputs, s.batch_size)
+                     if s.num_epochs else 1)  # fmt: skip
         optimizer = exp.optimizer(per_epoch)
         checkpointer = Checkpointer(workdir / workdir_lib.CHECKPOINTS, max_to_keep=s.max_to_keep)
         state = image_steps.create_state(exp.params, exp.batch_stats, optimizer, s.seed,
@@ -67,11 +68,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if s.num_epochs and position.epoch < s.num_epochs:
             train_source = source(exp, splits.train, workdir, train=True)
             start = "map" if train_source.cache is not None else "image"
+            fitter = (
+                device_crops.make_fitter(train_source.pad) if train_source.device_crops else None
+            )
             train_step = xla_options.jit(
                 image_steps.make_train_step(exp.module, optimizer, s.image.pooling, s.image.loss,
                                             exp.preprocessing, start=start,
                                             ema_decay=s.image.ema,
-                                            grad_chunks=s.image.grad_chunks),
+                                            grad_chunks=s.image.grad_chunks, fit_views=fitter),
                 donate_argnums=0,
             )  # fmt: skip
             loop = Loop(exp, train_source, train_step, checkpointer, writer, per_epoch, workdir,
@@ -110,7 +114,7 @@ def source(exp: ImageExperiment, dataset: VocDataset, workdir: Path, *, train: b
     s = exp.settings
     batch = s.batch_size if train else s.image.eval_batch
     pad = pad_value(exp.preprocessing)
-    plain = Source(dataset.records, s.image.inputs, exp.grids, pad, batch)
+    plain = Source(dataset.records, s.image.inputs, exp.grids, pad, batch, grid_of=exp.grid_of)
     if not s.cache.enabled:
         return plain
     inputs = s.image.inputs
@@ -251,6 +255,7 @@ def run_epoch(loop: Loop, state: Any, step: int, epoch: int, first: int, stop: A
             if b + 1 < loop.per_epoch:
                 pending = pool.submit(loop.source.train_batch, s.seed, epoch, b + 1)
             count = batch.pop("count")
+            batch.pop("indices")
             state, row = loop.train_step(state, batch)
             step, seen = step + 1, seen + count
             bar.update(1)
@@ -285,12 +290,13 @@ def scores(exp: ImageExperiment, variables: Any, dataset: VocDataset, workdir: P
     )  # fmt: skip
     variables = jax.device_put(variables)
     out = np.zeros((len(dataset.records), exp.settings.model.num_classes))
-    for b in tqdm(range(chunks(len(dataset.records), src.batch)), desc="evaluating", unit="batch"):
+    for b in tqdm(range(len(src.test_batches())), desc="evaluating", unit="batch"):
         batch = src.test_batch(b)
         count = batch.pop("count")
+        indices = batch.pop("indices")
         batch.pop("targets")
         logits = np.asarray(logits_of(variables, batch), np.float64)[:count]
-        out[b * src.batch : b * src.batch + count] = 1.0 / (1.0 + np.exp(-logits))
+        out[indices] = 1.0 / (1.0 + np.exp(-logits))
     return out
 
 

@@ -90,11 +90,13 @@ def make_train_step(
     start: str = "image",
     ema_decay: float = 0.0,
     grad_chunks: int = 1,
+    fit_views: Callable[[Batch], tuple[jax.Array, ...]] | None = None,
 ) -> Callable[[ImageState, Batch], tuple[ImageState, dict[str, jax.Array]]]:
     """The un-jitted step (jit it with the state donated). ``grad_chunks`` > 1: the batch's
     gradient in that many sequential slices, summed (the same update to float rounding, a
     smaller working set; dropout masks drawn per slice); refused with BatchNorm updates,
-    whose batch statistics would become per slice."""
+    whose batch statistics would become per slice. ``fit_views``: the batch holds frames and
+    crop boxes (``device_crops.make_fitter``), resampled into the views here."""
     labels, schedule = optimizer.labels, optimizer.schedule
     update_stats = module.bn_update and not module.frozen_backbone and start == "image"
     if grad_chunks > 1 and update_stats:
@@ -137,6 +139,9 @@ def make_train_step(
     grads_of = sliced_grads if grad_chunks > 1 else whole_grads
 
     def train_step(state: ImageState, batch: Batch):
+        if fit_views is not None:
+            batch = {"views": fit_views(batch), "valid": batch["valid"],
+                     "targets": batch["targets"]}  # fmt: skip
         trainable, frozen = optim.split_trainable(state.params, labels)
         key = jax.random.fold_in(state.rng, state.step)
         (value, (logits, stats)), grads = grads_of(trainable, frozen, state, batch, key)

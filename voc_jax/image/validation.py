@@ -94,6 +94,10 @@ def _check_image(config: ml_collections.ConfigDict, p: validation.Problems) -> N
     p.check("image.eval_batch", validation.at_least(1), "must be an integer >= 1")
     p.check("image.ema", validation.number(0, 1, high_open=True), "must be in [0, 1) (0: off)")
     p.check("image.grad_chunks", validation.at_least(1), "must be an integer >= 1")
+    p.check("image.device_crops", lambda v: isinstance(v, bool), "must be True or False")
+    p.check("image.frame", validation.at_least(32), "must be an integer >= 32 (pixels)")
+    p.check("image.bucket", lambda v: validation.at_least(32)(v) and v % 32 == 0,
+            "must be a multiple of 32 (the map's stride), at least 32")  # fmt: skip
     if p.items:
         return
     if config.feature_cache.enabled and tuple(config.image.crop_area) != (1.0, 1.0):
@@ -127,4 +131,11 @@ def _check_input_size(config: ml_collections.ConfigDict) -> list[str]:
                 + (" with fc6 as a convolution (image.fc_as_conv)" if net.uses_fc() else "")
                 + "; raise image.size or the scale"
             )
+    bucket = min(config.image.get("bucket", 64), min(inputs.sides))
+    if config.image.resize == "own" and not problems and map_shape(net, bucket) is None:
+        problems.append(
+            f"image.bucket={config.image.bucket}: a photo's smallest canvas ({bucket} px) is "
+            f"below {models.backbone(config.model.arch).display}'s smallest input; raise "
+            "image.bucket"
+        )
     return problems
