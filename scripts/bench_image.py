@@ -5,7 +5,10 @@ threads, interleaved in one run:
 - frozen: the head's AdamW step from cached maps (what a frozen run repeats every epoch);
 - finetune: the AdamW step of the config's trainable blocks from the photos' canvases
   (``voc07_image.py:ARCH,finetune``'s ``optim.trainable``, the same layers trainable in torch);
-- eval: the forward pass and the pooled probabilities.
+- eval: the forward pass and the pooled probabilities;
+- crops: fine-tuning's random resized crops and flips of a batch, resampled on the device
+  (``device_crops``, inside the step) against PIL on the host (the host path); the same
+  canvases to uint8 rounding.
 
 Both sides: average pooling of a 1x1 convolution's position logits, a per-class BCE,
 BatchNorm with its running statistics, float32 unless --dtype.
@@ -102,6 +105,7 @@ def image_rows(arch: str, records, args, helpers) -> list[dict]:
         helpers.torch_sync(device)
 
     runners["torch_eval"] = torch_eval
+    runners["crops"], runners["host_crops"] = crop_runners(finetune, records, args)
     t = helpers.interleaved_medians(runners, args.repeats)
     threads = f"PyTorch ({torch.get_num_threads()} threads)"
     width = "" if args.width == 1 else f" (width {args.width:g})"
@@ -123,7 +127,46 @@ def image_rows(arch: str, records, args, helpers) -> list[dict]:
             if variant == "ours":
                 row["ratio_vs_baseline"] = t[f"torch_{name}"] / t[key]
             rows.append(row)
+    for variant, key, who in (("ours", "crops", "on the device (JAX)"),
+                              ("host", "host_crops", "on the host (PIL, one thread)")):  # fmt: skip
+        row = {
+            "section": "image",
+            "what": f"{arch}: random resized crops and flips {who}, {args.image_batch} photos "
+            f"to {args.image_size}px",
+            "arch": arch, "variant": variant, "step": "crops",
+            "images_per_s": args.image_batch / t[key], "seconds": t[key],
+        }  # fmt: skip
+        if variant == "ours":
+            row["ratio_vs_baseline"] = t["host_crops"] / t[key]
+        rows.append(row)
     return rows
+
+
+def crop_runners(exp, records, args):
+    """(device, host): a batch's crops (area 0.3-1, flips) made each way from decoded photos."""
+    import dataclasses
+
+    from voc_jax.image import device_crops
+    from voc_jax.image.data import Source
+    from voc_jax.image.inputs import pad_value, random_crop
+
+    inputs = dataclasses.replace(exp.settings.image.inputs, crop_area=(0.3, 1.0))
+    pad = pad_value(exp.preprocessing)
+    source = Source(records[: args.image_batch], inputs, exp.grids, pad, args.image_batch)
+    framed = source.train_batch(0, 0, 0)
+    framed = {k: framed[k] for k in ("frames", "sizes", "boxes", "flips", "extents", "canvases")}
+    fitter = jax.jit(device_crops.make_fitter(pad))
+    photos = [source._decode(i) for i in range(len(source.records))]
+
+    def device():
+        jax.block_until_ready(fitter(framed))
+
+    def host():
+        for i, rgb in enumerate(photos):
+            crop = random_crop(rgb, np.random.default_rng([0, 0, i]), inputs)
+            source._pixels(crop, i)
+
+    return device, host
 
 
 def torch_whole_image(arch: str, args, exp, device):

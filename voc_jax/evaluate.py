@@ -22,7 +22,7 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from voc_jax import cli, commands, distributed, experiment, metrics
+from voc_jax import cli, commands, distributed, experiment, metrics, multilabel
 from voc_jax import workdir as workdir_lib
 from voc_jax.classes import VOC_CLASSES
 from voc_jax.data.pipeline import iterating
@@ -88,6 +88,30 @@ def ap_results(
             "classes_below_floor": r["classes_below_floor"],
         }
     return results
+
+
+LABEL_THRESHOLD = 0.5  # a label is predicted at this probability (a logit of 0)
+LABEL_TOP_K = 3  # and the top-k variant the COCO multi-label papers report
+
+
+def label_results(probabilities: np.ndarray, targets: np.ndarray, score: str) -> dict[str, Any]:
+    """CP, CR, CF1, OP, OR, OF1 at the threshold and for the top-k labels (voc_jax.multilabel),
+    with what the probability is."""
+    sets = multilabel.label_metrics(probabilities, targets, LABEL_THRESHOLD, LABEL_TOP_K)
+    return {"threshold": LABEL_THRESHOLD, "top_k": LABEL_TOP_K, "score": score, **sets}
+
+
+def format_labels(labels: dict[str, Any]) -> str:
+    """Markdown: the label-set metrics, a row each for every label and the top-k."""
+    names = multilabel.NAMES
+    lines = ["| labels | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    k, t = labels["top_k"], labels["threshold"]
+    for key, what in (("all", f"p >= {t:g}"), (f"top{k}", f"top-{k}, p >= {t:g}")):
+        cells = [f"{100 * labels[key][n]:.2f}" if np.isfinite(labels[key][n]) else "n/a"
+                 for n in names]  # fmt: skip
+        lines.append(f"| {what} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", f"- labels: p is {labels['score']}; C: the mean over classes, "
+                               "O: over all labels (docs/training.md)"])  # fmt: skip
 
 
 def format_table(results: dict[str, dict[str, Any]], with_reference: bool) -> str:
@@ -209,12 +233,14 @@ def evaluate(
         for pooling in ("mean", "max")
     }
     with_reference = is_voc2007_test(dataset.root, dataset.split, len(records))
-    table = format_table(results, with_reference)
+    labels = label_results(scores["max"], targets, "the highest patch probability")
+    table = format_table(results, with_reference) + "\n\n" + format_labels(labels)
     summary = {
         "split": dataset.split,
         "images": len(records),
         "exponent": exp.eval.exponent,
         "results": results,
+        "labels": labels,
         "voc07_map_other_poolings": extra,
         "table": table,
     }

@@ -310,13 +310,15 @@ def evaluate_and_report(exp: ImageExperiment, variables: Any, dataset: VocDatase
     targets = np.stack([r.targets() for r in records])
     results = evaluate.ap_results(probabilities, targets, s.protocols)
     with_reference = evaluate.is_voc2007_test(dataset.root, dataset.split, len(records))
-    table = evaluate.format_table(results, with_reference)
+    labels = evaluate.label_results(probabilities, targets, "the image probability")
+    table = evaluate.format_table(results, with_reference) + "\n\n" + evaluate.format_labels(labels)
     summary = {
         "split": dataset.split,
         "images": len(records),
         "method": "image",
         "score": "sigmoid of the pooled logit (" + s.image.pooling.kind + ")",
         "results": results,
+        "labels": labels,
         "table": table,
     }
     out_dir = workdir / "eval" / str(step)
