@@ -69,6 +69,11 @@ def test_one_table_for_the_method_the_probe_and_chance(
     assert "| class | patches, frozen (Oquab): voc07 |" in report and "| wall time |" in report
     assert "linear probe, 160 px: area" in report and "chance: voc07" in report
     assert "n/a" in report  # 24 test photos: some classes have no positive, in every row
+    # the label sets beside mAP, for the methods with probabilities (not chance)
+    assert set(results["frozen"]["labels"]["all"]) == {"CP", "CR", "CF1", "OP", "OR", "OF1"}
+    assert "top3" in results["probe"]["labels"] and "labels" not in results["chance"]
+    assert "| patches, frozen (Oquab) | top-3, p >= 0.5 |" in report
+    assert "the highest patch probability" in report
     assert (out / "ap_bars.png").stat().st_size > 0 and list((out / "score_maps").glob("*.png"))
     assert (out / "frozen" / "feature_cache").is_dir()  # the frozen method trains from it
     capsys.readouterr()
@@ -140,6 +145,7 @@ def test_whole_image_rows_join_the_table(
     report = (out / "report.md").read_text()
     assert "whole image, frozen: voc07" in report and "whole image, fine-tuned from the" in report
     assert "whole image: 448-px canvases" in report  # the setting, in words
+    assert 0 <= results["image_frozen"]["labels"]["top3"]["OF1"] <= 1
     assert (out / "image_frozen" / "feature_cache").is_dir()  # the map cache
     # A changed image setting is a changed fingerprint: refused, naming the field.
     capsys.readouterr()

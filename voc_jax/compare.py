@@ -317,6 +317,7 @@ def run_patches(run: PatchRun) -> dict:
                   "retrained": max(earlier) < final}  # fmt: skip
     return {
         "results": {p: table["results"][p] for p in PROTOCOLS},
+        **({"labels": table["labels"]} if "labels" in table else {}),
         "seconds": time.perf_counter() - start,
         "workdir": str(run.workdir),
         "argv": run.argv[1:],
@@ -422,6 +423,27 @@ def table(rows: dict[str, dict]) -> str:
     times = ["wall time"] + [t for m in names for t in (_minutes(rows[m]["seconds"]), "")]
     lines.append("| " + " | ".join(times) + " |")
     return "\n".join(lines)
+
+
+def label_table(rows: dict[str, dict]) -> str:
+    """Markdown: each method's label-set metrics (voc_jax.multilabel) at the threshold and for
+    its top-k labels; empty when no row has them (chance has none)."""
+    from voc_jax import multilabel
+
+    named = [m for m in rows if "labels" in rows[m]]
+    if not named:
+        return ""
+    lines = ["| method | labels | " + " | ".join(multilabel.NAMES) + " |",
+             "|---|---|" + "---:|" * len(multilabel.NAMES)]  # fmt: skip
+    for m in named:
+        labels = rows[m]["labels"]
+        k, t = labels["top_k"], labels["threshold"]
+        for key, what in (("all", f"p >= {t:g}"), (f"top{k}", f"top-{k}, p >= {t:g}")):
+            cells = [_percent(labels[key][n]) for n in multilabel.NAMES]
+            lines.append(f"| {rows[m]['label']} | {what} | " + " | ".join(cells) + " |")
+    scores = "; ".join(f"{rows[m]['label']}: {rows[m]['labels']['score']}" for m in named)
+    return "\n".join(lines + ["", f"In %. p: {scores}. C: the mean over classes; O: over all "
+                               "labels; difficult-only pairs ignored (docs/training.md)."])  # fmt: skip
 
 
 def _minutes(seconds: float) -> str:
@@ -543,6 +565,12 @@ def report(rows: dict, setting: Setting, args: argparse.Namespace, splits, maps)
         "image, left out of every mean. Chance: the mean of 200 random draws. Wall time: "
         "this invocation's.",
     ]
+    labels = label_table(rows)
+    lines += (
+        ["", "The label sets the multi-label papers report beside mAP:", "", labels]
+        if labels
+        else []
+    )
     reused = reuse_notes(rows)
     lines += ["", "Rows from earlier invocations:", *reused] if reused else []
     edges = c_edge_notes(rows)

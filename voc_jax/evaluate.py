@@ -90,15 +90,8 @@ def ap_results(
     return results
 
 
-LABEL_THRESHOLD = 0.5  # a label is predicted at this probability (a logit of 0)
-LABEL_TOP_K = 3  # and the top-k variant the COCO multi-label papers report
-
-
 def label_results(probabilities: np.ndarray, targets: np.ndarray, score: str) -> dict[str, Any]:
-    """CP, CR, CF1, OP, OR, OF1 at the threshold and for the top-k labels (voc_jax.multilabel),
-    with what the probability is."""
-    sets = multilabel.label_metrics(probabilities, targets, LABEL_THRESHOLD, LABEL_TOP_K)
-    return {"threshold": LABEL_THRESHOLD, "top_k": LABEL_TOP_K, "score": score, **sets}
+    return multilabel.label_results(probabilities, targets, score)
 
 
 def format_labels(labels: dict[str, Any]) -> str:

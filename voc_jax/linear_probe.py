@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from voc_jax import metrics, weights
+from voc_jax import metrics, multilabel, weights
 from voc_jax.classes import VOC_CLASSES
 from voc_jax.data.pipeline import decode_image
 from voc_jax.data.voc import VocRecord
@@ -363,8 +363,11 @@ def run(
     for protocol in settings.protocols:
         r = metrics.mean_average_precision(scores, test_t, protocol)
         results[protocol] = {"ap": [float(a) for a in r["ap"]], "map": r["map"]}
+    probabilities = 1.0 / (1.0 + np.exp(-scores))
+    labels = multilabel.label_results(probabilities, test_t, "the classifier's probability")
     return {
         "results": results,
+        "labels": labels,
         "c": dict(zip(VOC_CLASSES, cs, strict=True)),
         "c_at_edge": choice.at_edge,
         "features_seconds": features_s,

@@ -26,6 +26,8 @@ import dataclasses
 import numpy as np
 
 NAMES = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+THRESHOLD = 0.5  # a label is predicted at this probability (a logit of 0)
+TOP_K = 3  # the top-k variant the COCO multi-label papers report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,3 +98,10 @@ def label_metrics(
     every = label_counts(predictions(probabilities, threshold), targets)
     best = label_counts(predictions(probabilities, threshold, top_k), targets)
     return {"all": scores_of(every), f"top{top_k}": scores_of(best)}
+
+
+def label_results(probabilities: np.ndarray, targets: np.ndarray, score: str) -> dict:
+    """``label_metrics`` at the project's threshold and k, with what the probability is (the
+    form evaluation tables, ``ap_table.json`` and compare's report carry)."""
+    sets = label_metrics(probabilities, targets, THRESHOLD, TOP_K)
+    return {"threshold": THRESHOLD, "top_k": TOP_K, "score": score, **sets}
