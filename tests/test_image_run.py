@@ -141,10 +141,11 @@ def test_a_damaged_map_cache_is_set_aside_and_rebuilt(
 def test_killed_mid_epoch_resumes_bitwise(
     frozen_cached, tiny_data_root, tmp_path, monkeypatch, quick_compiles
 ):
-    """Fine-tuned (crops, flips, BatchNorm statistics, an EMA), SIGTERM after the first update
+    """Fine-tuned (crops and flips on the device, BatchNorm statistics, an EMA), SIGTERM after
+    the first update
     of epoch 2: the resumed run's params, metrics and APs are the uninterrupted run's."""
     extra = ("--config.model.bn_update=True", "--config.image.ema=0.5",
-             f"--config.init.head_from={frozen_cached}")  # fmt: skip
+             "--config.image.crops_on=device", f"--config.init.head_from={frozen_cached}")  # fmt: skip
     whole = tmp_path / "whole"
     assert train.main(args(whole, tiny_data_root, *extra, variant="resnet50,finetune")) == 0
     killed = tmp_path / "killed"
@@ -208,6 +209,7 @@ def image_config(arg: str = "resnet50,frozen"):
         (lambda c: c.image.__setitem__("resize", "native"), "image.resize"),
         (lambda c: c.image.__setitem__("bucket", 48), "image.bucket"),
         (lambda c: c.image.__setitem__("frame", 16), "image.frame"),
+        (lambda c: c.image.__setitem__("crops_on", "gpu"), "image.crops_on"),
         (lambda c: (c.model.__setitem__("arch", "alexnet"), c.image.__setitem__("size", 256),
                     c.image.__setitem__("resize", "own"), c.image.__setitem__("bucket", 64)),
          "image.bucket=64"),

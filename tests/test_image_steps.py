@@ -74,3 +74,26 @@ def test_slices_with_batch_statistics_are_refused(finetune_exp):
         steps.make_train_step(module, finetune_exp.optimizer(10), finetune_exp.settings.image.pooling,
                               finetune_exp.settings.image.loss, finetune_exp.preprocessing,
                               grad_chunks=2)  # fmt: skip
+
+
+def test_average_pooling_of_a_linear_head_pools_the_map_first_with_the_same_logits(finetune_exp):
+    """W mean(x) + b against mean(W x + b): the position logits pooled, as pool() defines."""
+    from voc_jax.image.pooling import pool
+
+    exp = finetune_exp
+    s = exp.settings
+    batch = batch_of(exp)
+    assert s.image.pooling.kind == "avg" and steps.pools_first(exp.module, s.image.pooling, False)
+    got, _ = steps.image_logits(exp.module, exp.variables, batch, s.image.pooling,
+                                exp.preprocessing, start="image")  # fmt: skip
+    x = exp.preprocessing.normalize(batch["views"][0])
+    positions = exp.module.apply(exp.variables, x)
+    want = pool(positions.reshape(len(x), -1, positions.shape[-1]), batch["valid"],
+                s.image.pooling)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    # a two-layer head, or dropout on its input in training, keeps the per-position path
+    two = exp.module.clone(head_hidden=8)
+    dropped = exp.module.clone(head_dropout=0.5)
+    assert not steps.pools_first(two, s.image.pooling, False)
+    assert not steps.pools_first(dropped, s.image.pooling, True)
+    assert steps.pools_first(dropped, s.image.pooling, False)

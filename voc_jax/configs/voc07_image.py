@@ -85,10 +85,11 @@ def get_config(arg: str = "resnet50,frozen") -> ml_collections.ConfigDict:
     c.image.flip = True  # training: random horizontal flips (cached: the mirrored maps)
     c.image.crop_area = (1.0, 1.0)  # training: random resized crop's area range (fine-tuning)
     c.image.test_flip = False  # evaluation: the mirrored photo's positions pooled in too
-    # Training from photos with random resized crops (image.crop_area): crops and flips
-    # resampled on the device, inside the step (True), or by PIL on the host (False); the
-    # same draws either way. Without crops the canvases are PIL's, as the map cache's
-    c.image.device_crops = True
+    # Training from photos with random resized crops (image.crop_area): where the crops and
+    # flips are resampled: device (inside the step) | host (PIL, on a thread beside the step) |
+    # auto (device on an accelerator, host on a CPU, where PIL measured 3x faster:
+    # docs/image.md). The same draws either way; without crops the canvases are PIL's
+    c.image.crops_on = "auto"
     c.image.frame = 512  # device crops: each photo's frame side (larger photos scaled down once)
     c.image.eval_batch = 8  # photos per evaluation (and cache) forward pass
     # An update's gradient in this many sequential slices of its photos, summed: the same

@@ -57,6 +57,11 @@ class RunSettings:
     image: ImageSettings
 
 
+def crops_on_device(where: str) -> bool:
+    """image.crops_on: device | host | auto (the device unless it is the CPU)."""
+    return where == "device" or (where == "auto" and jax.default_backend() != "cpu")
+
+
 def read(config: ml_collections.ConfigDict) -> RunSettings:
     """Every field a whole-image run uses, typed (the config has passed validation)."""
     m, i, im = config.model, config.init, config.image
@@ -68,7 +73,7 @@ def read(config: ml_collections.ConfigDict) -> RunSettings:
         flip=bool(im.flip),
         crop_area=plain(im.crop_area),
         test_flip=bool(im.test_flip),
-        device_crops=bool(im.get("device_crops", True)),
+        device_crops=crops_on_device(str(im.get("crops_on", "auto"))),
         frame=int(im.get("frame", 512)),
         bucket=int(im.get("bucket", 64)),
     )

@@ -14,7 +14,7 @@ photo rather than padding.
 Resizing is PIL's bilinear filter (antialiased when shrinking). Fine-tuning draws a random
 resized crop (torchvision's RandomResizedCrop: area fraction and aspect ratio, uniformly in
 log ratio) and a horizontal flip per photo, from a generator seeded by (seed, epoch, photo);
-they are applied on the device (``device_crops``, the default) or here on the host.
+they are applied on the device (``device_crops``: ``image.crops_on``) or here on the host.
 """
 
 from __future__ import annotations

@@ -48,6 +48,14 @@ def variables_of(params: Any, batch_stats: Any) -> dict[str, Any]:
     return {"params": params} | ({"batch_stats": batch_stats} if batch_stats else {})
 
 
+def pools_first(module: WholeImageNet, pooling: Pooling, train: bool) -> bool:
+    """Average pooling of a linear classifier is the classifier of the averaged map (the
+    mean of W x + b is W mean(x) + b): the map is pooled first, 1/P of the head's work.
+    Not with dropout on the head's input in training (a mask per position) or two layers."""
+    linear = module.head_hidden == 0 and (not train or module.head_dropout == 0)
+    return pooling.kind == "avg" and linear
+
+
 def image_logits(
     module: WholeImageNet,
     variables: dict[str, Any],
@@ -62,22 +70,33 @@ def image_logits(
 ) -> tuple[jax.Array, Any]:
     """([B, classes] pooled logits, BatchNorm statistics after the batch)."""
     stats = variables.get("batch_stats", {})
-    positions = []
+    first = pools_first(module, pooling, train)
+    outputs = []
     for i, view in enumerate(batch["views"]):
         x = preprocessing.normalize(view, module.dtype) if start == "image" else view
         kwargs: dict[str, Any] = {"train": train, "start": start}
+        if first:
+            kwargs["stop"] = "map"
         if rng is not None:
             kwargs["rngs"] = {"dropout": jax.random.fold_in(rng, i)}
-        if update_stats:
+        if first and start == "map":
+            out = x
+        elif update_stats:
             out, changed = module.apply(
                 variables_of(variables["params"], stats), x, mutable=["batch_stats"], **kwargs
             )
             stats = changed["batch_stats"]
         else:
             out = module.apply(variables, x, **kwargs)
-        positions.append(out.reshape(out.shape[0], -1, out.shape[-1]))
-    logits = pool(jnp.concatenate(positions, axis=1), batch["valid"], pooling)
-    return logits, stats
+        outputs.append(out.reshape(out.shape[0], -1, out.shape[-1]))
+    pooled = pool(jnp.concatenate(outputs, axis=1), batch["valid"], pooling)
+    if not first:
+        return pooled, stats
+    head = {"train": train, "start": "map"}
+    if rng is not None:
+        head["rngs"] = {"dropout": jax.random.fold_in(rng, len(outputs))}
+    logits = module.apply(variables, pooled[:, None, None, :], **head)
+    return logits[:, 0, 0, :], stats
 
 
 def make_train_step(

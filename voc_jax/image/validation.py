@@ -15,6 +15,7 @@ from voc_jax.image.loss import LOSSES
 from voc_jax.image.pooling import POOLINGS
 
 # Fields only the patch family has: set in an image run, they would be ignored silently.
+CROPS_ON = ("auto", "device", "host")
 PATCH_ONLY = ("patches", "images_per_step", "grad_chunks")
 PATCH_ONLY_EVAL = ("exponent", "images_per_step")
 CACHE_DTYPES = ("float16", "bfloat16", "float32")
@@ -94,7 +95,7 @@ def _check_image(config: ml_collections.ConfigDict, p: validation.Problems) -> N
     p.check("image.eval_batch", validation.at_least(1), "must be an integer >= 1")
     p.check("image.ema", validation.number(0, 1, high_open=True), "must be in [0, 1) (0: off)")
     p.check("image.grad_chunks", validation.at_least(1), "must be an integer >= 1")
-    p.check("image.device_crops", lambda v: isinstance(v, bool), "must be True or False")
+    p.check("image.crops_on", validation.one_of(CROPS_ON), f"must be one of {CROPS_ON}")
     p.check("image.frame", validation.at_least(32), "must be an integer >= 32 (pixels)")
     p.check("image.bucket", lambda v: validation.at_least(32)(v) and v % 32 == 0,
             "must be a multiple of 32 (the map's stride), at least 32")  # fmt: skip
