@@ -150,7 +150,7 @@ def crop_runners(exp, records, args):
     from voc_jax.image.data import Source
     from voc_jax.image.inputs import pad_value, random_crop
 
-    inputs = dataclasses.replace(exp.settings.image.inputs, crop_area=(0.3, 1.0))
+    inputs = dataclasses.replace(exp.settings.image.inputs, crop_area=(0.3, 1.0), device_crops=True)
     pad = pad_value(exp.preprocessing)
     source = Source(records[: args.image_batch], inputs, exp.grids, pad, args.image_batch)
     framed = source.train_batch(0, 0, 0)

@@ -142,8 +142,7 @@ def test_killed_mid_epoch_resumes_bitwise(
     frozen_cached, tiny_data_root, tmp_path, monkeypatch, quick_compiles
 ):
     """Fine-tuned (crops and flips on the device, BatchNorm statistics, an EMA), SIGTERM after
-    the first update
-    of epoch 2: the resumed run's params, metrics and APs are the uninterrupted run's."""
+    the first update of epoch 2: the resumed run's params, metrics and APs are the uninterrupted run's."""
     extra = ("--config.model.bn_update=True", "--config.image.ema=0.5",
              "--config.image.crops_on=device", f"--config.init.head_from={frozen_cached}")  # fmt: skip
     whole = tmp_path / "whole"
