@@ -27,6 +27,8 @@ LONGEST_FIRST = (
     "test_feature_cache.py",
     "test_efficientnet_lite.py",
     "test_compare.py",
+    "test_image_run.py",
+    "test_image_model.py",
     "test_linear_probe.py",
     "test_transfer_demo.py",
     "test_backbones.py",

@@ -67,13 +67,13 @@ def test_each_position_of_the_alexnet_map_is_the_dense_network_on_its_window():
 
 
 @pytest.mark.parametrize("arch", ["resnet50", "efficientnet_lite0"])
-def test_the_map_pools_to_the_patch_familys_features(arch):
+def test_the_map_pools_to_the_patch_familys_features(arch, quick_compiles):
     dense, image = transfer_and_image(arch)
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 96, 128, 3))
-    dv = dense.init(jax.random.PRNGKey(0), x)
-    iv = shared_params(dv, image.init(jax.random.PRNGKey(2), x))
-    want = dense.apply(dv, x, stop="features")
-    fmap = image.apply(iv, x, stop="map")
+    dv = jax.jit(dense.init)(jax.random.PRNGKey(0), x)  # one compile, not an op at a time
+    iv = shared_params(dv, jax.jit(image.init)(jax.random.PRNGKey(2), x))
+    want = jax.jit(lambda v, x: dense.apply(v, x, stop="features"))(dv, x)
+    fmap = jax.jit(lambda v, x: image.apply(v, x, stop="map"))(iv, x)
     assert fmap.shape[1:3] == (3, 4)
     np.testing.assert_allclose(np.asarray(fmap.mean(axis=(1, 2))), np.asarray(want), rtol=1e-4,
                                atol=1e-5)  # fmt: skip
