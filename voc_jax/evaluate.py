@@ -279,10 +279,15 @@ def evaluate_and_report(
     main = distributed.is_main()
     summary = evaluate(exp, variables, dataset, out_dir, progress=main, write=main)
     if main:
-        print(f"\nAP on {summary['split']} ({summary['images']} images), step {step}:")
-        print(summary["table"])
-        print(f"written to {out_dir}")
+        announce(summary, step, out_dir)
     return summary
+
+
+def announce(summary: dict[str, Any], step: int, out_dir: Path) -> None:
+    """Print an evaluation's table and where it was written (both families)."""
+    print(f"\nAP on {summary['split']} ({summary['images']} images), step {step}:")
+    print(summary["table"])
+    print(f"written to {out_dir}")
 
 
 def evaluate_workdir(

@@ -327,9 +327,7 @@ def evaluate_and_report(exp: ImageExperiment, variables: Any, dataset: VocDatase
                            ranked="probability")  # fmt: skip
     if s.plots:
         evaluate.write_plots(out_dir, probabilities, targets, results, with_reference)
-    print(f"\nAP on {dataset.split} ({len(records)} images), step {step}:")
-    print(table)
-    print(f"written to {out_dir}")
+    evaluate.announce(summary, step, out_dir)
     return summary
 
 
