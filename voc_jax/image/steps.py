@@ -99,27 +99,18 @@ def image_logits(
     return logits[:, 0, 0, :], stats
 
 
-def make_train_step(
+def make_grads(
     module: WholeImageNet,
-    optimizer: optim.Optimizer,
     pooling: Pooling,
     loss: Loss,
     preprocessing: Preprocessing,
     *,
-    start: str = "image",
-    ema_decay: float = 0.0,
-    grad_chunks: int = 1,
-    fit_views: Callable[[Batch], tuple[jax.Array, ...]] | None = None,
-) -> Callable[[ImageState, Batch], tuple[ImageState, dict[str, jax.Array]]]:
-    """The un-jitted step (jit it with the state donated). ``grad_chunks`` > 1: the batch's
-    gradient in that many sequential slices, summed (the same update to float rounding, a
-    smaller working set; dropout masks drawn per slice); refused with BatchNorm updates,
-    whose batch statistics would become per slice. ``fit_views``: the batch holds frames and
-    crop boxes (``device_crops.make_fitter``), resampled into the views here."""
-    labels, schedule = optimizer.labels, optimizer.schedule
-    update_stats = module.bn_update and not module.frozen_backbone and start == "image"
-    if grad_chunks > 1 and update_stats:
-        raise ValueError("gradient slices with model.bn_update: batch statistics per slice")
+    start: str,
+    update_stats: bool,
+    grad_chunks: int,
+) -> Callable:
+    """(trainable, frozen, state, batch, key) -> ((loss, (logits, BatchNorm statistics)),
+    gradients): the whole batch at once, or ``grad_chunks`` sequential slices summed."""
 
     def whole_grads(trainable, frozen, state, batch, key):
         def loss_fn(t):
@@ -155,7 +146,32 @@ def make_train_step(
         logits = logits.reshape(-1, logits.shape[-1])
         return (value, (logits, state.batch_stats)), grads
 
-    grads_of = sliced_grads if grad_chunks > 1 else whole_grads
+    return sliced_grads if grad_chunks > 1 else whole_grads
+
+
+def make_train_step(
+    module: WholeImageNet,
+    optimizer: optim.Optimizer,
+    pooling: Pooling,
+    loss: Loss,
+    preprocessing: Preprocessing,
+    *,
+    start: str = "image",
+    ema_decay: float = 0.0,
+    grad_chunks: int = 1,
+    fit_views: Callable[[Batch], tuple[jax.Array, ...]] | None = None,
+) -> Callable[[ImageState, Batch], tuple[ImageState, dict[str, jax.Array]]]:
+    """The un-jitted step (jit it with the state donated). ``grad_chunks`` > 1: the batch's
+    gradient in that many sequential slices, summed (the same update to float rounding, a
+    smaller working set; dropout masks drawn per slice); refused with BatchNorm updates,
+    whose batch statistics would become per slice. ``fit_views``: the batch holds frames and
+    crop boxes (``device_crops.make_fitter``), resampled into the views here."""
+    labels, schedule = optimizer.labels, optimizer.schedule
+    update_stats = module.bn_update and not module.frozen_backbone and start == "image"
+    if grad_chunks > 1 and update_stats:
+        raise ValueError("gradient slices with model.bn_update: batch statistics per slice")
+    grads_of = make_grads(module, pooling, loss, preprocessing, start=start,
+                          update_stats=update_stats, grad_chunks=grad_chunks)  # fmt: skip
 
     def train_step(state: ImageState, batch: Batch):
         if fit_views is not None:
