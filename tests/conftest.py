@@ -29,6 +29,7 @@ LONGEST_FIRST = (
     "test_compare.py",
     "test_image_run.py",
     "test_image_model.py",
+    "test_class_config.py",
     "test_linear_probe.py",
     "test_transfer_demo.py",
     "test_backbones.py",

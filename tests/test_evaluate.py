@@ -61,6 +61,37 @@ def test_only_the_full_real_test_split_is_compared(tmp_path):
     assert not evaluate.is_voc2007_test(tmp_path, "test", 4952)
 
 
+def test_other_classes_name_the_rows_files_and_plots_and_never_the_reference(tmp_path):
+    """A dataset's own classes (24 here): its names in the table, one devkit file each, the
+    plots sized to them; the published column only for VOC's classes in VOC's order."""
+    names = [f"widget {c}" for c in range(24)]
+    rng = np.random.default_rng(2)
+    targets = rng.choice([-1, 1], (30, 24))
+    targets[:2] = 1
+    scores = rng.random((30, 24))
+    results = evaluate.ap_results(scores, targets, ("voc07", "reference"), names)
+    table = evaluate.format_table(results, False, names)
+    assert "| widget 23 |" in table and "aeroplane" not in table
+    assert not evaluate.is_voc2007_test(tmp_path, "test", 4952, names)
+    assert not evaluate.is_voc2007_test(tmp_path, "test", 4952, VOC_CLASSES[::-1])
+    ids = [f"{i:03d}" for i in range(30)]
+    evaluate.write_result_files(tmp_path, "val", ids, scores, names)
+    assert len(list((tmp_path / "results").glob("comp1_cls_val_widget *.txt"))) == 24
+    np.testing.assert_allclose(evaluate.read_result_files(tmp_path / "results", "val", names)[1],
+                               scores, rtol=1e-7)  # fmt: skip
+    evaluate.write_plots(tmp_path, scores, targets, results, False, names)
+    assert (tmp_path / "pr_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_evaluation_becomes_one_metrics_row():
+    scores, targets, results = random_results()
+    labels = evaluate.label_results(scores, targets, "p")
+    row = evaluate.metric_row({"results": results, "labels": labels})
+    assert row["eval_map_voc07"] == results["voc07"]["map"]
+    assert row["eval_CP"] == labels["all"]["CP"] and row["eval_OF1_top3"] == labels["top3"]["OF1"]
+    assert len(row) == 3 + 2 * 6
+
+
 def test_plots_are_written(tmp_path):
     scores, targets, results = random_results()
     evaluate.write_plots(tmp_path, scores, targets, results, with_reference=True)

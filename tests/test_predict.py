@@ -8,6 +8,7 @@ import numpy as np
 
 from tests.helpers import call
 from voc_jax import predict
+from voc_jax.classes import VOC_CLASSES
 from voc_jax.predict import score_map
 
 
@@ -87,7 +88,8 @@ def test_score_maps_share_one_scale_with_a_colour_bar_and_say_what_the_score_is(
     probs[:, 7] = [2e-5, 1e-5]  # car
     probs[:, 0] = 1 - probs.sum(1)
     result = {"image": rng.integers(0, 255, (30, 40, 3), np.uint8), "boxes": boxes,
-              "probs": probs, "scores": (probs[:, 1:] ** 5).sum(0), "exponent": 5.0}  # fmt: skip
+              "probs": probs, "scores": (probs[:, 1:] ** 5).sum(0), "exponent": 5.0,
+              "classes": VOC_CLASSES}  # fmt: skip
     fig = predict.figure(result, 2, "photo.jpg")
     overlays = [im for ax in fig.axes for im in ax.get_images()[1:]]
     assert len(overlays) == 2 and {im.get_clim() for im in overlays} == {(0.0, 1.0)}

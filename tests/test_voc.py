@@ -100,7 +100,9 @@ def test_check_cli_reports_official_totals(shared_data, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "5011 images indexed" in out
-    assert "| total        |   5011 |   15662 |      3054 |" in out
+    # images (a positive of some class), ignored (difficult-only image-class pairs), objects,
+    # difficult: VOC 2007 trainval's official totals
+    assert "| total        |      5011 |       607 |     15662 |      3054 |" in out
     assert "equal the official per-class files for all 5011 images" in out
     assert "image check: none" in out
 

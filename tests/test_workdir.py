@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.configs import tiny
-from voc_jax import workdir
+from voc_jax import class_config, workdir
 from voc_jax.errors import CheckpointError, ConfigError
 
 
@@ -66,8 +66,9 @@ def test_restore_without_checkpoints_gives_the_initial_weights(tmp_path, caplog)
 
 
 def test_head_source_is_checked_before_training(tmp_path, trained_tiny):
-    """init.head_from: a workdir with a checkpoint whose head fits; each failure names it."""
-    config = tiny.get_config()
+    """init.head_from: a workdir with a checkpoint whose head fits; each failure names it.
+    (The config as train checks it: its classes settled from the dataset.)"""
+    config = class_config.resolve(tiny.get_config())
     work = tmp_path / "new"
     config.init.head_from = str(tmp_path / "empty")
     (tmp_path / "empty").mkdir()

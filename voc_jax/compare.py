@@ -335,10 +335,12 @@ class CompareStopped(UserError):
         self.code = code
 
 
-def run_probe(weights: Path, size: int | None, splits, c_folds: int = 5) -> dict:
+def run_probe(
+    weights: Path, size: int | None, splits, c_folds: int = 5, classes: Sequence[str] = VOC_CLASSES
+) -> dict:
     settings = linear_probe.ProbeSettings(size=size, c_folds=c_folds)
     extractor = linear_probe.FeatureExtractor(weights)
-    result = linear_probe.run(extractor, splits, settings)
+    result = linear_probe.run(extractor, splits, settings, classes=classes)
     return {k: v for k, v in result.items() if k not in ("scores", "image_ids")} | {
         "settings": dataclasses.asdict(settings)
     }
@@ -355,7 +357,7 @@ def run_chance(splits, draws: int = 200, seed: int = 0) -> dict:
         aps = np.array(
             [
                 [metrics.average_precision(rng.random(len(targets)), targets[:, c], protocol)
-                 for c in range(len(VOC_CLASSES))]
+                 for c in range(targets.shape[1])]
                 for _ in range(draws)
             ]
         )  # fmt: skip
@@ -365,7 +367,14 @@ def run_chance(splits, draws: int = 200, seed: int = 0) -> dict:
     return {"results": results, "seconds": time.perf_counter() - start, "draws": draws}
 
 
-def load_real_splits(voc: Path, images: int = 0) -> dict:
+def voc_classes(voc: Path) -> tuple[str, ...]:
+    """The VOC-layout dataset's classes: its classes.txt, or VOC's 20."""
+    from voc_jax.data.formats import dataset_classes
+
+    return dataset_classes("voc", voc, (), "trainval")[0]
+
+
+def load_real_splits(voc: Path, images: int = 0, classes: Sequence[str] = VOC_CLASSES) -> dict:
     """train, val, trainval and test records (``images``: the first that many of trainval
     and test, and the train and val images among them). train and val must lie in trainval
     (the probe chooses C on them and refits on trainval)."""
@@ -375,7 +384,7 @@ def load_real_splits(voc: Path, images: int = 0) -> dict:
     for split in ("train", "val", "trainval", "test"):
         if not (voc / "ImageSets" / "Main" / f"{split}.txt").is_file():
             raise ConfigError(f"--voc {voc}: no ImageSets/Main/{split}.txt (a VOC2007 directory?)")
-        splits[split] = load_dataset(voc, split, images="sizes").records
+        splits[split] = load_dataset(voc, split, images="sizes", classes=classes).records
     for split in ("trainval", "test"):
         if not splits[split]:
             raise DataError(f"--voc {voc}: ImageSets/Main/{split}.txt lists no image")
@@ -405,20 +414,20 @@ def _percent(value: float) -> str:
     return "n/a" if not np.isfinite(value) else f"{100 * value:.1f}"
 
 
-def table(rows: dict[str, dict]) -> str:
+def table(rows: dict[str, dict], classes: Sequence[str] = VOC_CLASSES) -> str:
     """Markdown: classes and mAP down, each method's VOC07 and all-points AP across, and the
     wall time of each. A class without a positive test image has no AP: n/a."""
     names = list(rows)
     header = ["class"] + [f"{rows[m]['label']}: {p}" for m in names for p in PROTOCOLS]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    for c, name in enumerate([*VOC_CLASSES, "**mAP**"]):
+    for c, name in enumerate([*classes, "**mAP**"]):
         cells = [name]
         for m in names:
             for p in PROTOCOLS:
                 r = rows[m]["results"][p]
-                value = r["map"] if c == len(VOC_CLASSES) else r["ap"][c]
+                value = r["map"] if c == len(classes) else r["ap"][c]
                 text = _percent(value)
-                cells.append(f"**{text}**" if c == len(VOC_CLASSES) else text)
+                cells.append(f"**{text}**" if c == len(classes) else text)
         lines.append("| " + " | ".join(cells) + " |")
     times = ["wall time"] + [t for m in names for t in (_minutes(rows[m]["seconds"]), "")]
     lines.append("| " + " | ".join(times) + " |")
@@ -450,22 +459,22 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def bar_plot(rows: dict[str, dict], path: Path) -> None:
+def bar_plot(rows: dict[str, dict], path: Path, classes: Sequence[str] = VOC_CLASSES) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(rows)
-    x = np.arange(len(VOC_CLASSES) + 1)
+    x = np.arange(len(classes) + 1)
     width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(16, 5))
+    fig, ax = plt.subplots(figsize=(max(16, 0.7 * len(classes)), 5))
     for i, m in enumerate(names):
         r = rows[m]["results"]["voc07"]
         values = np.nan_to_num(100 * np.array([*r["ap"], r["map"]], dtype=float))
         ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width,
                label=f"{rows[m]['label']} ({_percent(r['map'])})")  # fmt: skip
-    ax.set_xticks(x, [*VOC_CLASSES, "mAP"], rotation=45, ha="right")
+    ax.set_xticks(x, [*classes, "mAP"], rotation=45, ha="right")
     ax.set_ylabel("AP, VOC07 protocol (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=9, ncol=len(names), loc="lower center", bbox_to_anchor=(0.5, 1.0))
@@ -522,7 +531,7 @@ def c_edge_notes(rows: dict) -> list[str]:
     return notes
 
 
-def family_notes(rows: dict) -> list[str]:
+def family_notes(rows: dict, classes: Sequence[str] = VOC_CLASSES) -> list[str]:
     """Which classes each family wins: per class, the best patch row against the best
     whole-image row (VOC07 AP), as measured, whichever way it falls."""
     patch = [m for m in ("frozen", "finetune") if m in rows]
@@ -534,7 +543,7 @@ def family_notes(rows: dict) -> list[str]:
         return max(rows[m]["results"]["voc07"]["ap"][c] for m in methods)
 
     wins: dict[str, list[str]] = {"patches": [], "whole image": [], "tie": []}
-    for c, name in enumerate(VOC_CLASSES):
+    for c, name in enumerate(classes):
         a, b = best(patch, c), best(image, c)
         if not (np.isfinite(a) and np.isfinite(b)):
             continue
@@ -546,7 +555,14 @@ def family_notes(rows: dict) -> list[str]:
     return lines
 
 
-def report(rows: dict, setting: Setting, args: argparse.Namespace, splits, maps) -> str:
+def report(
+    rows: dict,
+    setting: Setting,
+    args: argparse.Namespace,
+    splits,
+    maps,
+    classes: Sequence[str] = VOC_CLASSES,
+) -> str:
     counts = {k: len(v) for k, v in splits.items()}
     command = " ".join(["python -m voc_jax.compare", *sys.argv[1:]]) if sys.argv[1:] else ""
     weights = args.weights or args.out / "weights"
@@ -558,7 +574,7 @@ def report(rows: dict, setting: Setting, args: argparse.Namespace, splits, maps)
         f"(train {counts['train']}, val {counts['val']}), test {counts['test']}. Weights: "
         f"`{weights}`.",
         "",
-        table(rows),
+        table(rows, classes),
         "",
         "AP in %, on the test split; VOC07: the official 11-point protocol; area: all-points "
         "AP; difficult-only images ignored in both; n/a: a class without a positive test "
@@ -577,7 +593,7 @@ def report(rows: dict, setting: Setting, args: argparse.Namespace, splits, maps)
     lines += ["", "The probe's C:", *edges] if edges else []
     if command:
         lines += ["", f"Command: `{command}`"]
-    lines += family_notes(rows)
+    lines += family_notes(rows, classes)
     for m in TRAINED:
         if m in rows:
             lines += ["", f"{m}: `python -m voc_jax.train {' '.join(rows[m]['argv'])}`"]
@@ -715,7 +731,8 @@ def run(args: argparse.Namespace) -> int:
     setting = SETTINGS[args.setting]
     out = compare_out.CompareOut(args.out)
     out.check()
-    splits = load_real_splits(args.voc, args.images)
+    classes = voc_classes(args.voc)
+    splits = load_real_splits(args.voc, args.images, classes)
     needs_weights = any(m != "chance" for m in args.methods)
     weights = Path(args.weights) if args.weights else None
     if weights is None and (args.out / "weights" / "metadata.json").is_file():
@@ -732,7 +749,7 @@ def run(args: argparse.Namespace) -> int:
     if args.fresh:
         for r in runs:
             out.remove_run(r.method)
-    return run_methods(args, setting, out, runs, weights, splits)
+    return run_methods(args, setting, out, runs, weights, splits, classes)
 
 
 def use_compile_cache(directory: Path) -> None:
@@ -751,7 +768,8 @@ def use_compile_cache(directory: Path) -> None:
     compilation_cache.reset_cache()
 
 
-def run_methods(args, setting: Setting, out, runs: list[PatchRun], weights, splits) -> int:
+def run_methods(args, setting: Setting, out, runs: list[PatchRun], weights, splits,
+                classes: Sequence[str] = VOC_CLASSES) -> int:  # fmt: skip
     by_method = {r.method: r for r in runs}
     rows: dict[str, dict] = {}
     for method in args.methods:
@@ -765,9 +783,10 @@ def run_methods(args, setting: Setting, out, runs: list[PatchRun], weights, spli
                 print(str(stopped), file=sys.stderr, flush=True)
                 return stopped.code
         elif method == "probe":
-            rows[method] = run_probe(weights, setting.probe_size, splits, args.probe_c_folds)
+            rows[method] = run_probe(weights, setting.probe_size, splits, args.probe_c_folds,
+                                     classes)  # fmt: skip
         elif method == "probe_own":
-            rows[method] = run_probe(weights, None, splits, args.probe_c_folds)
+            rows[method] = run_probe(weights, None, splits, args.probe_c_folds, classes)
         else:
             rows[method] = run_chance(splits)
         rows[method]["label"] = label
@@ -778,11 +797,12 @@ def run_methods(args, setting: Setting, out, runs: list[PatchRun], weights, spli
         "setting": dataclasses.asdict(setting),
         "voc": str(args.voc),
         "weights": str(weights) if weights else None,
+        "classes": list(classes),
         "methods": rows,
     }
     out.write_text("results.json", json.dumps(results, indent=2) + "\n")
-    bar_plot(rows, args.out / "ap_bars.png")
-    text = report(rows, setting, args, splits, maps)
+    bar_plot(rows, args.out / "ap_bars.png", classes)
+    text = report(rows, setting, args, splits, maps, classes)
     out.write_text("report.md", text)
     print("\n" + text)
     if args.floor:

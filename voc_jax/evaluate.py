@@ -22,9 +22,9 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from voc_jax import cli, commands, distributed, experiment, metrics, multilabel
+from voc_jax import class_config, cli, commands, distributed, experiment, metrics, multilabel
 from voc_jax import workdir as workdir_lib
-from voc_jax.classes import VOC_CLASSES
+from voc_jax.classes import VOC_CLASSES, is_voc
 from voc_jax.data.pipeline import iterating
 from voc_jax.data.splits import load_splits
 from voc_jax.data.voc import VocDataset, VocRecord
@@ -48,7 +48,7 @@ PROTOCOL_NAMES = {
     "area": "all-points AP, difficult ignored",
     "reference": (
         "the neon reference's own computation (all-points, difficult positive, images "
-        "scoring < 1e-6 never ranked but their positives kept in recall; mean over all 20)"
+        "scoring < 1e-6 never ranked but their positives kept in recall; mean over every class)"
     ),
 }
 
@@ -56,12 +56,13 @@ PROTOCOL_NAMES = {
 def compute_scores(
     exp: Experiment, variables: Any, records: Sequence[VocRecord], *, progress: bool = True
 ) -> dict[str, np.ndarray]:
-    """{'power'|'mean'|'max': [N, 20]} image scores, one row per record, in record order.
+    """{'power'|'mean'|'max': [N, C]} image scores, one row per record, in record order.
     ``variables``: the params (and BatchNorm statistics) to score with."""
     dataset = exp.dataset(records, train=False)
     step = exp.eval_step()
     variables = exp.put_params(variables)
-    out = {k: np.full((len(records), len(VOC_CLASSES)), np.nan) for k in ("power", "mean", "max")}
+    shape = (len(records), len(exp.data.classes))
+    out = {k: np.full(shape, np.nan) for k in ("power", "mean", "max")}
     with iterating(dataset, workers=exp.data.workers) as iterator:
         for _ in tqdm(range(len(dataset)), desc="evaluating", unit="batch", disable=not progress):
             # Every process's images, gathered on every process (padding has image_index -1).
@@ -76,11 +77,14 @@ def compute_scores(
 
 
 def ap_results(
-    scores: np.ndarray, targets: np.ndarray, protocols: Sequence[str]
+    scores: np.ndarray,
+    targets: np.ndarray,
+    protocols: Sequence[str],
+    classes: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     results = {}
     for protocol in protocols:
-        r = metrics.mean_average_precision(scores, targets, protocol)
+        r = metrics.mean_average_precision(scores, targets, protocol, classes)
         results[protocol] = {
             "ap": [float(a) for a in r["ap"]],
             "map": r["map"],
@@ -107,8 +111,10 @@ def format_labels(labels: dict[str, Any]) -> str:
                                "O: over all labels (docs/training.md)"])  # fmt: skip
 
 
-def format_table(results: dict[str, dict[str, Any]], with_reference: bool) -> str:
-    """Markdown: one row per class in the official order, then mAP; every column named by its
+def format_table(
+    results: dict[str, dict[str, Any]], with_reference: bool, classes: Sequence[str] = VOC_CLASSES
+) -> str:
+    """Markdown: one row per class in the dataset's order, then mAP; every column named by its
     protocol; the reference's published column (its own protocol) when comparable."""
     protocols = list(results)
     header = ["class"] + [f"AP {p}" for p in protocols]
@@ -123,30 +129,38 @@ def format_table(results: dict[str, dict[str, Any]], with_reference: bool) -> st
             cells += [f"{published:.2f}", f"{100 * ours - published:+.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
 
-    for c, name in enumerate(VOC_CLASSES):
-        row(name, [results[p]["ap"][c] for p in protocols], REFERENCE_AP[name])
+    for c, name in enumerate(classes):
+        row(name, [results[p]["ap"][c] for p in protocols], REFERENCE_AP.get(name, np.nan))
     row("**mAP**", [results[p]["map"] for p in protocols], REFERENCE_MAP)
     notes = [f"- AP {p}: {PROTOCOL_NAMES[p]}" for p in protocols]
     for p in protocols:
         below = results[p].get("classes_below_floor") or []
         if below:
-            names = ", ".join(VOC_CLASSES[c] for c in below)
+            names = ", ".join(classes[c] for c in below)
             notes.append(f"- AP {p}: every image scores below 1e-6 for {names}: AP 0, in the mean")
     return "\n".join(lines + [""] + notes)
 
 
-def write_result_files(out_dir: Path, split: str, ids: Sequence[str], scores: np.ndarray) -> None:
+def write_result_files(
+    out_dir: Path,
+    split: str,
+    ids: Sequence[str],
+    scores: np.ndarray,
+    classes: Sequence[str] = VOC_CLASSES,
+) -> None:
     """The devkit's comp1 (classification, own training data) format, one file per class."""
     results = out_dir / "results"
     results.mkdir(parents=True, exist_ok=True)
-    for c, name in enumerate(VOC_CLASSES):
+    for c, name in enumerate(classes):
         lines = "".join(f"{i} {s:.8g}\n" for i, s in zip(ids, scores[:, c], strict=True))
         (results / f"comp1_cls_{split}_{name}.txt").write_text(lines)
 
 
-def read_result_files(directory: Path, split: str) -> tuple[list[str], np.ndarray]:
+def read_result_files(
+    directory: Path, split: str, classes: Sequence[str] = VOC_CLASSES
+) -> tuple[list[str], np.ndarray]:
     columns, ids = [], None
-    for name in VOC_CLASSES:
+    for name in classes:
         rows = [
             line.split()
             for line in (directory / f"comp1_cls_{split}_{name}.txt").read_text().splitlines()
@@ -157,17 +171,26 @@ def read_result_files(directory: Path, split: str) -> tuple[list[str], np.ndarra
 
 
 def write_plots(
-    out_dir: Path, scores: np.ndarray, targets: np.ndarray, results, with_reference: bool
+    out_dir: Path,
+    scores: np.ndarray,
+    targets: np.ndarray,
+    results,
+    with_reference: bool,
+    classes: Sequence[str] = VOC_CLASSES,
 ) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(4, 5, figsize=(16, 13), sharex=True, sharey=True)
-    for c, (name, ax) in enumerate(zip(VOC_CLASSES, axes.ravel(), strict=True)):
+    rows = max(1, -(-len(classes) // 5))
+    fig, axes = plt.subplots(rows, 5, figsize=(16, 3.25 * rows), sharex=True, sharey=True,
+                             squeeze=False)  # fmt: skip
+    for ax in axes.ravel()[len(classes) :]:
+        ax.set_visible(False)
+    for c, (name, ax) in enumerate(zip(classes, axes.ravel(), strict=False)):
         for protocol, style in (("voc07", "-"), ("reference", "--")):
-            if np.isnan(results.get(protocol, {"ap": [np.nan] * 20})["ap"][c]):
+            if np.isnan(results.get(protocol, {"ap": [np.nan] * len(classes)})["ap"][c]):
                 continue
             pr = metrics.precision_recall(scores[:, c], targets[:, c], protocol)
             ax.plot(pr.recall, pr.precision, style, label=protocol)
@@ -184,15 +207,13 @@ def write_plots(
     fig.savefig(out_dir / "pr_curves.png", dpi=80)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(14, 5))
-    x = np.arange(len(VOC_CLASSES))
+    fig, ax = plt.subplots(figsize=(max(14, 0.6 * len(classes)), 5))
+    x = np.arange(len(classes))
     protocol = "reference" if "reference" in results else next(iter(results))
     ax.bar(x - 0.2, 100 * np.array(results[protocol]["ap"]), 0.4, label=f"voc-jax ({protocol})")
     if with_reference:
-        ax.bar(
-            x + 0.2, [REFERENCE_AP[n] for n in VOC_CLASSES], 0.4, label="neon reference (published)"
-        )
-    ax.set_xticks(x, VOC_CLASSES, rotation=45, ha="right")
+        ax.bar(x + 0.2, [REFERENCE_AP[n] for n in classes], 0.4, label="neon reference (published)")
+    ax.set_xticks(x, classes, rotation=45, ha="right")
     ax.set_ylabel("AP (%)")
     ax.set_ylim(0, 100)
     ax.legend()
@@ -202,9 +223,12 @@ def write_plots(
     plt.close(fig)
 
 
-def is_voc2007_test(root: Path, split: str, n_images: int) -> bool:
+def is_voc2007_test(
+    root: Path, split: str, n_images: int, classes: Sequence[str] = VOC_CLASSES
+) -> bool:
     """Comparable with the published numbers: the real VOC 2007 test split, complete."""
-    return split == "test" and not (root / "synthetic.json").exists() and n_images == 4952
+    return (is_voc(classes) and split == "test" and not (root / "synthetic.json").exists()
+            and n_images == 4952)  # fmt: skip
 
 
 def evaluate(
@@ -220,17 +244,19 @@ def evaluate(
     records = dataset.records
     scores = compute_scores(exp, variables, records, progress=progress)
     targets = np.stack([r.targets() for r in records])
-    results = ap_results(scores["power"], targets, exp.eval.protocols)
+    results = ap_results(scores["power"], targets, exp.eval.protocols, dataset.classes)
     extra = {
         pooling: metrics.mean_average_precision(scores[pooling], targets, "voc07")["map"]
         for pooling in ("mean", "max")
     }
-    with_reference = is_voc2007_test(dataset.root, dataset.split, len(records))
+    classes = dataset.classes
+    with_reference = is_voc2007_test(dataset.root, dataset.split, len(records), classes)
     labels = label_results(scores["max"], targets, "the highest patch probability")
-    table = format_table(results, with_reference) + "\n\n" + format_labels(labels)
+    table = format_table(results, with_reference, classes) + "\n\n" + format_labels(labels)
     summary = {
         "split": dataset.split,
         "images": len(records),
+        "classes": list(classes),
         "exponent": exp.eval.exponent,
         "results": results,
         "labels": labels,
@@ -241,7 +267,7 @@ def evaluate(
         ids = [r.image_id for r in records]
         write_outputs(out_dir, summary, ids, targets, scores)
         if exp.eval.plots:
-            write_plots(out_dir, scores["power"], targets, results, with_reference)
+            write_plots(out_dir, scores["power"], targets, results, with_reference, classes)
     return summary
 
 
@@ -258,12 +284,13 @@ def write_outputs(
     results = summary["results"]
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez(out_dir / "scores.npz", image_ids=np.array(ids), targets=targets, **scores)
-    write_result_files(out_dir, summary["split"], ids, scores[ranked])
+    classes = summary.get("classes", VOC_CLASSES)
+    write_result_files(out_dir, summary["split"], ids, scores[ranked], classes)
     (out_dir / "ap_table.md").write_text(summary["table"] + "\n")
     with open(out_dir / "ap_table.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class"] + [f"ap_{p}" for p in results])
-        for c, name in enumerate(VOC_CLASSES):
+        for c, name in enumerate(classes):
             writer.writerow([name] + [f"{results[p]['ap'][c]:.6f}" for p in results])
         writer.writerow(["mAP"] + [f"{results[p]['map']:.6f}" for p in results])
     (out_dir / "ap_table.json").write_text(
@@ -279,8 +306,32 @@ def evaluate_and_report(
     main = distributed.is_main()
     summary = evaluate(exp, variables, dataset, out_dir, progress=main, write=main)
     if main:
+        log_metrics(workdir, summary, step)
         announce(summary, step, out_dir)
     return summary
+
+
+def metric_row(summary: dict[str, Any]) -> dict[str, float]:
+    """An evaluation as scalars: the mAP of each protocol, and the label-set metrics at the
+    threshold and for the top-k (``eval_CF1``, ``eval_CF1_top3``, ...)."""
+    row = {f"eval_map_{p}": r["map"] for p, r in summary["results"].items()}
+    labels = summary["labels"]
+    for key, suffix in (("all", ""), (f"top{labels['top_k']}", f"_top{labels['top_k']}")):
+        row |= {f"eval_{name}{suffix}": labels[key][name] for name in multilabel.NAMES}
+    return row
+
+
+def log_metrics(workdir: Path, summary: dict[str, Any], step: int) -> None:
+    """The evaluation's row in ``WORKDIR/metrics.jsonl`` and TensorBoard, beside training's
+    (``kind: evaluation``, the split and image count); NaN where a metric is undefined."""
+    from voc_jax.metric_writer import MetricWriter
+
+    writer = MetricWriter(workdir)
+    try:
+        writer.write(step, metric_row(summary), kind="evaluation", split=summary["split"],
+                     images=summary["images"])  # fmt: skip
+    finally:
+        writer.close()
 
 
 def announce(summary: dict[str, Any], step: int, out_dir: Path) -> None:
@@ -306,6 +357,7 @@ def evaluate_workdir(
     if split is not None:
         config = config.copy_and_resolve_references()
         config.data.test_split = split
+    config = class_config.resolve(config)
     with distributed.workdir_lock(workdir, "evaluate"):
         workdir_lib.check_before_evaluating(config, workdir)
         workdir_lib.check_unchanged(config, workdir, workdir_lib.SHAPE_FIELDS, "evaluate")

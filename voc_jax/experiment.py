@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
 from voc_jax import (
+    class_config,
     distributed,
     model_validation,
     models,
@@ -166,6 +167,7 @@ class Experiment:
     def build(
         cls, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None
     ) -> Experiment:
+        config = class_config.resolve(config)  # data.classes, model.num_classes settled
         s = settings.read(config)
         model = build_model(s.model, s.init, s.train.seed)
         return cls(s, patch_config(config), model, mesh or make_mesh(), config)

@@ -254,6 +254,7 @@ def choose_c_folds(
     standardise: bool = True,
     max_iter: int = 3000,
     dtype: str = "float64",
+    classes: Sequence[str] = (),
 ) -> CChoice:
     """Per class, the C whose classifiers, each fitted on a fold's training part, have the
     best mean AP on the folds' held-out parts (``select_by``: all-points ``area`` or 11-point
@@ -261,7 +262,7 @@ def choose_c_folds(
     fold standardises on its own training part."""
     parts = [_standardise(x[a], x[b], on=standardise, dtype=dtype) for a, b in folds]
     chosen, at_edge = [], {}
-    for c, name in enumerate(VOC_CLASSES):
+    for c, name in enumerate(classes or VOC_CLASSES):
 
         def ap_of(value: float, c=c) -> float:
             aps = []
@@ -294,6 +295,7 @@ def select_c(
     trainval_t: np.ndarray,
     train_rows: Sequence[int],
     val_rows: Sequence[int],
+    classes: Sequence[str] = VOC_CLASSES,
 ) -> CChoice:
     """C per class as ``settings`` says: on train -> val (the official split), or by
     ``c_folds``-fold cross-validation over trainval (less noise than one small val split)."""
@@ -302,7 +304,8 @@ def select_c(
     else:
         folds = [(np.asarray(train_rows), np.asarray(val_rows))]
     return choose_c_folds(trainval_x, trainval_t, folds, settings.c_grid, settings.widen_c,
-                          select_by=settings.select_by, **solver_options(settings))  # fmt: skip
+                          select_by=settings.select_by, classes=classes,
+                          **solver_options(settings))  # fmt: skip
 
 
 def fit_and_score(
@@ -315,9 +318,9 @@ def fit_and_score(
     max_iter: int = 3000,
     dtype: str = "float64",
 ) -> np.ndarray:
-    """[N_test, 20] decision values of the per-class classifiers refit on trainval."""
+    """[N_test, C] decision values of the per-class classifiers refit on trainval."""
     trainval_x, test_x = _standardise(trainval_x, test_x, on=standardise, dtype=dtype)
-    scores = np.zeros((len(test_x), len(VOC_CLASSES)))
+    scores = np.zeros((len(test_x), len(cs)))
     for c, value in enumerate(cs):
         keep = trainval_t[:, c] != 0
         clf = _fit(trainval_x[keep], trainval_t[keep, c] > 0, value, max_iter)
@@ -334,9 +337,11 @@ def run(
     splits: dict[str, Sequence[VocRecord]],
     settings: ProbeSettings,
     progress: bool = True,
+    classes: Sequence[str] = VOC_CLASSES,
 ) -> dict[str, Any]:
-    """The whole baseline on ``splits`` (train, val, trainval, test): per-protocol APs of the
-    test split, the chosen Cs, the test scores and the wall time."""
+    """The whole baseline on ``splits`` (train, val, trainval, test) of a dataset with
+    ``classes``: per-protocol APs of the test split, the chosen Cs, the test scores and the
+    wall time."""
     start = time.perf_counter()
     trainval_ids = {r.image_id for r in splits["trainval"]}
     missing = [
@@ -352,7 +357,8 @@ def run(
         trainval_x, test_x = unit_rows(trainval_x), unit_rows(test_x)
     rows = lambda records: [index[r.image_id] for r in records]  # noqa: E731
     trainval_t = targets_of(splits["trainval"])
-    choice = select_c(settings, trainval_x, trainval_t, rows(splits["train"]), rows(splits["val"]))
+    choice = select_c(settings, trainval_x, trainval_t, rows(splits["train"]), rows(splits["val"]),
+                      classes)  # fmt: skip
     if choice.at_edge:
         names = ", ".join(f"{k} (C={v:g})" for k, v in choice.at_edge.items())
         log.warning("linear probe: C on the edge of the widened grid for %s", names)
@@ -361,14 +367,14 @@ def run(
     cs = choice.cs
     results = {}
     for protocol in settings.protocols:
-        r = metrics.mean_average_precision(scores, test_t, protocol)
+        r = metrics.mean_average_precision(scores, test_t, protocol, classes)
         results[protocol] = {"ap": [float(a) for a in r["ap"]], "map": r["map"]}
     probabilities = 1.0 / (1.0 + np.exp(-scores))
     labels = multilabel.label_results(probabilities, test_t, "the classifier's probability")
     return {
         "results": results,
         "labels": labels,
-        "c": dict(zip(VOC_CLASSES, cs, strict=True)),
+        "c": dict(zip(classes, cs, strict=True)),
         "c_at_edge": choice.at_edge,
         "features_seconds": features_s,
         "seconds": time.perf_counter() - start,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -107,9 +108,13 @@ def average_precision(scores, targets, protocol: str = "voc07") -> float:
 
 
 def mean_average_precision(
-    scores: np.ndarray, targets: np.ndarray, protocol: str = "voc07"
+    scores: np.ndarray,
+    targets: np.ndarray,
+    protocol: str = "voc07",
+    classes: Sequence[str] | None = None,
 ) -> dict[str, object]:
-    """Per-class APs [C] and their mean over the classes that have positives."""
+    """Per-class APs [C] and their mean over the classes that have positives (``classes``:
+    their names, for the warning about classes without positives; VOC's when there are 20)."""
     scores, targets = np.asarray(scores), np.asarray(targets)
     if scores.shape != targets.shape or scores.ndim != 2:
         raise ValueError(f"scores {scores.shape} and targets {targets.shape}: need equal [N, C]")
@@ -118,9 +123,9 @@ def mean_average_precision(
     )
     missing = [int(c) for c in np.flatnonzero(np.isnan(ap))]
     if missing:
-        names = (
-            VOC_CLASSES if len(ap) == len(VOC_CLASSES) else [f"class {c}" for c in range(len(ap))]
-        )
+        if classes is None:
+            classes = VOC_CLASSES if len(ap) == len(VOC_CLASSES) else None
+        names = classes or [f"class {c}" for c in range(len(ap))]
         warnings.warn(
             f"{protocol}: {len(missing)} classes have no positive image "
             f"({', '.join(names[c] for c in missing)}); "

@@ -22,7 +22,6 @@ from absl import flags
 
 from voc_jax import cli, commands
 from voc_jax import workdir as workdir_lib
-from voc_jax.classes import VOC_CLASSES
 from voc_jax.data import patches as P
 from voc_jax.data.pipeline import ImageError, decode_image, example_from_boxes, fit_canvas
 from voc_jax.data.voc import set_max_pixels
@@ -134,7 +133,7 @@ def figure(result: dict, top: int, title: str):
         )
         ax.set_xlim(0, w)
         ax.set_ylim(h, 0)
-        ax.set_title(f"{VOC_CLASSES[c]}: image score {scores[c]:.3g}", fontsize=10)
+        ax.set_title(f"{result['classes'][c]}: image score {scores[c]:.3g}", fontsize=10)
     for ax in axes:
         ax.axis("off")
     if shown is not None:
@@ -192,11 +191,12 @@ def predict_images(
     out_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(out_dir, os.W_OK | os.X_OK):  # before the predictions, not after
         raise ConfigError(f"{out_dir}: cannot write there (permission denied); pass --out DIR")
-    predictor, found = make_predictor(config, workdir, step)
+    predictor, found, classes = make_predictor(config, workdir, step)
+    width = max(12, *(len(n) for n in classes))
     failed = 0
     for path, name in zip(images, output_names(images), strict=True):
         try:
-            result = predictor(path)
+            result = predictor(path) | {"classes": classes}
         except ImageError as e:
             cli.report(str(e))
             failed += 1
@@ -205,7 +205,7 @@ def predict_images(
         what = f"{len(result['boxes'])} patches" if "boxes" in result else "whole image"
         print(f"{path}: {what} (checkpoint step {found}); {score_meaning(result)}")
         for c in ranked[: max(top, 5)]:
-            print(f"  {VOC_CLASSES[c]:<12} {result['scores'][c]:.4g}")
+            print(f"  {classes[c]:<{width}} {result['scores'][c]:.4g}")
         target = out_dir / name
         save_figure(result, target, top, Path(path).name)
         print(f"  wrote {target}")
@@ -216,7 +216,8 @@ def predict_images(
 
 
 def make_predictor(config, workdir: Path, step: int | None) -> tuple:
-    """(predictor, checkpoint step) of the workdir's method family."""
+    """(predictor, checkpoint step, class names) of the workdir's method family; the class
+    names are the run's own (its config.json's data.classes)."""
     if config.get("method", "patches") == "image":
         from voc_jax.image import run as image_run
         from voc_jax.image.experiment import ImageExperiment
@@ -224,10 +225,10 @@ def make_predictor(config, workdir: Path, step: int | None) -> tuple:
 
         exp = ImageExperiment.build(config)
         found, variables = image_run.restore_for_evaluation(exp, workdir, step)
-        return ImagePredictor(exp, variables), found
+        return ImagePredictor(exp, variables), found, exp.settings.data.classes
     exp = Experiment.build(config)
     found, variables = workdir_lib.restore_variables(workdir, exp.model.variables, step)
-    return Predictor(exp, variables), found
+    return Predictor(exp, variables), found, exp.data.classes
 
 
 def run_command(fv: flags.FlagValues, images: list[str]) -> int:

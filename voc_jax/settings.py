@@ -172,4 +172,5 @@ def synthetic_config(config: ml_collections.ConfigDict) -> SyntheticConfig:
         seed=s.seed,
         min_side=s.min_side,
         max_side=s.max_side,
+        classes=tuple(s.get("classes", ()) or ()),
     )

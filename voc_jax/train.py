@@ -28,7 +28,7 @@ import ml_collections
 from absl import flags
 from tqdm import tqdm
 
-from voc_jax import cli, commands, distributed, experiment, feature_cache, steps
+from voc_jax import class_config, cli, commands, distributed, experiment, feature_cache, steps
 from voc_jax import evaluate as evaluate_lib
 from voc_jax import workdir as workdir_lib
 from voc_jax.checkpoint import Checkpointer, abstract_like
@@ -145,6 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
         return image_run.train_and_evaluate(config, workdir)
     experiment.validate(config)
+    config = class_config.resolve(config)  # the dataset's classes, saved in config.json
     with distributed.workdir_lock(workdir, "train"):
         workdir_lib.check_before_training(config, workdir)
         exp = Experiment.build(config)

@@ -19,7 +19,9 @@ from typing import Any
 import ml_collections
 
 from voc_jax import config_compat, metrics, models, settings
+from voc_jax.data.formats import FORMATS, HAS_BOXES
 from voc_jax.data.patches import CROP_MODES, DIFFICULT_MODES, TEST_SAMPLINGS
+from voc_jax.data.synthetic import MAX_CLASSES
 from voc_jax.data.voc import IMAGE_CHECKS
 from voc_jax.errors import ConfigError
 from voc_jax.memory import format_bytes, physical_memory
@@ -90,6 +92,24 @@ def _regexes(value: Any) -> bool:
     return True
 
 
+def check_dataset(p: _Problems, *, boxes_needed: bool) -> None:
+    """``data.format`` and ``data.classes`` (both families); a format without boxes where the
+    method needs them (the patch family labels patches by their overlap with boxes)."""
+    p.check("data.format", _one_of(FORMATS), f"must be one of {FORMATS}")
+    p.check("data.classes", _names, "must be a list of class names (empty: the dataset's own)")
+    p.check("data.synthetic.classes", lambda v: _names(v) and len(v) <= MAX_CLASSES,
+            f"must be a list of at most {MAX_CLASSES} class names (empty: VOC's 20)")  # fmt: skip
+    fmt = p.config.data.get("format")
+    if boxes_needed and fmt in FORMATS and not HAS_BOXES[fmt]:
+        p.add(f"data.format={fmt!r}: a label list has no boxes, and the patch family labels "
+              "each patch by its overlap with the boxes; train the whole-image family "
+              "(voc_jax/configs/voc07_image.py) or the linear probe on it")  # fmt: skip
+
+
+def _names(value: Any) -> bool:
+    return not isinstance(value, str) and all(isinstance(n, str) for n in value)
+
+
 def validate(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> None:
     """Raise ConfigError listing every problem of ``config`` (nothing read, nothing written)."""
     p = _Problems(config)
@@ -121,6 +141,7 @@ def _check_run_and_data(config: ml_collections.ConfigDict, p: _Problems) -> None
     p.check("data.max_image_pixels", _int(1), "must be an integer >= 1 (pixels)")
     p.check("data.train_split", lambda v: isinstance(v, str) and v, "must name a split")
     p.check("data.test_split", lambda v: isinstance(v, str) and v, "must name a split")
+    check_dataset(p, boxes_needed=True)
     p.check("data.synthetic.num_trainval", _int(1), "must be >= 1")
     p.check("data.synthetic.num_test", _int(1), "must be >= 1")
     p.check("data.synthetic.min_side", _int(16), "must be >= 16 pixels")
@@ -153,7 +174,8 @@ def _check_patches_and_model(p: _Problems) -> None:
         "must be (height, width), each >= 2",
     )
     p.check("patches.max_rows", _int(0), "must be >= 0 (0: derived from the scales)")
-    p.check("model.num_classes", lambda v: v == 21, "must be 21 (background + the 20 classes)")
+    p.check("model.num_classes", lambda v: v == 0 or _int(2)(v),
+            "must be 0 (from the dataset's classes, + background) or >= 2")  # fmt: skip
     p.check("model.head_hidden", _int_in(1, MAX_HEAD_HIDDEN), f"must be in [1, {MAX_HEAD_HIDDEN}]")
     p.check("model.dropout_rate", _number(0, 1, high_open=True), "must be in [0, 1)")
     p.check("model.dtype", _one_of(DTYPES), f"must be one of {DTYPES}")

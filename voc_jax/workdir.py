@@ -31,8 +31,13 @@ LATER_FIELDS = {
     "model.options": {},
     "data.max_image_pixels": 64_000_000,
     "init.head_from": "",
+    "data.format": "voc",
+    "data.classes": (),  # settled from the dataset (voc_jax.class_config): VOC's 20 then
 }
-SHAPE_FIELDS = ("model.arch", "model.num_classes", "model.head_hidden", "model.width")
+# What a checkpoint's shapes and meaning depend on: resuming or evaluating with another is
+# refused. (data.classes: the same number of other classes would silently mean other things.)
+SHAPE_FIELDS = ("model.arch", "model.num_classes", "model.head_hidden", "model.width",
+                "data.classes")  # fmt: skip
 # model.bn_update: a resume that toggles it would restore statistics updated by batches and
 # then freeze them (or start updating pretrained ones) mid-run: refused like a shape change.
 STATE_FIELDS = ("optim.optimizer", "optim.trainable", "model.bn_update")

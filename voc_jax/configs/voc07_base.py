@@ -36,7 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
     # The backbone's own options, checked by the backbone (AlexNet: conv1_padding); only for
     # training from scratch: converted weights carry their own
     c.model.options = ml_collections.ConfigDict()
-    c.model.num_classes = 21  # background + 20
+    # Outputs: 0 = follow the dataset's class list (+1 background: 21 for VOC); settled when
+    # the run starts and saved in config.json. A value set by hand must agree with the list.
+    c.model.num_classes = 0
     c.model.head_hidden = 4096  # the new Dense layer's width
     c.model.dropout_rate = 0.5
     c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
@@ -99,7 +101,15 @@ def get_config() -> ml_collections.ConfigDict:
 
 def _data() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
-    d.root = ""  # the VOC2007 directory (Annotations/, JPEGImages/, ImageSets/Main/)
+    d.root = ""  # the dataset's directory (for voc: Annotations/, JPEGImages/, ImageSets/Main/)
+    # The dataset's format: voc (VOC2007's layout) | coco (annotations/instances_<split>.json,
+    # images in <split>/) | labels (<split>.csv or .jsonl: image-level labels, no boxes: the
+    # whole-image family only). README "Your own data".
+    d.format = "voc"
+    # The class names in order; empty = ROOT/classes.txt if present, else the format's own
+    # (voc: VOC 2007's 20; coco: the training file's categories). Settled when a run starts
+    # and saved in config.json, so a workdir is evaluated and predicted with its own list.
+    d.classes = ()
     d.train_split = "trainval"
     d.test_split = "test"
     d.max_train_images = 5000  # the reference uses the first 5000 of 5011; 0 = all
@@ -122,6 +132,8 @@ def _data() -> ml_collections.ConfigDict:
     d.synthetic.num_trainval = 200
     d.synthetic.num_test = 100
     d.synthetic.seed = 0
+    # The generated classes' names (empty: VOC's 20); up to 80, each its own pattern
+    d.synthetic.classes = ()
     d.synthetic.min_side = 200  # image sides drawn from [min_side, max_side]
     d.synthetic.max_side = 500
     return d

@@ -56,7 +56,7 @@ def get_config(arg: str = "resnet50,frozen") -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.arch = arch
     c.model.options = ml_collections.ConfigDict()  # the backbone's own (from scratch only)
-    c.model.num_classes = 20  # one logit per class: no background class in this family
+    c.model.num_classes = 0  # 0 = one logit per class of the dataset's list (no background)
     c.model.head_hidden = 0  # 0: a linear classifier (1x1 conv); > 0: two layers of this width
     c.model.dropout_rate = 0.5  # AlexNet/VGG-16 fc6 and fc7 (as convolutions)
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)

@@ -1,7 +1,10 @@
-"""Validate a VOC dataset up front: ``python -m voc_jax.data.check ROOT --split trainval``.
+"""Validate a dataset up front: ``python -m voc_jax.data.check ROOT --split trainval``, in
+any of the three formats (``--format voc | coco | labels``, README "Your own data").
 
-Prints per-class counts (images, objects, difficult, truncated), the image size range, whether
-the image-level targets agree with the official per-class files, and every problem found.
+Prints the class list and where it came from, per-class counts (images with the class,
+images where it is only ignored (difficult or crowd), objects, difficult, truncated), the image
+size range, whether the image-level targets agree with VOC's official per-class files (when
+present), and every problem found.
 Exit status: 0 clean (warnings allowed unless --strict), 1 errors, 2 unusable arguments.
 """
 
@@ -16,45 +19,47 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from voc_jax.classes import VOC_CLASSES
+from voc_jax.data import formats
 from voc_jax.data.patches import patch_boxes, patch_labels
 from voc_jax.data.voc import (
     IMAGE_CHECKS,
     VocDataset,
     VocError,
     format_problems,
-    load_dataset,
     read_class_targets,
 )
 
 
 def class_table(dataset: VocDataset) -> str:
-    n = len(VOC_CLASSES)
-    images, objects, difficult, truncated = (np.zeros(n, int) for _ in range(4))
+    """Per class: images where it is a label (positive), images where it is only ignored
+    (difficult or crowd objects, a label list's ignore), objects, difficult, truncated."""
+    n = len(dataset.classes)
+    objects, difficult, truncated = (np.zeros(n, int) for _ in range(3))
+    targets = dataset.targets() if dataset.records else np.zeros((0, n), np.int8)
+    positive, ignored = (targets == 1).sum(0), (targets == 0).sum(0)
     for r in dataset.records:
-        images[np.unique(r.labels) - 1] += 1
         np.add.at(objects, r.labels - 1, 1)
         np.add.at(difficult, r.labels[r.difficult] - 1, 1)
         np.add.at(truncated, r.labels[r.truncated] - 1, 1)
+    w = max(12, *(len(name) for name in dataset.classes))
+    header = ("images", "ignored", "objects", "difficult", "truncated")
     lines = [
-        f"| {'class':<12} | {'images':>6} | {'objects':>7} | {'difficult':>9} | {'truncated':>9} |",
-        f"|{'-' * 14}|{'-' * 7}:|{'-' * 8}:|{'-' * 10}:|{'-' * 10}:|",
+        f"| {'class':<{w}} | " + " | ".join(f"{h:>9}" for h in header) + " |",
+        f"|{'-' * (w + 2)}|" + "|".join(f"{'-' * 10}:" for _ in header) + "|",
     ]
-    for c, name in enumerate(VOC_CLASSES):
-        lines.append(
-            f"| {name:<12} | {images[c]:>6} | {objects[c]:>7} | {difficult[c]:>9} | {truncated[c]:>9} |"
-        )
-    with_objects = sum(1 for r in dataset.records if r.num_objects)
-    lines.append(
-        f"| {'total':<12} | {with_objects:>6} | {objects.sum():>7} | {difficult.sum():>9} | "
-        f"{truncated.sum():>9} |"
-    )
+    rows = zip(dataset.classes, positive, ignored, objects, difficult, truncated, strict=True)
+    for name, *counts in rows:
+        lines.append(f"| {name:<{w}} | " + " | ".join(f"{v:>9}" for v in counts) + " |")
+    with_labels = int((targets >= 0).any(1).sum())
+    totals = (with_labels, int(ignored.sum()), objects.sum(), difficult.sum(), truncated.sum())
+    lines.append(f"| {'total':<{w}} | " + " | ".join(f"{v:>9}" for v in totals) + " |")
+    lines.append("(total images: those with at least one label or ignored class)")
     return "\n".join(lines)
 
 
 def patch_statistics(dataset: VocDataset) -> str:
     """Candidate patches per class under the reference geometry and label rule."""
-    counts = np.zeros(len(VOC_CLASSES) + 1, np.int64)
+    counts = np.zeros(len(dataset.classes) + 1, np.int64)
     positives_per_image = []
     for r in dataset.records:
         boxes, _ = patch_boxes(r.width, r.height)
@@ -68,7 +73,7 @@ def patch_statistics(dataset: VocDataset) -> str:
         f"| {'class':<12} | {'patches':>8} | {'of all':>7} | {'of positives':>12} |",
         f"|{'-' * 14}|{'-' * 9}:|{'-' * 8}:|{'-' * 13}:|",
     ]
-    for c, name in enumerate(VOC_CLASSES, start=1):
+    for c, name in enumerate(dataset.classes, start=1):
         lines.append(
             f"| {name:<12} | {counts[c]:>8} | {counts[c] / total:>7.2%} | "
             f"{counts[c] / max(counts[1:].sum(), 1):>12.2%} |"
@@ -83,7 +88,7 @@ def patch_statistics(dataset: VocDataset) -> str:
 
 def compare_with_official(dataset: VocDataset) -> tuple[bool, str] | None:
     """(agree, message): computed targets vs ImageSets/Main/<class>_<split>.txt, if present."""
-    official = read_class_targets(dataset.root, dataset.split)
+    official = read_class_targets(dataset.root, dataset.split, dataset.classes)
     if official is None:
         return None
     mismatches = []
@@ -93,7 +98,7 @@ def compare_with_official(dataset: VocDataset) -> tuple[bool, str] | None:
         if want is None:
             mismatches.append(f"{r.image_id}: not in the per-class files")
         elif not np.array_equal(got, want):
-            bad = [VOC_CLASSES[c] for c in np.flatnonzero(got != want)]
+            bad = [dataset.classes[c] for c in np.flatnonzero(got != want)]
             mismatches.append(f"{r.image_id}: differs for {', '.join(bad)}")
     if mismatches:
         return False, (
@@ -109,8 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from voc_jax import cli
 
     parser = cli.ArgumentParser(prog="python -m voc_jax.data.check", description=__doc__)
-    parser.add_argument("root", type=Path, help="the VOC2007 directory (with Annotations/)")
-    parser.add_argument("--split", default="trainval", help="ImageSets/Main/<split>.txt")
+    parser.add_argument("root", type=Path, help="the dataset's directory (VOC: with Annotations/)")
+    parser.add_argument("--split", default="trainval",
+                        help="voc: ImageSets/Main/<split>.txt; coco: annotations/instances_"
+                        "<split>.json; labels: <split>.csv or <split>.jsonl")  # fmt: skip
+    parser.add_argument("--format", choices=formats.FORMATS, default="voc",
+                        help="the dataset's format (README: Your own data)")  # fmt: skip
+    parser.add_argument("--classes", default="",
+                        help="the class names, comma-separated (default: ROOT/classes.txt, "
+                        "else the format's own: VOC's 20, the COCO file's categories)")  # fmt: skip
     parser.add_argument("--strict", action="store_true", help="warnings count as errors")
     parser.add_argument(
         "--patch-stats",
@@ -121,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--images",
         choices=("auto", *IMAGE_CHECKS),
         default="auto",
-        help="how far to check the JPEGs: auto = sizes if JPEGImages/ exists, else none",
+        help="how far to check the images: auto = sizes (voc: none without JPEGImages/)",
     )
     return cli.argparse_command(argv, parser, run)
 
@@ -129,20 +141,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     images = args.images
     if images == "auto":
-        images = "sizes" if (args.root / "JPEGImages").is_dir() else "none"
+        voc_without_images = args.format == "voc" and not (args.root / "JPEGImages").is_dir()
+        images = "none" if voc_without_images else "sizes"
     start = time.perf_counter()
     if not args.root.is_dir():
-        raise VocError(f"{args.root}: no such directory (the VOC2007 directory, with Annotations/)")
-    dataset = load_dataset(
+        raise VocError(f"{args.root}: no such directory (the dataset's directory)")
+    given = [n.strip() for n in args.classes.split(",") if n.strip()]
+    classes, source = formats.dataset_classes(args.format, args.root, given, args.split)
+    dataset = formats.load_dataset(
+        args.format,
         args.root,
         args.split,
+        classes=classes,
         strict=args.strict,
         images=images,
         raise_on_error=False,
         progress=lambda ids: tqdm(ids, desc=f"parsing {args.split}", unit="xml", leave=False),
     )
     elapsed = time.perf_counter() - start
-    print(f"{args.root} split {args.split}: {len(dataset)} images indexed in {elapsed:.2f} s")
+    print(
+        f"{args.root} split {args.split} ({args.format}): {len(dataset)} images indexed in "
+        f"{elapsed:.2f} s"
+    )
+    print(f"classes ({len(classes)}, from {source}): {', '.join(classes)}")
     print(f"image check: {images}" + (" (no JPEGImages/ found)" if images == "none" else ""))
     comparison = compare_with_official(dataset) if dataset.records else None
     if dataset.records:
@@ -152,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         print(class_table(dataset))
         if comparison:
             print(comparison[1])
-        if args.patch_stats:
+        if args.patch_stats and dataset.has_boxes:
             print(patch_statistics(dataset))
     if dataset.problems:
         print(format_problems(dataset.problems))

@@ -10,14 +10,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from voc_jax import distributed
+from voc_jax.classes import VOC_CLASSES
+from voc_jax.data.formats import load_dataset
 from voc_jax.data.synthetic import SyntheticConfig, generate
-from voc_jax.data.voc import (
-    DEFAULT_MAX_PIXELS,
-    DecodedCache,
-    VocDataset,
-    load_dataset,
-    set_max_pixels,
-)
+from voc_jax.data.voc import DEFAULT_MAX_PIXELS, DecodedCache, VocDataset, set_max_pixels
 from voc_jax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -39,6 +35,8 @@ class DataSettings:
     strict: bool
     workers: int
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    format: str = "voc"  # voc | coco | labels (voc_jax.data.formats)
+    classes: tuple[str, ...] = VOC_CLASSES  # settled by voc_jax.class_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,13 +98,15 @@ def load_split(
     limit: int,
     *,
     decoded: DecodedCache | None = None,
-    need_boxes: bool = False,
+    need_labels: bool = False,
 ) -> VocDataset:
-    """A validated split; ``need_boxes``: refuse a split in which no image has an object
-    (training on it would only ever see background)."""
+    """A validated split; ``need_labels``: refuse a split in which no image has an object or
+    a label (training on it would only ever see background)."""
     dataset = load_dataset(
+        data.format,
         root,
         split,
+        classes=data.classes,
         strict=data.strict,
         images=data.check_images,
         decoded=decoded,
@@ -118,11 +118,25 @@ def load_split(
         dataset.records = dataset.records[:limit]
     if not dataset.records:
         raise DataError(f"{root}: split {split} has no images")
-    if need_boxes and not any(r.num_objects for r in dataset.records):
+    if need_labels and not any(r.num_objects or (r.targets() == 1).any() for r in dataset.records):
         raise DataError(
-            f"{root}: no image of split {split} has an object; every patch would be background"
+            f"{root}: no image of split {split} has an object or a label; there is nothing to "
+            "learn (every patch would be background)"
         )
     return dataset
+
+
+def check_disjoint(train: VocDataset, test: VocDataset, data: DataSettings) -> None:
+    """Refuse a test split that shares images with the training split: its AP would measure
+    memory, not transfer."""
+    trained = {r.image_path.resolve() for r in train.records}
+    shared = [r.image_path for r in test.records if r.image_path.resolve() in trained]
+    if shared:
+        raise DataError(
+            f"{test.root}: {len(shared)} images of the test split {data.test_split!r} are also "
+            f"in the training split {data.train_split!r} (first: {shared[0]}); set "
+            "--config.data.test_split to a split without them"
+        )
 
 
 def load_splits(data: DataSettings, workdir: Path, *, train: bool) -> Splits:
@@ -137,9 +151,10 @@ def load_splits(data: DataSettings, workdir: Path, *, train: bool) -> Splits:
     train_set = test
     if train:
         train_set = load_split(
-            data, root, data.train_split, data.max_train_images, decoded=decoded, need_boxes=True
+            data, root, data.train_split, data.max_train_images, decoded=decoded, need_labels=True
         )
     if train:
+        check_disjoint(train_set, test, data)
         log.info("data %s: %d %s images, %d %s images", root, len(train_set),
                  data.train_split, len(test), data.test_split)  # fmt: skip
     else:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from voc_jax.atomic import atomic_directory
-from voc_jax.classes import VOC_CLASSES
+from voc_jax.classes import CLASS_FILE, VOC_CLASSES
 
 SHAPES = (
     "disc",
@@ -57,13 +57,28 @@ class ClassStyle:
     texture: str
 
 
-def class_styles() -> tuple[ClassStyle, ...]:
-    """Class c: shape c // 2, colour 3c mod 8, texture c mod 4 -- all 20 combinations differ,
-    and the two classes of a shape differ in both colour and texture."""
-    return tuple(
+MAX_CLASSES = 80  # classes a generated dataset may have, each its own pattern
+
+
+def class_styles(count: int = len(VOC_CLASSES)) -> tuple[ClassStyle, ...]:
+    """Class c < 20: shape c // 2, colour 3c mod 8, texture c mod 4 -- all 20 combinations
+    differ, and the two classes of a shape differ in both colour and texture. Classes past
+    20 (a generated dataset of other classes) take the unused combinations in a fixed order,
+    shapes first, so neighbours differ in shape."""
+    if not 1 <= count <= MAX_CLASSES:
+        raise ValueError(f"a generated dataset has 1..{MAX_CLASSES} classes, not {count}")
+    first = [
         ClassStyle(SHAPES[c // 2], COLOURS[(3 * c) % len(COLOURS)], TEXTURES[c % len(TEXTURES)])
-        for c in range(len(VOC_CLASSES))
-    )
+        for c in range(min(count, len(VOC_CLASSES)))
+    ]
+    rest = [
+        ClassStyle(shape, colour, texture)
+        for texture in TEXTURES
+        for colour in COLOURS
+        for shape in SHAPES
+        if ClassStyle(shape, colour, texture) not in first
+    ]
+    return tuple(first + rest[: count - len(first)])
 
 
 STYLES = class_styles()
@@ -82,11 +97,16 @@ class SyntheticConfig:
     difficult_min_side: int = 20  # visible box side (px) under which an object is difficult
     difficult_max_hidden: float = 0.6  # hidden fraction above which an object is difficult
     jpeg_quality: int = 90
+    classes: tuple[str, ...] = ()  # the classes' names (written to classes.txt); () = VOC's 20
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.classes) or VOC_CLASSES
 
 
 @dataclasses.dataclass
 class SyntheticObject:
-    label: int  # 1..20
+    label: int  # 1..number of classes
     box: tuple[int, int, int, int]  # 0-based, inclusive pixel indices (VOC's, minus 1)
     truncated: bool
     difficult: bool
@@ -194,7 +214,9 @@ def render_image(
     img = _background(w, h, rng)
     owner = np.full((h, w), -1, np.int32)
     n = int(rng.integers(1, config.max_objects + 1))
-    labels = rng.integers(1, len(VOC_CLASSES) + 1, n)
+    names = config.class_names
+    styles = STYLES if names == VOC_CLASSES else class_styles(len(names))
+    labels = rng.integers(1, len(names) + 1, n)
     drawn: list[tuple[int, np.ndarray, bool]] = []  # label, pixels, truncated
     lo, hi = np.log(config.min_object_fraction), np.log(config.max_object_fraction)
     for label in labels:
@@ -204,7 +226,7 @@ def render_image(
         # Centres anywhere in the image: objects near a border get truncated.
         ox = int(rng.uniform(0, w) - ow / 2)
         oy = int(rng.uniform(0, h) - oh / 2)
-        style = STYLES[label - 1]
+        style = styles[label - 1]
         mask = _shape_mask(style.shape, ow, oh)
         tex = _texture(style, ow, oh, rng)
         x0, y0, x1, y1 = max(ox, 0), max(oy, 0), min(ox + ow, w), min(oy + oh, h)
@@ -246,7 +268,13 @@ def render_image(
 # ----------------------------------------------------------------------------- files
 
 
-def annotation_xml(image_id: str, width: int, height: int, objects: list[SyntheticObject]) -> str:
+def annotation_xml(
+    image_id: str,
+    width: int,
+    height: int,
+    objects: list[SyntheticObject],
+    classes: tuple[str, ...] = VOC_CLASSES,
+) -> str:
     """VOC 2007 XML (1-based inclusive coordinates)."""
     parts = [
         "<annotation>",
@@ -260,7 +288,7 @@ def annotation_xml(image_id: str, width: int, height: int, objects: list[Synthet
         x0, y0, x1, y1 = (v + 1 for v in o.box)
         parts += [
             "\t<object>",
-            f"\t\t<name>{VOC_CLASSES[o.label - 1]}</name>",
+            f"\t\t<name>{escape(classes[o.label - 1])}</name>",
             "\t\t<pose>Unspecified</pose>",
             f"\t\t<truncated>{int(o.truncated)}</truncated>",
             f"\t\t<difficult>{int(o.difficult)}</difficult>",
@@ -271,8 +299,10 @@ def annotation_xml(image_id: str, width: int, height: int, objects: list[Synthet
     return "\n".join(parts) + "\n"
 
 
-def image_targets(objects: list[SyntheticObject]) -> np.ndarray:
-    out = np.full(len(VOC_CLASSES), -1, np.int8)
+def image_targets(
+    objects: list[SyntheticObject], num_classes: int = len(VOC_CLASSES)
+) -> np.ndarray:
+    out = np.full(num_classes, -1, np.int8)
     for o in objects:
         if o.difficult:
             out[o.label - 1] = max(out[o.label - 1], 0)
@@ -301,6 +331,7 @@ def generate(
         ids = [f"{i:06d}" for i in range(total)]
         targets = {}
         indices: Iterable[int] = progress(range(total)) if progress else range(total)
+        names = config.class_names
         for i in indices:
             rng = np.random.default_rng([config.seed, i])
             img, objects = render_image(rng, config)
@@ -309,9 +340,9 @@ def generate(
                 tmp / "JPEGImages" / f"{ids[i]}.jpg", quality=config.jpeg_quality
             )
             (tmp / "Annotations" / f"{ids[i]}.xml").write_text(
-                annotation_xml(ids[i], w, h, objects)
+                annotation_xml(ids[i], w, h, objects, names)
             )
-            targets[ids[i]] = image_targets(objects)
+            targets[ids[i]] = image_targets(objects, len(names))
         trainval = ids[: config.num_trainval]
         splits = {
             "trainval": trainval,
@@ -322,8 +353,13 @@ def generate(
         main = tmp / "ImageSets" / "Main"
         for split, members in splits.items():
             (main / f"{split}.txt").write_text("".join(f"{i}\n" for i in members))
-            for c, name in enumerate(VOC_CLASSES):
+            for c, name in enumerate(names):
                 lines = "".join(f"{i} {int(targets[i][c]):2d}\n" for i in members)
                 (main / f"{name}_{split}.txt").write_text(lines)
-        (tmp / "synthetic.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        facts = dataclasses.asdict(config)
+        if config.classes:  # a list of its own, beside the annotations (voc_jax.classes)
+            (tmp / CLASS_FILE).write_text("".join(f"{n}\n" for n in names))
+        else:  # VOC's: synthetic.json as it always was
+            del facts["classes"]
+        (tmp / "synthetic.json").write_text(json.dumps(facts, indent=2) + "\n")
     return Path(out_dir)

@@ -1,8 +1,8 @@
 """The VOC reader: a VOC-layout root + split -> validated records.
 
 Conventions: boxes are float32 ``(x0, y0, x1, y1)`` in 0-based pixel coordinates, i.e. the XML
-value minus 1 (what the reference uses); labels are 1..20 in the official class order (0 is
-background in the model). Every problem is collected with the file it came from; warnings
+value minus 1 (what the reference uses); labels are 1..C in the dataset's class order (VOC's 20 by default;
+0 is background in the patch family's model). Every problem is collected with the file it came from; warnings
 (clipped or dropped boxes) become errors in strict mode, and all errors are raised together
 before any long work starts.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from defusedxml import ElementTree as SafeET
 
-from voc_jax.classes import CLASS_INDEX, VOC_CLASSES
+from voc_jax.classes import VOC_CLASSES, class_index
 from voc_jax.errors import DataError
 
 MIN_IMAGE_SIDE = 2  # the patch geometry needs at least two pixels along each axis
@@ -49,17 +49,24 @@ class VocRecord:
     width: int
     height: int
     boxes: np.ndarray  # float32 [N, 4] (x0, y0, x1, y1), 0-based
-    labels: np.ndarray  # int32 [N], 1..20
+    labels: np.ndarray  # int32 [N], 1..num_classes
     difficult: np.ndarray  # bool [N]
     truncated: np.ndarray  # bool [N]
+    num_classes: int = len(VOC_CLASSES)  # the dataset's class list's length
+    # Image-level targets given as such (a label list has no boxes): int8 [num_classes], as
+    # targets() returns them; None: derived from the objects
+    image_targets: np.ndarray | None = None
 
     @property
     def num_objects(self) -> int:
         return len(self.labels)
 
     def targets(self) -> np.ndarray:
-        """int8 [20]: 1 has a non-difficult object, 0 only difficult ones, -1 none (official)."""
-        out = np.full(len(VOC_CLASSES), -1, np.int8)
+        """int8 [num_classes]: 1 has a non-difficult object, 0 only difficult ones, -1 none
+        (VOC's official image labels)."""
+        if self.image_targets is not None:
+            return self.image_targets
+        out = np.full(self.num_classes, -1, np.int8)
         out[self.labels[self.difficult] - 1] = 0
         out[self.labels[~self.difficult] - 1] = 1
         return out
@@ -71,6 +78,8 @@ class VocDataset:
     split: str
     records: list[VocRecord]
     problems: list[Problem]
+    classes: tuple[str, ...] = VOC_CLASSES
+    has_boxes: bool = True  # False: image labels only (a label list); no patch training
 
     def __len__(self) -> int:
         return len(self.records)
@@ -84,8 +93,10 @@ class VocDataset:
         return [p for p in self.problems if p.severity == "warning"]
 
     def targets(self) -> np.ndarray:
-        """int8 [num_images, 20] image-level targets (see VocRecord.targets)."""
-        return np.stack([r.targets() for r in self.records]) if self.records else np.zeros((0, 20))
+        """int8 [num_images, num_classes] image-level targets (see VocRecord.targets)."""
+        if not self.records:
+            return np.zeros((0, len(self.classes)), np.int8)
+        return np.stack([r.targets() for r in self.records])
 
 
 def _text(element: ET.Element, tag: str) -> str | None:
@@ -104,9 +115,14 @@ def _number(element: ET.Element, tag: str) -> float:
 
 
 def parse_annotation(
-    xml_path: Path, *, image_path: Path | None = None, strict: bool = False
+    xml_path: Path,
+    *,
+    image_path: Path | None = None,
+    strict: bool = False,
+    classes: Sequence[str] = VOC_CLASSES,
 ) -> tuple[VocRecord | None, list[Problem]]:
-    """One XML file -> (record or None when unusable, problems found)."""
+    """One XML file -> (record or None when unusable, problems found); object names must be
+    in ``classes``."""
     where = str(xml_path)
     root, problems = _xml_root(xml_path)
     if root is None:
@@ -115,7 +131,7 @@ def parse_annotation(
         width, height = _image_size(root)
     except ValueError as e:
         return None, [Problem("error", where, f"{e}; cannot place the boxes without it")]
-    objects = _objects(root, where, width, height, strict, problems)
+    objects = _objects(root, where, width, height, strict, problems, class_index(classes))
     if any(p.severity == "error" for p in problems):
         return None, problems
     boxes, labels, difficult, truncated = objects
@@ -128,6 +144,7 @@ def parse_annotation(
         labels=np.asarray(labels, np.int32),
         difficult=np.asarray(difficult, bool),
         truncated=np.asarray(truncated, bool),
+        num_classes=len(classes),
     )
     return record, problems
 
@@ -163,7 +180,13 @@ def _image_size(root: ET.Element) -> tuple[int, int]:
 
 
 def _objects(
-    root: ET.Element, where: str, width: int, height: int, strict: bool, problems: list[Problem]
+    root: ET.Element,
+    where: str,
+    width: int,
+    height: int,
+    strict: bool,
+    problems: list[Problem],
+    index_of: dict[str, int],
 ) -> tuple[list, list, list, list]:
     """(boxes, labels, difficult, truncated) of the usable objects, 0-based boxes clipped to
     the image; every problem appended to ``problems`` (clipping is a warning unless
@@ -175,8 +198,9 @@ def _objects(
     boxes, labels, difficult, truncated = [], [], [], []
     for index, obj in enumerate(root.findall("object")):
         name = _text(obj, "name")  # a direct child only: <part> names are not classes
-        if name not in CLASS_INDEX:
-            problems.append(Problem("error", where, f"object {index}: unknown class {name!r}"))
+        if name not in index_of:
+            problems.append(Problem("error", where, f"object {index}: unknown class {name!r}"
+                                    f"{unknown_hint(index_of)}"))  # fmt: skip
             continue
         bndbox = obj.find("bndbox")
         try:
@@ -201,10 +225,20 @@ def _objects(
             warn(f"object {index} ({name}): empty or inverted box {clipped} (0-based); dropped")
             continue
         boxes.append(clipped)
-        labels.append(CLASS_INDEX[name])
+        labels.append(index_of[name])
         difficult.append(_text(obj, "difficult") == "1")
         truncated.append(_text(obj, "truncated") == "1")
     return boxes, labels, difficult, truncated
+
+
+def unknown_hint(index_of: dict[str, int]) -> str:
+    """What to do about a class outside the list (VOC's 20 unless the dataset names others)."""
+    if tuple(index_of) == VOC_CLASSES:
+        return (
+            " (not one of VOC's 20; for other classes put their list in classes.txt beside "
+            "Annotations/ or set data.classes)"
+        )
+    return f" (not in the dataset's class list of {len(index_of)}: classes.txt or data.classes)"
 
 
 def _read_text(path: Path) -> str:
@@ -226,11 +260,13 @@ def read_split(root: Path, split: str) -> list[str]:
     return ids
 
 
-def read_class_targets(root: Path, split: str) -> dict[str, np.ndarray] | None:
-    """The official per-class files as {image_id: int8 [20]}, or None when absent."""
+def read_class_targets(
+    root: Path, split: str, classes: Sequence[str] = VOC_CLASSES
+) -> dict[str, np.ndarray] | None:
+    """The official per-class files as {image_id: int8 [C]}, or None when absent."""
     main = Path(root) / "ImageSets" / "Main"
     columns: dict[str, np.ndarray] = {}
-    for c, name in enumerate(VOC_CLASSES):
+    for c, name in enumerate(classes):
         path = main / f"{name}_{split}.txt"
         if not path.is_file():
             return None
@@ -244,7 +280,7 @@ def read_class_targets(root: Path, split: str) -> dict[str, np.ndarray] | None:
                     "'<image id> <1|0|-1>'"
                 )
             image_id, value = fields
-            columns.setdefault(image_id, np.full(len(VOC_CLASSES), -2, np.int8))[c] = int(value)
+            columns.setdefault(image_id, np.full(len(classes), -2, np.int8))[c] = int(value)
     return columns
 
 
@@ -365,6 +401,38 @@ class DecodedCache:
         os.replace(tmp, self.path)
 
 
+def checked_size(
+    image_path: Path, images: str, decoded: DecodedCache, problems: list[Problem]
+) -> tuple[int, int] | None:
+    """(width, height) of an image from its header, and decoded in full when ``images`` is
+    "decode" (unless ``decoded`` knows it); None, with the problem appended, when it is
+    unreadable, too large or not 8 bits per channel."""
+    try:
+        w, h = image_size(image_path)
+        if images == "decode" and not decoded.known_good(image_path):
+            w, h = decode_check(image_path)
+            decoded.add(image_path)
+    except Exception as e:  # PIL raises several types for broken files
+        problem = (
+            str(e)
+            if isinstance(e, (ModeError, TooLarge))
+            else f"does not decode ({type(e).__name__}: {e})"
+        )
+        problems.append(Problem("error", str(image_path), problem))
+        return None
+    return w, h
+
+
+def missing_images(paths: Sequence[Path], where: str, listed: str) -> list[Problem]:
+    """One error naming the images of a split that do not exist (the first 20 of them)."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if not missing:
+        return []
+    shown = ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
+    message = f"{len(missing)} of {len(paths)} images listed in {listed} are missing: {shown}"
+    return [Problem("error", where, message)]
+
+
 def load_dataset(
     root: str | Path,
     split: str,
@@ -374,8 +442,10 @@ def load_dataset(
     raise_on_error: bool = True,
     progress: Callable[[Iterable], Iterable] | None = None,
     decoded: DecodedCache | None = None,
+    classes: Sequence[str] = VOC_CLASSES,
 ) -> VocDataset:
-    """Index ``root`` (a VOC2007 directory) for ``split``.
+    """Index ``root`` (a VOC2007-layout directory) for ``split``; object names must be in
+    ``classes`` (VOC's 20 unless the dataset names its own).
 
     ``images``: "none" (annotations only), "exist" (all listed images must exist: missing ones
     are reported together), "sizes" (also compare the XML size with the file's header), or
@@ -394,13 +464,10 @@ def load_dataset(
         missing = [i for i in ids if not (jpeg_dir / f"{i}.jpg").is_file()]
         if missing:
             shown = ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
-            problems.append(
-                Problem(
-                    "error",
-                    str(jpeg_dir),
-                    f"{len(missing)} of {len(ids)} images listed in {split}.txt are missing: {shown}",
-                )
+            message = (
+                f"{len(missing)} of {len(ids)} images listed in {split}.txt are missing: {shown}"
             )
+            problems.append(Problem("error", str(jpeg_dir), message))
     records = []
     decoded = decoded if decoded is not None else DecodedCache(None)
     iterator: Iterable[str] = progress(ids) if progress else ids
@@ -410,24 +477,17 @@ def load_dataset(
         if not xml_path.is_file():
             problems.append(Problem("error", str(xml_path), f"annotation of {image_id} not found"))
             continue
-        record, found = parse_annotation(xml_path, image_path=image_path, strict=strict)
+        record, found = parse_annotation(
+            xml_path, image_path=image_path, strict=strict, classes=classes
+        )
         problems.extend(found)
         if record is None:
             continue
         if images in ("sizes", "decode") and image_path.is_file():
-            try:
-                w, h = image_size(image_path)
-                if images == "decode" and not decoded.known_good(image_path):
-                    w, h = decode_check(image_path)
-                    decoded.add(image_path)
-            except Exception as e:  # PIL raises several types for broken files
-                problem = (
-                    str(e)
-                    if isinstance(e, (ModeError, TooLarge))
-                    else f"does not decode ({type(e).__name__}: {e})"
-                )
-                problems.append(Problem("error", str(image_path), problem))
+            size = checked_size(image_path, images, decoded, problems)
+            if size is None:
                 continue
+            w, h = size
             if (w, h) != (record.width, record.height):
                 problems.append(
                     Problem(
@@ -438,7 +498,7 @@ def load_dataset(
                 )
                 continue
         records.append(record)
-    dataset = VocDataset(root, split, records, problems)
+    dataset = VocDataset(root, split, records, problems, tuple(classes))
     if raise_on_error and dataset.errors:
         raise VocError(format_problems(dataset.errors, header=f"{root} ({split}): "))
     return dataset

@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from voc_jax import feature_cache as fc
-from voc_jax.classes import VOC_CLASSES
 from voc_jax.data.pipeline import decode_image
 from voc_jax.data.voc import VocRecord
 from voc_jax.image import cache as map_cache
@@ -253,7 +252,7 @@ class Source:
         if missing:
             views += [views[0]] * missing
             valid += [valid[0]] * missing
-            targets = np.concatenate([targets, np.zeros((missing, len(VOC_CLASSES)), np.int8)])
+            targets = np.concatenate([targets, np.zeros((missing, targets.shape[1]), np.int8)])
         return {
             "views": tuple(np.stack(v) for v in zip(*views, strict=True)),
             "valid": np.stack(valid),

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from voc_jax import models, optim, settings, xla_options
+from voc_jax import class_config, models, optim, settings, xla_options
 from voc_jax import weights as weights_lib
 from voc_jax.data.splits import DataSettings
 from voc_jax.errors import ConfigError
@@ -137,6 +137,7 @@ class ImageExperiment:
 
     @classmethod
     def build(cls, config: ml_collections.ConfigDict) -> ImageExperiment:
+        config = class_config.resolve(config)  # data.classes, model.num_classes settled
         s = read(config)
         module, variables, prep, source = build_model(s)
         shapes = [map_shape(module, side) for side in s.image.inputs.sides]

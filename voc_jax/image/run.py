@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from voc_jax import cli, distributed, evaluate, xla_options
+from voc_jax import class_config, cli, distributed, evaluate, xla_options
 from voc_jax import workdir as workdir_lib
 from voc_jax.checkpoint import Checkpointer, abstract_like
 from voc_jax.data.splits import load_splits
@@ -46,6 +46,7 @@ class Position:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> int:
     workdir = Path(workdir)
     validation.validate(config)
+    config = class_config.resolve(config)  # the dataset's classes, saved in config.json
     with distributed.workdir_lock(workdir, "train"):
         workdir_lib.check_before_training(config, workdir)
         check_same_family(config, workdir)
@@ -308,13 +309,16 @@ def evaluate_and_report(exp: ImageExperiment, variables: Any, dataset: VocDatase
     records = dataset.records
     probabilities = scores(exp, variables, dataset, workdir)
     targets = np.stack([r.targets() for r in records])
-    results = evaluate.ap_results(probabilities, targets, s.protocols)
-    with_reference = evaluate.is_voc2007_test(dataset.root, dataset.split, len(records))
+    results = evaluate.ap_results(probabilities, targets, s.protocols, dataset.classes)
+    classes = dataset.classes
+    with_reference = evaluate.is_voc2007_test(dataset.root, dataset.split, len(records), classes)
     labels = evaluate.label_results(probabilities, targets, "the image probability")
-    table = evaluate.format_table(results, with_reference) + "\n\n" + evaluate.format_labels(labels)
+    table = (evaluate.format_table(results, with_reference, classes) + "\n\n"
+             + evaluate.format_labels(labels))  # fmt: skip
     summary = {
         "split": dataset.split,
         "images": len(records),
+        "classes": list(classes),
         "method": "image",
         "score": "sigmoid of the pooled logit (" + s.image.pooling.kind + ")",
         "results": results,
@@ -326,7 +330,8 @@ def evaluate_and_report(exp: ImageExperiment, variables: Any, dataset: VocDatase
     evaluate.write_outputs(out_dir, summary, ids, targets, {"probability": probabilities},
                            ranked="probability")  # fmt: skip
     if s.plots:
-        evaluate.write_plots(out_dir, probabilities, targets, results, with_reference)
+        evaluate.write_plots(out_dir, probabilities, targets, results, with_reference, classes)
+    evaluate.log_metrics(workdir, summary, step)
     evaluate.announce(summary, step, out_dir)
     return summary
 
@@ -344,6 +349,7 @@ def evaluate_workdir(
     if split is not None:
         config = config.copy_and_resolve_references()
         config.data.test_split = split
+    config = class_config.resolve(config)
     with distributed.workdir_lock(workdir, "evaluate"):
         workdir_lib.check_before_evaluating(config, workdir)
         workdir_lib.check_unchanged(config, workdir,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import ml_collections
 
 from voc_jax import metrics, model_validation, models, settings, validation
-from voc_jax.classes import VOC_CLASSES
 from voc_jax.errors import ConfigError
 from voc_jax.image.inputs import RESIZES
 from voc_jax.image.loss import LOSSES
@@ -51,8 +50,9 @@ def _check_shared(config: ml_collections.ConfigDict, p: validation.Problems) -> 
     p.check("data.workers", validation.at_least(0), "must be an integer >= 0")
     p.check("model.arch", lambda v: v in models.ARCHITECTURES,
             f"must be one of {models.ARCHITECTURES}")  # fmt: skip
-    p.check("model.num_classes", lambda v: v == len(VOC_CLASSES),
-            f"must be {len(VOC_CLASSES)} (one logit per class; no background in this family)")  # fmt: skip
+    p.check("model.num_classes", validation.at_least(0),
+            "must be 0 (one logit per class of the dataset) or the number of classes")  # fmt: skip
+    validation.check_dataset(p, boxes_needed=False)
     p.check("model.head_hidden", validation.at_least(0), "must be >= 0 (0: a linear head)")
     p.check("model.dropout_rate", validation.number(0, 1, high_open=True), "must be in [0, 1)")
     p.check("model.dtype", validation.one_of(("float32", "bfloat16")), "float32 or bfloat16")
