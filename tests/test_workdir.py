@@ -11,6 +11,7 @@ import pytest
 
 from tests.configs import tiny
 from voc_jax import class_config, workdir
+from voc_jax.classes import VOC_CLASSES
 from voc_jax.errors import CheckpointError, ConfigError
 
 
@@ -95,3 +96,23 @@ def test_restore_head_reads_the_newest_checkpoints_head(trained_tiny):
         jax.tree.leaves(head), jax.tree.leaves(params["head"]), strict=True
     ):  # fmt: skip
         np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_a_checkpoint_of_other_classes_is_refused_by_name(tmp_path, trained_tiny):
+    """Checkpoints record their classes (the list a head's outputs mean); a resume with
+    another list of the same length is refused even without config.json; older checkpoints
+    (no list) are VOC's."""
+    from voc_jax.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(trained_tiny / "checkpoints", asynchronous=False)
+    try:
+        _, restored = checkpointer.restore({})
+    finally:
+        checkpointer.close()
+    assert restored["data"]["classes"] == list(VOC_CLASSES)
+    workdir.check_checkpoint_classes(restored["data"], VOC_CLASSES, tmp_path)
+    workdir.check_checkpoint_classes({}, ("a", "b"), tmp_path)
+    other = tuple(f"widget {c}" for c in range(20))
+    with pytest.raises(CheckpointError, match=r"of 20 classes \(aeroplane, bicycle, bird, "
+                       r"boat, ...\) and this run's dataset has 20 \(widget 0"):  # fmt: skip
+        workdir.check_checkpoint_classes(restored["data"], other, tmp_path)

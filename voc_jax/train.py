@@ -243,6 +243,7 @@ def restore(exp: Experiment, checkpointer: Checkpointer, fresh: Progress) -> Pro
         abstract["batch_stats"] = abstract_like(state.batch_stats)
     step, restored = checkpointer.restore(abstract)
     data = restored["data"]
+    workdir_lib.check_checkpoint_classes(data, exp.data.classes, checkpointer.directory)
     stats = restored.get("batch_stats", state.batch_stats)
     progress = Progress(
         state=state.replace(params=restored["params"], batch_stats=stats, **restored["train"]),
@@ -343,6 +344,7 @@ def save(loop: Loop, progress: Progress) -> None:
         "seed": loop.exp.train.seed,
         "batch_size": loop.exp.train.batch_size,
         "sums": dataclasses.asdict(progress.sums),
+        "classes": list(loop.exp.data.classes),  # what the head's outputs mean
     }
     try:
         loop.checkpointer.save(

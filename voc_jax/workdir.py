@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,20 @@ def restore_head(source: Path, params: dict[str, Any]) -> tuple[int, Any]:
     finally:
         checkpointer.close()
     return step, restored["params"]["head"]
+
+
+def check_checkpoint_classes(data: dict[str, Any], classes: Sequence[str], where: Path) -> None:
+    """A checkpoint records its run's classes: resuming it with another list is refused (a
+    head of the same shape would silently mean other classes). Older checkpoints (no list):
+    VOC's, as their runs had."""
+    saved = list(data.get("classes") or ())
+    if saved and saved != list(classes):
+        raise CheckpointError(
+            f"{where}: its checkpoints are of {len(saved)} classes ({', '.join(saved[:4])}"
+            f"{', ...' if len(saved) > 4 else ''}) and this run's dataset has {len(classes)} "
+            f"({', '.join(classes[:4])}{', ...' if len(classes) > 4 else ''}); use the "
+            "dataset it was trained on, or another --workdir"
+        )
 
 
 def check_unchanged(

@@ -156,6 +156,7 @@ def restore(exp: ImageExperiment, checkpointer: Checkpointer, state: Any) -> tup
         abstract["batch_stats"] = abstract_like(state.batch_stats)
     step, restored = checkpointer.restore(abstract)
     data = restored["data"]
+    workdir_lib.check_checkpoint_classes(data, exp.settings.data.classes, checkpointer.directory)
     if (data.get("seed"), data.get("batch_size")) != (exp.settings.seed, exp.settings.batch_size):
         raise ConfigError(
             f"{checkpointer.directory}: saved with seed {data.get('seed')} and batch_size "
@@ -195,7 +196,7 @@ class Loop:
 def save(loop: Loop, state: Any, step: int, position: Position) -> None:
     s = loop.exp.settings
     data = {"epoch": position.epoch, "batch": position.batch, "seed": s.seed,
-            "batch_size": s.batch_size}  # fmt: skip
+            "batch_size": s.batch_size, "classes": list(s.data.classes)}  # fmt: skip
     try:
         loop.checkpointer.save(step, state.params, train_part(state), data,
                                batch_stats=state.batch_stats)  # fmt: skip
