@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.configs import tiny, tiny_image
-from tests.dataset_conversion import voc_to_label_list
+from tests.dataset_conversion import voc_to_coco, voc_to_label_list
 from tests.helpers import REPO, call, train_args
 from voc_jax import class_config, evaluate, predict, train
 from voc_jax.classes import VOC_CLASSES
@@ -80,17 +80,28 @@ def test_a_test_image_in_the_training_split_is_refused(widgets, tmp_path, capsys
     assert code == 2 and "1 images of the test split 'test' are also in the training split" in err
 
 
-@pytest.mark.slow  # two tiny runs and their evaluations, in-process (~15 s)
+@pytest.mark.slow  # two tiny runs and their evaluations, in-process (~20 s)
 def test_other_classes_train_and_evaluate_in_the_patch_family(widgets, tmp_path, capsys,
                                                               quick_compiles):  # fmt: skip
+    """24 widget classes in VOC's layout: trained, evaluated, evaluated again and predicted
+    from the workdir alone; the same dataset as COCO JSON trains to the same APs, bitwise."""
     work = tmp_path / "patches"
     assert train.main(train_args(work, f"--config.data.root={widgets}")) == 0
+    coco_root = tmp_path / "coco"
+    for split in ("trainval", "test"):
+        voc_to_coco(widgets, split, coco_root, NAMES)
+    coco_work = tmp_path / "patches_coco"
+    assert train.main(train_args(coco_work, f"--config.data.root={coco_root}",
+                                 "--config.data.format=coco")) == 0  # fmt: skip
+    for name in ("ap_table.json", "scores.npz"):
+        assert (next((coco_work / "eval").glob(f"*/{name}")).read_bytes()
+                == next((work / "eval").glob(f"*/{name}")).read_bytes())  # fmt: skip
     saved = json.loads((work / "config.json").read_text())
     assert saved["data"]["classes"] == list(NAMES) and saved["model"]["num_classes"] == 25
     table = json.loads(next((work / "eval").glob("*/ap_table.json")).read_text())
     assert table["classes"] == list(NAMES) and len(table["results"]["voc07"]["ap"]) == 24
     (row,) = [r for r in read_metrics(work) if r.get("kind") == "evaluation"]
-    assert row["step"] == 24 and row["split"] == "test" and row["images"] == 6
+    assert row["step"] == 32 and row["split"] == "test" and row["images"] == 6  # 2 x 8 x 2
     assert row["eval_map_voc07"] == table["results"]["voc07"]["map"]
     assert row["eval_OF1_top3"] == table["labels"]["top3"]["OF1"]
     markdown = next((work / "eval").glob("*/ap_table.md")).read_text()
