@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from voc_jax import compare, compare_out
+from voc_jax.classes import VOC_CLASSES
 from voc_jax.errors import ConfigError
 
 TINY = [
@@ -164,6 +165,28 @@ def test_family_notes_say_which_classes_each_family_wins():
     assert notes[2] == "- patches (1): train" and notes[3].startswith("- whole image (18): aeropl")
     assert len(notes) == 4  # tvmonitor: no AP in one row, in neither list
     assert compare.family_notes({"frozen": row(patches)}) == []
+
+
+def test_a_datasets_own_classes_name_the_table_the_notes_and_the_plot(tmp_path):
+    """A VOC-layout directory with its own classes.txt: compare reads the list and its table,
+    per-class notes and plot name those classes."""
+    names = ("zebra", "traffic light", "kite")
+    (tmp_path / "classes.txt").write_text("\n".join(names) + "\n")
+    assert compare.voc_classes(tmp_path) == names
+    assert compare.voc_classes(tmp_path / "none") == VOC_CLASSES
+
+    def row(aps):
+        return {"results": {p: {"ap": aps, "map": float(np.mean(aps))} for p in compare.PROTOCOLS},
+                "label": "x", "seconds": 1.0}  # fmt: skip
+
+    rows = {"frozen": row([0.5, 0.7, 0.2]), "image_frozen": row([0.6, 0.6, 0.2])}
+    table = compare.table(rows, names)
+    assert "| traffic light | 70.0 |" in table and "aeroplane" not in table
+    assert compare.family_notes(rows, names)[2:] == [
+        "- patches (1): traffic light", "- whole image (1): zebra", "- tie (1): kite"
+    ]  # fmt: skip
+    compare.bar_plot(rows, tmp_path / "bars.png", names)
+    assert (tmp_path / "bars.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow  # converts narrow weights (torch)
