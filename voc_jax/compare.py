@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from voc_jax import cli, compare_out, linear_probe, metrics
+from voc_jax import class_config, cli, compare_out, linear_probe, metrics
 from voc_jax.classes import VOC_CLASSES
 from voc_jax.errors import ConfigError, DataError, UserError
 
@@ -697,8 +697,10 @@ def fingerprint_runs(
         if source and run.config.init.head_from:
             recorded = out.recorded(source) or {}
             starts = digests.get(source) or recorded.get("digest", "")
+        # The config as the run will settle it: the dataset's class names (classes.txt) too
+        settled = class_config.resolve(run.config)
         run.fingerprint = compare_out.Fingerprint.of(
-            run.config.to_dict(), weights_digest, images, starts
+            settled.to_dict(), weights_digest, images, starts
         )
         digests[run.method] = run.fingerprint.digest
         trained = bool(workdir_lib.checkpoint_steps(run.workdir))
