@@ -33,31 +33,32 @@ def shared_params(dense_vars, image_vars):
 
 
 @pytest.mark.parametrize("arch,side", [("alexnet", 224), ("vgg16", 224)])
-def test_fc_as_convolutions_equal_the_dense_layers_at_the_patch_size(arch, side):
+def test_fc_as_convolutions_equal_the_dense_layers_at_the_patch_size(arch, side, quick_compiles):
     dense, image = transfer_and_image(arch)
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, side, side, 3))
-    dv = dense.init(jax.random.PRNGKey(0), x)
-    iv = shared_params(dv, image.init(jax.random.PRNGKey(2), x))
-    want = dense.apply(dv, x, stop="features")
-    got = image.apply(iv, x, stop="map")
+    dv = jax.jit(dense.init)(jax.random.PRNGKey(0), x)  # one quick compile, not op by op
+    iv = shared_params(dv, jax.jit(image.init)(jax.random.PRNGKey(2), x))
+    want = jax.jit(lambda v, x: dense.apply(v, x, stop="features"))(dv, x)
+    got = jax.jit(lambda v, x: image.apply(v, x, stop="map"))(iv, x)
     assert got.shape == (2, 1, 1, want.shape[-1])
     np.testing.assert_allclose(np.asarray(got[:, 0, 0]), np.asarray(want), rtol=1e-4, atol=1e-5)
 
 
-def test_each_position_of_the_alexnet_map_is_the_dense_network_on_its_window():
+def test_each_position_of_the_alexnet_map_is_the_dense_network_on_its_window(quick_compiles):
     """pool5's stride is 32 px: position (i, j) of a larger input's fc7 map is the dense
     network's fc7 on the window starting at (32 i, 32 j), of the patch size, where the
     convolutions' padding does not reach inside (interior windows)."""
     dense, image = transfer_and_image("alexnet")
     x = jax.random.uniform(jax.random.PRNGKey(3), (1, 352, 352, 3))
-    dv = dense.init(jax.random.PRNGKey(0), x[:, :224, :224])
-    iv = shared_params(dv, image.init(jax.random.PRNGKey(2), x))
-    fmap = np.asarray(image.apply(iv, x, stop="map"))
+    dv = jax.jit(dense.init)(jax.random.PRNGKey(0), x[:, :224, :224])
+    iv = shared_params(dv, jax.jit(image.init)(jax.random.PRNGKey(2), x))
+    fmap = np.asarray(jax.jit(lambda v, x: image.apply(v, x, stop="map"))(iv, x))
     assert fmap.shape[1:3] == (5, 5)
     # The trunk is not translation-exact at the border (padding), so compare the conv form's
     # fc6 input: pool5 of the whole image, window by window, through the dense fc6/fc7.
     o = image.clone(fc_as_conv=False)
-    pool5 = o.apply(shared_params(dv, o.init(jax.random.PRNGKey(2), x)), x, stop="map")
+    ov = shared_params(dv, jax.jit(o.init)(jax.random.PRNGKey(2), x))
+    pool5 = jax.jit(lambda v, x: o.apply(v, x, stop="map"))(ov, x)
     fc = {k: dv["params"][k] for k in ("fc6", "fc7")}
     for i, j in [(0, 0), (2, 3), (4, 4)]:
         window = np.asarray(pool5[0, i : i + 6, j : j + 6]).reshape(-1)
@@ -82,10 +83,11 @@ def test_the_map_pools_to_the_patch_familys_features(arch, quick_compiles):
 def test_position_logits_and_the_two_layer_head():
     net = WholeImageNet(arch="resnet50", width=WIDTH, num_classes=20, head_hidden=16)
     x = jnp.zeros((1, 64, 64, 3))
-    variables = net.init(jax.random.PRNGKey(0), x)
+    variables = jax.eval_shape(net.init, jax.random.PRNGKey(0), x)  # shapes: nothing to run
     assert set(variables["params"]["head"]) == {"fc_a", "fc_b"}
-    assert net.apply(variables, x).shape == (1, 2, 2, 20)
-    linear = WholeImageNet(arch="resnet50", width=WIDTH).init(jax.random.PRNGKey(0), x)
+    assert jax.eval_shape(net.apply, variables, x).shape == (1, 2, 2, 20)
+    linear = jax.eval_shape(WholeImageNet(arch="resnet50", width=WIDTH).init,
+                            jax.random.PRNGKey(0), x)  # fmt: skip
     assert set(linear["params"]["head"]) == {"fc"}
 
 
@@ -99,7 +101,7 @@ def test_map_shape_and_the_smallest_inputs():
 
 
 @pytest.mark.parametrize("arch", ["resnet50", "efficientnet_lite0"])
-def test_the_map_equals_torchs(arch):
+def test_the_map_equals_torchs(arch, quick_compiles):
     """Converted from a torch reference with non-default BatchNorm statistics, the map of a
     non-square photo equals the torch module's (voc_jax.convert.torch_models.torch_map)."""
     import torch
@@ -114,9 +116,9 @@ def test_the_map_equals_torchs(arch):
     converted, _, _ = layout.torch_to_flax(models.backbone(arch), state, "mem")
     image = WholeImageNet(arch=arch, width=WIDTH)
     x = np.random.default_rng(0).uniform(-1, 1, (2, 96, 160, 3)).astype(np.float32)
-    fresh = jax.tree.map(np.asarray, dict(image.init(jax.random.PRNGKey(0), x)))
+    fresh = jax.tree.map(np.asarray, dict(jax.jit(image.init)(jax.random.PRNGKey(0), x)))
     variables = with_backbone(fresh, converted, "mem")
-    got = np.asarray(image.apply(variables, x, stop="map"))
+    got = np.asarray(jax.jit(lambda v, x: image.apply(v, x, stop="map"))(variables, x))
     trunk = torch_models.torch_map(arch, WIDTH, tmodel)
     with torch.no_grad():
         want = trunk.eval()(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()

@@ -325,6 +325,14 @@ def transfer_variables(
     params: Params = {name: source[name] for name in b.layers}
     if keep_head:
         params["head"] = {k: dict(v) for k, v in source["head"].items()}
+        outputs = np.shape(params["head"].get("fc_b", {}).get("bias", ()))
+        if outputs and outputs[0] != num_classes:
+            raise WeightsError(
+                f"init.keep_head: the converted head has {outputs[0]} outputs (a VOC model's "
+                f"are background + VOC's 20), and this run's dataset needs {num_classes}; "
+                "a head is kept only for the classes it was trained on (keep_head=False "
+                "starts a fresh one)"
+            )
     else:
         params["head"] = init_head(num_classes, head_hidden, seed, b.head_width(width))
     variables: Variables = {"params": params}
