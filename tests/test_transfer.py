@@ -38,14 +38,15 @@ def test_alexnet_shapes_and_param_names():
     assert out.shape == (3, 1000)
 
 
-def test_transfer_net_output_shape_and_head_init():
+def test_transfer_net_output_shape_and_head_init(quick_compiles):
     model = TransferNet(width=NARROW)
-    params = model.init(jax.random.key(0), jnp.zeros(SMALL))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros(SMALL))["params"]  # one compile
     assert set(params) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "head"}
-    logits = model.apply({"params": params}, jnp.ones((2, 64, 64, 3)))
+    logits = jax.jit(model.apply)({"params": params}, jnp.ones((2, 64, 64, 3)))
     assert logits.shape == (2, 21) and logits.dtype == jnp.float32
     # The initialisers at 1024 wide: the same distributions, 1M samples instead of 16M.
-    head = TransferHead(hidden=1024).init(jax.random.key(0), jnp.zeros((1, 1024)))["params"]
+    head = jax.jit(TransferHead(hidden=1024).init)(jax.random.key(0), jnp.zeros((1, 1024)))
+    head = head["params"]
     fc_a, fc_b = head["fc_a"], head["fc_b"]
     assert fc_a["kernel"].shape == (1024, 1024) and fc_b["kernel"].shape == (1024, 21)
     # N(0, 0.005) with bias 0.1, and N(0, 0.01) with bias 0 (docs/reference.md), over 1M and 21k samples.
@@ -70,30 +71,32 @@ def test_width_multiplies_every_backbone_width():
     assert full["fc6"]["kernel"].shape == (9216, 4096)  # width 1.0 is AlexNet
 
 
-def test_fc6_halves_compose_to_the_whole_network_dropout_included():
+def test_fc6_halves_compose_to_the_whole_network_dropout_included(quick_compiles):
     """stop="prefix" then start="prefix" (AlexNet: fc6) is the network: the cache relies on it, with
     the same dropout masks for the same rng."""
     model = TransferNet(width=NARROW, head_hidden=32)
     x = jax.random.normal(jax.random.key(1), (3, 64, 64, 3))
-    params = model.init(jax.random.key(0), x)["params"]
-    fc6 = model.apply({"params": params}, x, stop="prefix")
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    apply = jax.jit(model.apply, static_argnames=("stop", "start", "train"))
+    fc6 = apply({"params": params}, x, stop="prefix")
     assert fc6.shape == (3, 256) and bool((fc6 >= 0).all())  # after ReLU, before dropout
     for train in (False, True):
         rngs = {"dropout": jax.random.key(7)}
-        whole = model.apply({"params": params}, x, train=train, rngs=rngs)
-        halves = model.apply({"params": params}, fc6, start="prefix", train=train, rngs=rngs)
+        whole = apply({"params": params}, x, train=train, rngs=rngs)
+        halves = apply({"params": params}, fc6, start="prefix", train=train, rngs=rngs)
         np.testing.assert_array_equal(whole, halves)
 
 
-def test_dropout_only_in_training_mode():
+def test_dropout_only_in_training_mode(quick_compiles):
     model = TransferNet(num_classes=5, head_hidden=32, width=NARROW)
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
-    params = model.init(jax.random.key(0), x)["params"]
-    eval_a = model.apply({"params": params}, x)
-    eval_b = model.apply({"params": params}, x, train=False)
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    apply = jax.jit(model.apply, static_argnames="train")
+    eval_a = apply({"params": params}, x)
+    eval_b = apply({"params": params}, x, train=False)
     np.testing.assert_array_equal(eval_a, eval_b)
     train = [
-        model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(s)})
+        apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(s)})
         for s in (1, 1, 2)
     ]
     np.testing.assert_array_equal(train[0], train[1])  # same rng, same mask
@@ -118,28 +121,30 @@ def test_dropout_is_inverted():
     np.testing.assert_allclose(samples.mean(0), want, atol=5 * spread)
 
 
-def test_features_only_returns_fc7():
+def test_features_only_returns_fc7(quick_compiles):
     model = AlexNet(num_classes=10, width=NARROW)
     x = jnp.ones(SMALL)
-    params = model.init(jax.random.key(0), x)["params"]
-    feats = model.apply({"params": params}, x, features_only=True)
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    feats = jax.jit(model.apply, static_argnames="features_only")(
+        {"params": params}, x, features_only=True
+    )
     assert feats.shape == (1, 256) and bool((feats >= 0).all())  # after ReLU
-    logits = model.apply({"params": params}, x)
+    logits = jax.jit(model.apply)({"params": params}, x)
     np.testing.assert_allclose(
         logits, feats @ params["fc8"]["kernel"] + params["fc8"]["bias"], rtol=1e-5, atol=1e-6
     )
 
 
 @pytest.mark.slow  # compiles a network per case
-def test_bf16_compute_keeps_float32_params():
+def test_bf16_compute_keeps_float32_params(quick_compiles):
     x = jax.random.normal(jax.random.key(1), SMALL)
     f32 = TransferNet(num_classes=4, width=NARROW)
-    params = f32.init(jax.random.key(0), x)["params"]
+    params = jax.jit(f32.init)(jax.random.key(0), x)["params"]
     bf16 = TransferNet(num_classes=4, dtype=jnp.bfloat16, width=NARROW)
-    params_bf16 = bf16.init(jax.random.key(0), x)["params"]
+    params_bf16 = jax.eval_shape(bf16.init, jax.random.key(0), x)["params"]
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params_bf16))
-    out32 = f32.apply({"params": params}, x)
-    out16 = bf16.apply({"params": params}, x)
+    out32 = jax.jit(f32.apply)({"params": params}, x)
+    out16 = jax.jit(bf16.apply)({"params": params}, x)
     assert out16.dtype == jnp.float32
     np.testing.assert_allclose(out16, out32, rtol=0.05, atol=0.05 * float(jnp.abs(out32).max()))
 
