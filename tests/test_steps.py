@@ -20,6 +20,10 @@ from voc_jax.data.voc import load_dataset
 from voc_jax.experiment import Experiment, patch_config
 
 REPO = Path(__file__).resolve().parent.parent
+# XLA's quick compiles for every test here: they check what a step does (which parameters
+# move, slices against the whole batch, crops, statistics), not the optimised program's
+# numerics, which tests/test_xla_options.py checks against float64.
+pytestmark = pytest.mark.usefixtures("quick_compiles")
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +220,7 @@ def test_gradient_in_slices_is_the_whole_batchs(records):
     x = jax.random.normal(jax.random.key(0), (4, 64, 64, 3))
     y = jnp.array([0, -1, 5, 2])  # -1: a patch that does not count
     valid = jnp.array([True, True, True, False])
-    params = model.init(jax.random.key(1), x[:1])["params"]
+    params = jax.jit(model.init)(jax.random.key(1), x[:1])["params"]
     labels = optim.trainable_labels(params, (".*",))
     whole = jax.jit(steps.make_grads(model, labels))(params, {}, x, y, valid, jax.random.key(2))
     sliced = jax.jit(steps.make_grads(model, labels, chunks=2))(
