@@ -11,6 +11,10 @@ from tests.configs import tiny_image
 from voc_jax.image import steps
 from voc_jax.image.experiment import ImageExperiment
 
+# XLA's quick compiles: these check what a step does (slices, dtypes, pooling order), not the
+# optimised program's numerics.
+pytestmark = pytest.mark.usefixtures("quick_compiles")
+
 
 def batch_of(exp, n=4, seed=0):
     rng = np.random.default_rng(seed)
@@ -84,10 +88,11 @@ def test_average_pooling_of_a_linear_head_pools_the_map_first_with_the_same_logi
     s = exp.settings
     batch = batch_of(exp)
     assert s.image.pooling.kind == "avg" and steps.pools_first(exp.module, s.image.pooling, False)
-    got, _ = steps.image_logits(exp.module, exp.variables, batch, s.image.pooling,
-                                exp.preprocessing, start="image")  # fmt: skip
+    got, _ = jax.jit(lambda v, b: steps.image_logits(exp.module, v, b, s.image.pooling,
+                                                     exp.preprocessing, start="image"))(
+        exp.variables, batch)  # fmt: skip
     x = exp.preprocessing.normalize(batch["views"][0])
-    positions = exp.module.apply(exp.variables, x)
+    positions = jax.jit(exp.module.apply)(exp.variables, x)
     want = pool(positions.reshape(len(x), -1, positions.shape[-1]), batch["valid"],
                 s.image.pooling)  # fmt: skip
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
