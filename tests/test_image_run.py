@@ -172,7 +172,9 @@ def test_killed_mid_epoch_resumes_bitwise(
     assert ap_table(whole)["results"] == ap_table(killed)["results"]
 
 
-def test_fine_tuning_starts_from_the_frozen_runs_head(frozen_cached, tiny_data_root, tmp_path):
+def test_fine_tuning_starts_from_the_frozen_runs_head(
+    frozen_cached, tiny_data_root, tmp_path, quick_compiles
+):
     from tests.configs import tiny_image
     from voc_jax.image import run, steps
     from voc_jax.image.experiment import ImageExperiment
@@ -238,7 +240,7 @@ def test_a_patch_config_cannot_say_image_and_the_command_says_one_line(tmp_path,
 
 
 def test_evaluate_and_predict_read_an_image_workdir(
-    frozen_cached, tiny_data_root, tmp_path, capsys
+    frozen_cached, tiny_data_root, tmp_path, capsys, quick_compiles
 ):
     from voc_jax import evaluate, predict
 
