@@ -134,3 +134,26 @@ def test_updated_statistics_follow_torch_momentum():
             node["mean"], new[f"{prefix}.running_mean"], rtol=1e-4, atol=1e-5
         )
     np.testing.assert_allclose(stats["bn1"]["var"], new["bn1.running_var"], rtol=1e-3)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_pointwise_layer_is_a_1x1_convolution_with_its_parameter(stride):
+    """ResNet-50's 1x1 convolutions as matrix products (models.common.Pointwise): nn.Conv's
+    parameter (name, shape, initial values) and its outputs, on odd sizes too."""
+    from flax import linen as nn
+
+    from voc_jax.models.common import Pointwise, conv
+
+    x = jax.random.normal(jax.random.key(0), (2, 7, 9, 12))
+    ours = Pointwise(20, stride)
+    theirs = conv(20, 1, stride, 0, dtype=jnp.float32, bias=False, name="c")
+    params = jax.jit(ours.init)(jax.random.key(1), x)
+    reference = jax.jit(theirs.init)(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, reference)
+    np.testing.assert_array_equal(params["params"]["kernel"], reference["params"]["kernel"])
+    got = jax.jit(ours.apply)(params, x)
+    with jax.default_matmul_precision("highest"):
+        want = jax.jit(theirs.apply)(params, x)
+    assert got.shape == want.shape == (2, -(-7 // stride), -(-9 // stride), 20)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert isinstance(theirs, nn.Conv)

@@ -102,6 +102,31 @@ def conv(
     )
 
 
+class Pointwise(nn.Module):
+    """A 1x1 convolution (stride ``stride``, no padding) computed as a matrix product over the
+    channels, with nn.Conv's parameter (``kernel`` [1, 1, in, out], the same initialiser): the
+    same function and the same converted weights. Why: as a convolution, XLA's CPU backend
+    computes its weight gradient by transposing the NHWC input to channels-first, and fuses
+    that transpose with the recomputation of the residual chain feeding it (ResNet-50's
+    layer3-4: over a second of a 448-px fine-tune step); as a dot the gradient is a GEMM."""
+
+    features: int
+    stride: int = 1
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", he_normal, (1, 1, x.shape[-1], self.features), jnp.float32)
+        if self.stride > 1:
+            x = x[:, :: self.stride, :: self.stride]
+        x, kernel = x.astype(self.dtype), kernel[0, 0].astype(self.dtype)
+        y = jax.lax.dot_general(x, kernel, (((3,), (0,)), ((), ())))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return y
+
+
 def batch_norm(
     options: Options,
     train: bool,

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from voc_jax.models.backbone import Backbone, TorchvisionWeights, width_from
-from voc_jax.models.common import Dtype, Options, batch_norm, conv, scaled
+from voc_jax.models.common import Dtype, Options, Pointwise, batch_norm, conv, scaled
 from voc_jax.pooling import max_pool_3x3_s2
 
 # (blocks, bottleneck width) of layer1..layer4; a block's output is 4x its width.
@@ -44,14 +44,14 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         o, out = self.options, self.width * EXPANSION
-        y = conv(self.width, 1, 1, 0, dtype=o.dtype, bias=False, name="conv1")(x)
+        y = Pointwise(self.width, dtype=o.dtype, name="conv1")(x)
         y = nn.relu(batch_norm(o, self.train, "bn1")(y))
         y = conv(self.width, 3, self.stride, 1, dtype=o.dtype, bias=False, name="conv2")(y)
         y = nn.relu(batch_norm(o, self.train, "bn2")(y))
-        y = conv(out, 1, 1, 0, dtype=o.dtype, bias=False, name="conv3")(y)
+        y = Pointwise(out, dtype=o.dtype, name="conv3")(y)
         y = batch_norm(o, self.train, "bn3")(y)
         if self.stride != 1 or x.shape[-1] != out:
-            x = conv(out, 1, self.stride, 0, dtype=o.dtype, bias=False, name="downsample_0")(x)
+            x = Pointwise(out, self.stride, dtype=o.dtype, name="downsample_0")(x)
             x = batch_norm(o, self.train, "downsample_1")(x)
         return nn.relu(y + x)
 
