@@ -15,6 +15,7 @@ import torch
 from tests import neon_fixtures as nf
 from tests.helpers import run_cli, seeded_alexnet
 from voc_jax import weights
+from voc_jax.classes import VOC_CLASSES
 from voc_jax.convert import command, converter, neon, torch_models
 from voc_jax.models import alexnet
 from voc_jax.models.transfer import TransferNet
@@ -160,6 +161,7 @@ def test_transfer_model_with_head_is_imported_whole(tmp_path, capsys):
     params = variables["params"]
     arch = metadata["architecture"]
     assert (arch["name"], arch["num_classes"], arch["head_hidden"]) == ("transfer", 21, 512)
+    assert arch["classes"] == list(VOC_CLASSES)  # the reference's VOC model names its classes
     assert metadata["source"]["dropout_scaled_layers"] == ["Linear_1", "Linear_2", "Linear_3"]
     net = TransferNet(num_classes=21, head_hidden=512, options=alexnet.AlexNetOptions(3))
     x = np.random.default_rng(2).standard_normal((2, 224, 224, 3)).astype(np.float32)

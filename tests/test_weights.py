@@ -12,6 +12,7 @@ import pytest
 from flax import serialization
 
 from voc_jax import weights
+from voc_jax.classes import VOC_CLASSES
 from voc_jax.models.alexnet import AlexNet, AlexNetOptions
 from voc_jax.models.transfer import TransferNet
 
@@ -138,5 +139,13 @@ def test_transfer_weights_keep_their_head(tmp_path, alexnet_params):
     with pytest.raises(weights.WeightsError, match="the converted head has 21 outputs .* this "
                        "run's dataset needs 5"):  # fmt: skip
         weights.transfer_variables(converted, meta, num_classes=5)
+    # a head that names its classes (the converter names the reference's VOC model's) is kept
+    # only for those: the same number of other classes is refused
+    named = meta | {"architecture": meta["architecture"] | {"classes": list(VOC_CLASSES)}}
+    weights.transfer_variables(converted, named, classes=VOC_CLASSES)
+    other = [f"widget {c}" for c in range(20)]
+    with pytest.raises(weights.WeightsError, match=r"classes are aeroplane, bicycle, bird, "
+                       r"boat, ... \(20\), and this run's dataset has widget 0"):  # fmt: skip
+        weights.transfer_variables(converted, named, classes=other)
     with pytest.raises(weights.WeightsError, match="not an ImageNet classifier"):
         weights.classifier_from_metadata(meta)

@@ -67,8 +67,14 @@ class Model:
         return steps.variables(self.params, self.batch_stats)
 
 
-def build_model(m: settings.ModelSettings, init: settings.InitSettings, seed: int) -> Model:
-    """TransferNet and its initial variables: from converted weights or from scratch."""
+def build_model(
+    m: settings.ModelSettings,
+    init: settings.InitSettings,
+    seed: int,
+    classes: Sequence[str] | None = None,
+) -> Model:
+    """TransferNet and its initial variables: from converted weights or from scratch (a kept
+    converted head must be of ``classes``, the run's, where the weights name theirs)."""
     dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
     if init.weights:
         converted, metadata = weights_lib.load_converted(init.weights)
@@ -86,6 +92,7 @@ def build_model(m: settings.ModelSettings, init: settings.InitSettings, seed: in
             head_hidden=m.head_hidden,
             seed=seed,
             keep_head=bool(init.keep_head and block["name"] == "transfer"),
+            classes=classes,
         )
         options = weights_lib.options_of(block)  # the weights' own (AlexNet: neon pads 3)
         prep = weights_lib.preprocessing_of(metadata)
@@ -169,7 +176,7 @@ class Experiment:
     ) -> Experiment:
         config = class_config.resolve(config)  # data.classes, model.num_classes settled
         s = settings.read(config)
-        model = build_model(s.model, s.init, s.train.seed)
+        model = build_model(s.model, s.init, s.train.seed, s.data.classes)
         return cls(s, patch_config(config), model, mesh or make_mesh(), config)
 
     # ------------------------------------------------------------------ settings

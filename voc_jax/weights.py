@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -305,12 +305,14 @@ def transfer_variables(
     seed: int = 0,
     keep_head: bool | None = None,
     keep_classifier: bool = False,
+    classes: Sequence[str] | None = None,
 ) -> Variables:
     """TransferNet variables: the backbone (and its BatchNorm statistics) from converted
     weights, the head fresh from ``seed``.
 
     ``keep_head`` (default: when the file has one) takes the head from a converted transfer
-    model instead, e.g. the reference's published VOC model; its shape must match.
+    model instead, e.g. the reference's published VOC model; its shape must match, and its
+    classes (when the file names them) must be ``classes``, the run's.
     ``keep_classifier`` also carries the ImageNet classifier (fc8, fc) along (unused by
     TransferNet, handy for comparing the two classifiers from one tree).
     """
@@ -332,6 +334,14 @@ def transfer_variables(
                 f"are background + VOC's 20), and this run's dataset needs {num_classes}; "
                 "a head is kept only for the classes it was trained on (keep_head=False "
                 "starts a fresh one)"
+            )
+        named = arch_block.get("classes")
+        if named and classes is not None and list(named) != list(classes):
+            raise WeightsError(
+                f"init.keep_head: the converted head's classes are {', '.join(named[:4])}, ... "
+                f"({len(named)}), and this run's dataset has {', '.join(list(classes)[:4])}, "
+                f"... ({len(classes)}): the same number of outputs would mean other classes; "
+                "keep_head=False starts a fresh head"
             )
     else:
         params["head"] = init_head(num_classes, head_hidden, seed, b.head_width(width))

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from voc_jax import weights as weights_lib
+from voc_jax.classes import VOC_CLASSES
 from voc_jax.convert import layout
 from voc_jax.errors import UserError
 from voc_jax.models import Backbone, alexnet
@@ -333,6 +334,8 @@ def from_neon(path: Path, overrides: PreprocessingOverrides | None = None) -> Co
     }
     if facts["kind"] == "transfer":
         architecture["head_hidden"] = facts["head_hidden"]
+        if facts["num_classes"] == len(VOC_CLASSES) + 1:  # the reference's VOC 2007 model
+            architecture["classes"] = list(VOC_CLASSES)  # after background, in this order
         try:
             layout.check_values(state, str(path))
         except layout.LayoutError as e:
