@@ -30,7 +30,7 @@ from voc_jax.data.voc import (
     VocError,
     VocRecord,
     checked_size,
-    format_problems,
+    finished,
     missing_images,
 )
 
@@ -127,10 +127,7 @@ def load_dataset(
                 num_classes=len(classes),
             )
         )
-    dataset = VocDataset(root, split, records, problems, tuple(classes))
-    if raise_on_error and dataset.errors:
-        raise VocError(format_problems(dataset.errors, header=f"{root} ({split}): "))
-    return dataset
+    return finished(VocDataset(root, split, records, problems, tuple(classes)), raise_on_error)
 
 
 def category_labels(

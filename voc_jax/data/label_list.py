@@ -30,7 +30,7 @@ from voc_jax.data.voc import (
     VocError,
     VocRecord,
     checked_size,
-    format_problems,
+    finished,
     missing_images,
 )
 
@@ -153,7 +153,9 @@ def load_dataset(
         entries.append((image, root / image, targets))
     problems += missing_images([p for _, p, _ in entries], str(path), path.name)
     if any(p.severity == "error" for p in problems):
-        return finish(VocDataset(root, split, [], problems, tuple(classes), False), raise_on_error)
+        return finished(
+            VocDataset(root, split, [], problems, tuple(classes), False), raise_on_error
+        )
     decoded = decoded if decoded is not None else DecodedCache(None)
     records = []
     for image, image_path, targets in progress(entries) if progress else entries:
@@ -175,12 +177,6 @@ def load_dataset(
                 image_targets=targets,
             )
         )
-    return finish(VocDataset(root, split, records, problems, tuple(classes), False), raise_on_error)
-
-
-def finish(dataset: VocDataset, raise_on_error: bool) -> VocDataset:
-    if raise_on_error and dataset.errors:
-        raise VocError(
-            format_problems(dataset.errors, header=f"{dataset.root} ({dataset.split}): ")
-        )
-    return dataset
+    return finished(
+        VocDataset(root, split, records, problems, tuple(classes), False), raise_on_error
+    )

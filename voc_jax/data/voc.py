@@ -498,9 +498,16 @@ def load_dataset(
                 )
                 continue
         records.append(record)
-    dataset = VocDataset(root, split, records, problems, tuple(classes))
+    return finished(VocDataset(root, split, records, problems, tuple(classes)), raise_on_error)
+
+
+def finished(dataset: VocDataset, raise_on_error: bool) -> VocDataset:
+    """A reader's last step (every format's): the dataset, or VocError listing every error
+    found, the first naming its file, unless ``raise_on_error`` is False."""
     if raise_on_error and dataset.errors:
-        raise VocError(format_problems(dataset.errors, header=f"{root} ({split}): "))
+        raise VocError(
+            format_problems(dataset.errors, header=f"{dataset.root} ({dataset.split}): ")
+        )
     return dataset
 
 
