@@ -121,7 +121,9 @@ class Pointwise(nn.Module):
         if self.stride > 1:
             x = x[:, :: self.stride, :: self.stride]
         x, kernel = x.astype(self.dtype), kernel[0, 0].astype(self.dtype)
-        y = jax.lax.dot_general(x, kernel, (((3,), (0,)), ((), ())))
+        # A 2-D product of the rows: the gradient of a 4-D dot_general transposes the output
+        # gradient to [out, N*H*W] (a copy per layer); of a 2-D one it is a transposed GEMM.
+        y = (x.reshape(-1, x.shape[-1]) @ kernel).reshape(*x.shape[:-1], self.features)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         return y
