@@ -6,6 +6,8 @@ details are in tests/test_transfer.py; the layout rules in tests/test_layout.py.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -157,3 +159,25 @@ def test_a_pointwise_layer_is_a_1x1_convolution_with_its_parameter(stride):
     assert got.shape == want.shape == (2, -(-7 // stride), -(-9 // stride), 20)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert isinstance(theirs, nn.Conv)
+
+
+def test_a_pointwise_layers_gradients_copy_no_activation():
+    """Pointwise multiplies 2-D rows: its weight gradient is one transposed GEMM. Written as a
+    4-D dot_general, the gradient's transpose rule copied the output gradient to
+    [out, N*H*W] once per layer (a transpose in the optimised HLO; ResNet-50's fine-tune step
+    was below PyTorch's on a CPU until it went)."""
+    from voc_jax import xla_options
+    from voc_jax.models.common import Pointwise
+
+    x = jnp.ones((2, 14, 14, 64))
+    layer = Pointwise(32)
+    params = jax.eval_shape(layer.init, jax.random.key(0), x)["params"]
+    params = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), params)
+
+    def loss(p, x):
+        return jnp.sin(layer.apply({"params": p}, x)).sum()
+
+    hlo = xla_options.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile().as_text()
+    assert "dot(" in hlo or "__ynn_fusion" in hlo
+    transposes = [line for line in hlo.splitlines() if re.search(r"\btranspose\(%", line)]
+    assert not transposes, transposes
