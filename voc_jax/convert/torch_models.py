@@ -179,7 +179,7 @@ def torch_map(arch: str, width: float = 1.0, model: torch.nn.Module | None = Non
     AlexNet's and VGG-16's pool5), sharing the layers of ``model`` (default: a fresh
     classifier)."""
     model = model if model is not None else classifier(arch, 1000, width)
-    if arch == "resnet50":
+    if arch.startswith("resnet"):
         return torch.nn.Sequential(OrderedDict(
             (name, getattr(model, name))
             for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")

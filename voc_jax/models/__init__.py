@@ -21,7 +21,14 @@ from voc_jax.models.common import Options
 
 # The registry: the one place that lists the architectures.
 BACKBONES: dict[str, Backbone] = {
-    b.name: b for b in (alexnet.BACKBONE, vgg.BACKBONE, resnet.BACKBONE, efficientnet_lite.BACKBONE)
+    b.name: b
+    for b in (
+        alexnet.BACKBONE,
+        vgg.BACKBONE,
+        resnet.BACKBONE,
+        resnet.BACKBONE_26,
+        efficientnet_lite.BACKBONE,
+    )
 }
 ARCHITECTURES = tuple(BACKBONES)
 
