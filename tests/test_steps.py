@@ -160,8 +160,9 @@ def test_host_and_device_crops_train_alike(records):
 
 @pytest.fixture(scope="module")
 def converted_resnet(tmp_path_factory):
-    """A narrow torchvision-layout ResNet-50 with non-default statistics, converted (loading
-    it skips the minutes-long compile of a from-scratch ResNet initialisation)."""
+    """A narrow torchvision-layout ResNet-26 (ResNet-50's blocks, two a stage: half the
+    compile) with non-default statistics, converted (loading it skips the compile of a
+    from-scratch ResNet initialisation)."""
     import torch
 
     from voc_jax import models, weights
@@ -169,29 +170,29 @@ def converted_resnet(tmp_path_factory):
     from voc_jax.convert import torch_models as tm
 
     torch.manual_seed(0)
-    source = tm.randomize_batch_norm(tm.classifier("resnet50", 10, 1 / 16))
+    source = tm.randomize_batch_norm(tm.classifier("resnet26", 10, 1 / 16))
     state = {k: v.numpy().copy() for k, v in source.state_dict().items()}
-    variables, classes, width = layout.torch_to_flax(models.backbone("resnet50"), state, "mem")
+    variables, classes, width = layout.torch_to_flax(models.backbone("resnet26"), state, "mem")
     metadata = {
         "source": {"kind": "test"},
-        "architecture": {"name": "resnet50", "num_classes": classes, "width": width},
+        "architecture": {"name": "resnet26", "num_classes": classes, "width": width},
         "preprocessing": {"channel_order": "RGB", "scale": 1 / 255, "mean": [0.5] * 3,
                           "std": [0.25] * 3},
     }  # fmt: skip
-    return weights.save_converted(tmp_path_factory.mktemp("w") / "r50", variables, metadata)
+    return weights.save_converted(tmp_path_factory.mktemp("w") / "r26", variables, metadata)
 
 
 @pytest.mark.parametrize("bn_update", [False, True], ids=["pretrained-stats", "bn_update"])
 def test_batch_norm_statistics_in_the_train_step(records, converted_resnet, bn_update):
-    """ResNet-50 (narrow): by default the statistics stay bitwise what they were and
+    """A BatchNorm ResNet (narrow ResNet-26): by default the statistics stay bitwise what they were and
     BatchNorm's scale and bias train like any parameter; with bn_update the step uses batch
     statistics and returns updated running ones in the state."""
     config = tiny.get_config()
-    config.model.arch = "resnet50"
+    config.model.arch = "resnet26"
     config.model.width = 1 / 16
     config.init.weights = str(converted_resnet)
     config.model.bn_update = bn_update
-    config.optim.trainable = (r"layer4_2/.*", r"head/.*")
+    config.optim.trainable = (r"layer4_1/.*", r"head/.*")
     config.patches.per_image = config.patches.min_patches = 4  # one update: a shorter compile
     config.patches.size = 32
     _, state, step, _ = setup_step(config)
@@ -204,7 +205,7 @@ def test_batch_norm_statistics_in_the_train_step(records, converted_resnet, bn_u
         assert not all(jax.tree.leaves(same))
     else:
         assert all(jax.tree.leaves(same))
-    assert not np.array_equal(before["layer4_2"]["bn3"]["scale"], after["layer4_2"]["bn3"]["scale"])
+    assert not np.array_equal(before["layer4_1"]["bn3"]["scale"], after["layer4_1"]["bn3"]["scale"])
     assert np.array_equal(before["layer1_0"]["bn1"]["scale"], after["layer1_0"]["bn1"]["scale"])
 
 
