@@ -54,13 +54,29 @@ def test_the_list_comes_from_the_config_the_file_or_voc_and_sets_the_outputs(wid
         class_config.resolve(config)
 
 
-def test_an_annotation_outside_the_list_is_one_error_naming_file_and_class(widgets, tmp_path):
+@pytest.mark.parametrize("family", ["patches", "image"])
+def test_an_annotation_outside_the_list_is_one_error_naming_file_and_class(
+    widgets, tmp_path, capsys, monkeypatch, family
+):
+    """Refused before the network is built (its init or weights: seconds to minutes)."""
+    from voc_jax.experiment import Experiment
+    from voc_jax.image.experiment import ImageExperiment
+
+    def not_yet(*args, **kwargs):
+        raise AssertionError("the network was built before the data was checked")
+
+    monkeypatch.setattr(Experiment, "build", not_yet)
+    monkeypatch.setattr(ImageExperiment, "build", not_yet)
     root = tmp_path / "VOC2007"
     shutil.copytree(widgets, root)
     (root / "classes.txt").write_text("".join(f"{n}\n" for n in NAMES[1:]))
     work = tmp_path / "work"
-    code = train.main(train_args(work, f"--config.data.root={root}"))
+    argv = train_args(work, f"--config.data.root={root}")
+    if family == "image":
+        argv[1] = f"--config={IMAGE_CONFIG}"
+    code, _, err = call(train.main, argv, capsys)
     assert code == 2 and not work.exists()
+    assert err.count("error:") == 1 and f"'{NAMES[0]}'" in err and ".xml" in err
 
 
 def test_a_label_list_is_refused_by_the_patch_family_before_any_work(tmp_path, capsys):

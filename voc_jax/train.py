@@ -28,7 +28,16 @@ import ml_collections
 from absl import flags
 from tqdm import tqdm
 
-from voc_jax import class_config, cli, commands, distributed, experiment, feature_cache, steps
+from voc_jax import (
+    class_config,
+    cli,
+    commands,
+    distributed,
+    experiment,
+    feature_cache,
+    settings,
+    steps,
+)
 from voc_jax import evaluate as evaluate_lib
 from voc_jax import workdir as workdir_lib
 from voc_jax.checkpoint import Checkpointer, abstract_like
@@ -136,7 +145,7 @@ class Loop:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> int:
-    """One run: validate, assemble the experiment, load the data, restore (nothing is written
+    """One run: validate, load the data, assemble the experiment, restore (nothing is written
     before the run is known to proceed), train epoch by epoch (saving as it goes), evaluate
     the test split at the end."""
     workdir = Path(workdir)
@@ -148,8 +157,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     config = class_config.resolve(config)  # the dataset's classes, saved in config.json
     with distributed.workdir_lock(workdir, "train"):
         workdir_lib.check_before_training(config, workdir)
+        # The data first: a bad annotation is refused before the network is initialised or
+        # its weights loaded (seconds to minutes).
+        s = settings.read(config)
+        splits = load_splits(s.data, workdir, train=s.train.num_epochs > 0)
         exp = Experiment.build(config)
-        splits = load_splits(exp.data, workdir, train=exp.train.num_epochs > 0)
         calls, updates = calls_per_epoch(exp, len(splits.train))
         optimizer = exp.optimizer(calls * updates)
         checkpointer = Checkpointer(

@@ -506,18 +506,23 @@ def finished(dataset: VocDataset, raise_on_error: bool) -> VocDataset:
     found, the first naming its file, unless ``raise_on_error`` is False."""
     if raise_on_error and dataset.errors:
         raise VocError(
-            format_problems(dataset.errors, header=f"{dataset.root} ({dataset.split}): ")
+            format_problems(
+                dataset.errors, header=f"{dataset.root} ({dataset.split}): ", severity=False
+            )
         )
     return dataset
 
 
-def format_problems(problems: Sequence[Problem], header: str = "", limit: int = 50) -> str:
-    """The first problem on the first line (it names the file), the others listed below."""
+def format_problems(
+    problems: Sequence[Problem], header: str = "", limit: int = 50, severity: bool = True
+) -> str:
+    """The first problem on the first line (it names the file), the others listed below;
+    without ``severity`` when they are all errors of an exception (the command prints one
+    'error:' in front)."""
+    shown = [str(p) if severity else f"{p.path}: {p.message}" for p in problems[:limit]]
     if len(problems) == 1:
-        return f"{header}{problems[0]}"
-    lines = [str(p) for p in problems[1:limit]]
+        return f"{header}{shown[0]}"
+    lines = shown[1:]
     if len(problems) > limit:
         lines.append(f"... and {len(problems) - limit} more")
-    return f"{header}{problems[0]} (and {len(problems) - 1} more problems:)\n  " + "\n  ".join(
-        lines
-    )
+    return f"{header}{shown[0]} (and {len(problems) - 1} more problems:)\n  " + "\n  ".join(lines)

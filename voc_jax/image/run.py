@@ -29,7 +29,7 @@ from voc_jax.image import cache as map_cache
 from voc_jax.image import device_crops, validation
 from voc_jax.image import steps as image_steps
 from voc_jax.image.data import Source, batches_per_epoch
-from voc_jax.image.experiment import ImageExperiment
+from voc_jax.image.experiment import ImageExperiment, read
 from voc_jax.image.inputs import pad_value
 from voc_jax.metric_writer import MetricWriter
 
@@ -50,9 +50,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     with distributed.workdir_lock(workdir, "train"):
         workdir_lib.check_before_training(config, workdir)
         check_same_family(config, workdir)
+        s = read(config)  # the data first: refused before the network is built
+        splits = load_splits(s.data, workdir, train=s.num_epochs > 0)
         exp = ImageExperiment.build(config)
         s = exp.settings
-        splits = load_splits(s.data, workdir, train=s.num_epochs > 0)
         per_epoch = (batches_per_epoch(splits.train.records, s.image.inputs, s.batch_size)
                      if s.num_epochs else 1)  # fmt: skip
         optimizer = exp.optimizer(per_epoch)
