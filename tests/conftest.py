@@ -14,35 +14,37 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("VOC_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-# The files that take longest (measured: pytest --durations=0, 2026-12-07), longest first.
+# The files that take longest (measured: pytest --durations=0, 2026-12-07, after ResNet-26
+# replaced the tiny ResNet-50 in the whole-image tests), longest first.
 # scripts/test.sh runs the files on two workers in this order (--no-loadscope-reorder): the
 # long ones start at once on both workers and the many short files fill in at the end,
 # instead of a two-minute file starting last.
 LONGEST_FIRST = (
     "test_gpu_check.py",
-    "test_image_run.py",
     "test_train.py",
+    "test_image_run.py",
     "test_compare.py",
-    "test_convert_command.py",
+    "test_transfer_demo.py",
     "test_distributed.py",
-    "test_class_config.py",
+    "test_feature_cache.py",
     "test_steps.py",
     "test_image_model.py",
-    "test_transfer_demo.py",
-    "test_image_steps.py",
-    "test_feature_cache.py",
+    "test_convert_command.py",
     "test_xla_options.py",
     "test_neon.py",
-    "test_backbones.py",
-    "test_models.py",
     "test_benchmark.py",
-    "test_weights.py",
     "test_efficientnet_lite.py",
-    "test_transfer.py",
+    "test_class_config.py",
+    "test_models.py",
+    "test_image_steps.py",
+    "test_backbones.py",
     "test_errors.py",
+    "test_transfer.py",
+    "test_weights.py",
     "test_pipeline.py",
     "test_crops.py",
     "test_voc.py",
+    "test_experiment.py",
     "test_evaluate.py",
     "test_image_device_crops.py",
 )
