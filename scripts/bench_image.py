@@ -23,8 +23,7 @@ import jax
 import numpy as np
 
 IMAGE_ARCHS = ("resnet50", "efficientnet_lite0")  # the default set
-# By --arch only: ResNet-26, the tests' small ResNet (gpu_check.sh's dry run keeps the
-# section alive on it: half ResNet-50's compile time).
+# By --arch only: ResNet-26, the tests' small ResNet.
 NAMED_ONLY = ("resnet26",)
 FROZEN_BURST = 10  # head steps per timed turn: a frozen run calls them back to back
 
