@@ -22,15 +22,13 @@ import re
 import jax
 import numpy as np
 
-IMAGE_ARCHS = ("resnet50", "efficientnet_lite0")  # the default set
-# By --arch only: ResNet-26, the tests' small ResNet.
-NAMED_ONLY = ("resnet26",)
+IMAGE_ARCHS = ("resnet50", "efficientnet_lite0")
 FROZEN_BURST = 10  # head steps per timed turn: a frozen run calls them back to back
 
 
 def bench_image(records, config, args, helpers) -> list[dict]:
     rows = []
-    for arch in [a for a in args.arch if a in IMAGE_ARCHS + NAMED_ONLY] or list(IMAGE_ARCHS):
+    for arch in [a for a in args.arch if a in IMAGE_ARCHS] or list(IMAGE_ARCHS):
         rows += image_rows(arch, records, args, helpers)
     return rows
 
