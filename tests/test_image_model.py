@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from voc_jax import xla_options
 from voc_jax.image.model import WholeImageNet, map_shape
 from voc_jax.models.transfer import TransferNet
 
@@ -36,8 +37,10 @@ def shared_params(dense_vars, image_vars):
 def test_fc_as_convolutions_equal_the_dense_layers_at_the_patch_size(arch, side, quick_compiles):
     dense, image = transfer_and_image(arch)
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, side, side, 3))
-    dv = jax.jit(dense.init)(jax.random.PRNGKey(0), x)  # one quick compile, not op by op
-    iv = shared_params(dv, jax.jit(image.init)(jax.random.PRNGKey(2), x))
+    dv = xla_options.jit_once(dense.init)(
+        jax.random.PRNGKey(0), x
+    )  # one quick compile, not op by op
+    iv = shared_params(dv, xla_options.jit_once(image.init)(jax.random.PRNGKey(2), x))
     want = jax.jit(lambda v, x: dense.apply(v, x, stop="features"))(dv, x)
     got = jax.jit(lambda v, x: image.apply(v, x, stop="map"))(iv, x)
     assert got.shape == (2, 1, 1, want.shape[-1])
@@ -50,14 +53,14 @@ def test_each_position_of_the_alexnet_map_is_the_dense_network_on_its_window(qui
     convolutions' padding does not reach inside (interior windows)."""
     dense, image = transfer_and_image("alexnet")
     x = jax.random.uniform(jax.random.PRNGKey(3), (1, 352, 352, 3))
-    dv = jax.jit(dense.init)(jax.random.PRNGKey(0), x[:, :224, :224])
-    iv = shared_params(dv, jax.jit(image.init)(jax.random.PRNGKey(2), x))
+    dv = xla_options.jit_once(dense.init)(jax.random.PRNGKey(0), x[:, :224, :224])
+    iv = shared_params(dv, xla_options.jit_once(image.init)(jax.random.PRNGKey(2), x))
     fmap = np.asarray(jax.jit(lambda v, x: image.apply(v, x, stop="map"))(iv, x))
     assert fmap.shape[1:3] == (5, 5)
     # The trunk is not translation-exact at the border (padding), so compare the conv form's
     # fc6 input: pool5 of the whole image, window by window, through the dense fc6/fc7.
     o = image.clone(fc_as_conv=False)
-    ov = shared_params(dv, jax.jit(o.init)(jax.random.PRNGKey(2), x))
+    ov = shared_params(dv, xla_options.jit_once(o.init)(jax.random.PRNGKey(2), x))
     pool5 = jax.jit(lambda v, x: o.apply(v, x, stop="map"))(ov, x)
     fc = {k: dv["params"][k] for k in ("fc6", "fc7")}
     for i, j in [(0, 0), (2, 3), (4, 4)]:
@@ -71,8 +74,10 @@ def test_each_position_of_the_alexnet_map_is_the_dense_network_on_its_window(qui
 def test_the_map_pools_to_the_patch_familys_features(arch, quick_compiles):
     dense, image = transfer_and_image(arch)
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 96, 128, 3))
-    dv = jax.jit(dense.init)(jax.random.PRNGKey(0), x)  # one compile, not an op at a time
-    iv = shared_params(dv, jax.jit(image.init)(jax.random.PRNGKey(2), x))
+    dv = xla_options.jit_once(dense.init)(
+        jax.random.PRNGKey(0), x
+    )  # one compile, not an op at a time
+    iv = shared_params(dv, xla_options.jit_once(image.init)(jax.random.PRNGKey(2), x))
     want = jax.jit(lambda v, x: dense.apply(v, x, stop="features"))(dv, x)
     fmap = jax.jit(lambda v, x: image.apply(v, x, stop="map"))(iv, x)
     assert fmap.shape[1:3] == (3, 4)
@@ -116,7 +121,9 @@ def test_the_map_equals_torchs(arch, quick_compiles):
     converted, _, _ = layout.torch_to_flax(models.backbone(arch), state, "mem")
     image = WholeImageNet(arch=arch, width=WIDTH)
     x = np.random.default_rng(0).uniform(-1, 1, (2, 96, 160, 3)).astype(np.float32)
-    fresh = jax.tree.map(np.asarray, dict(jax.jit(image.init)(jax.random.PRNGKey(0), x)))
+    fresh = jax.tree.map(
+        np.asarray, dict(xla_options.jit_once(image.init)(jax.random.PRNGKey(0), x))
+    )
     variables = with_backbone(fresh, converted, "mem")
     got = np.asarray(jax.jit(lambda v, x: image.apply(v, x, stop="map"))(variables, x))
     trunk = torch_models.torch_map(arch, WIDTH, tmodel)

@@ -14,6 +14,7 @@ import pytest
 
 from tests.configs import tiny
 from tests.helpers import first_batch, setup_step
+from voc_jax import xla_options
 from voc_jax.data.pipeline import epoch_dataset
 from voc_jax.data.synthetic import SyntheticConfig, generate
 from voc_jax.data.voc import load_dataset
@@ -221,7 +222,7 @@ def test_gradient_in_slices_is_the_whole_batchs(records):
     x = jax.random.normal(jax.random.key(0), (4, 64, 64, 3))
     y = jnp.array([0, -1, 5, 2])  # -1: a patch that does not count
     valid = jnp.array([True, True, True, False])
-    params = jax.jit(model.init)(jax.random.key(1), x[:1])["params"]
+    params = xla_options.jit_once(model.init)(jax.random.key(1), x[:1])["params"]
     labels = optim.trainable_labels(params, (".*",))
     whole = jax.jit(steps.make_grads(model, labels))(params, {}, x, y, valid, jax.random.key(2))
     sliced = jax.jit(steps.make_grads(model, labels, chunks=2))(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from voc_jax import xla_options
 from voc_jax.models.alexnet import AlexNet
 from voc_jax.models.common import adaptive_avg_pool
 from voc_jax.models.transfer import TransferHead, TransferNet
@@ -40,12 +41,16 @@ def test_alexnet_shapes_and_param_names():
 
 def test_transfer_net_output_shape_and_head_init(quick_compiles):
     model = TransferNet(width=NARROW)
-    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros(SMALL))["params"]  # one compile
+    params = xla_options.jit_once(model.init)(jax.random.key(0), jnp.zeros(SMALL))[
+        "params"
+    ]  # one compile
     assert set(params) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "head"}
     logits = jax.jit(model.apply)({"params": params}, jnp.ones((2, 64, 64, 3)))
     assert logits.shape == (2, 21) and logits.dtype == jnp.float32
     # The initialisers at 1024 wide: the same distributions, 1M samples instead of 16M.
-    head = jax.jit(TransferHead(hidden=1024).init)(jax.random.key(0), jnp.zeros((1, 1024)))
+    head = xla_options.jit_once(TransferHead(hidden=1024).init)(
+        jax.random.key(0), jnp.zeros((1, 1024))
+    )
     head = head["params"]
     fc_a, fc_b = head["fc_a"], head["fc_b"]
     assert fc_a["kernel"].shape == (1024, 1024) and fc_b["kernel"].shape == (1024, 21)
@@ -76,7 +81,7 @@ def test_fc6_halves_compose_to_the_whole_network_dropout_included(quick_compiles
     the same dropout masks for the same rng."""
     model = TransferNet(width=NARROW, head_hidden=32)
     x = jax.random.normal(jax.random.key(1), (3, 64, 64, 3))
-    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    params = xla_options.jit_once(model.init)(jax.random.key(0), x)["params"]
     apply = jax.jit(model.apply, static_argnames=("stop", "start", "train"))
     fc6 = apply({"params": params}, x, stop="prefix")
     assert fc6.shape == (3, 256) and bool((fc6 >= 0).all())  # after ReLU, before dropout
@@ -90,7 +95,7 @@ def test_fc6_halves_compose_to_the_whole_network_dropout_included(quick_compiles
 def test_dropout_only_in_training_mode(quick_compiles):
     model = TransferNet(num_classes=5, head_hidden=32, width=NARROW)
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
-    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    params = xla_options.jit_once(model.init)(jax.random.key(0), x)["params"]
     apply = jax.jit(model.apply, static_argnames="train")
     eval_a = apply({"params": params}, x)
     eval_b = apply({"params": params}, x, train=False)
@@ -124,7 +129,7 @@ def test_dropout_is_inverted():
 def test_features_only_returns_fc7(quick_compiles):
     model = AlexNet(num_classes=10, width=NARROW)
     x = jnp.ones(SMALL)
-    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    params = xla_options.jit_once(model.init)(jax.random.key(0), x)["params"]
     feats = jax.jit(model.apply, static_argnames="features_only")(
         {"params": params}, x, features_only=True
     )
@@ -139,7 +144,7 @@ def test_features_only_returns_fc7(quick_compiles):
 def test_bf16_compute_keeps_float32_params(quick_compiles):
     x = jax.random.normal(jax.random.key(1), SMALL)
     f32 = TransferNet(num_classes=4, width=NARROW)
-    params = jax.jit(f32.init)(jax.random.key(0), x)["params"]
+    params = xla_options.jit_once(f32.init)(jax.random.key(0), x)["params"]
     bf16 = TransferNet(num_classes=4, dtype=jnp.bfloat16, width=NARROW)
     params_bf16 = jax.eval_shape(bf16.init, jax.random.key(0), x)["params"]
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params_bf16))

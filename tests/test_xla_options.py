@@ -7,9 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from voc_jax import optim, steps, xla_options
-from voc_jax.models.transfer import TransferNet
+from voc_jax.models import common
+from voc_jax.models.transfer import TransferHead, TransferNet
 
 
 def test_options_on_cpu_only_and_never_over_the_users(monkeypatch):
@@ -31,7 +33,7 @@ def test_jitted_function_has_no_ynn_convolution_and_keeps_ynn_dots(monkeypatch):
     monkeypatch.delenv(xla_options.SWITCH, raising=False)
     model = TransferNet(width=1 / 16, head_hidden=32)
     x = jnp.ones((2, 64, 64, 3))
-    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    params = xla_options.jit_once(model.init)(jax.random.key(0), x)["params"]
 
     def loss(p):
         return model.apply({"params": p}, x).sum()
@@ -55,6 +57,47 @@ def test_unknown_option_falls_back_with_one_warning(monkeypatch, caplog):
         assert len(warnings) == 1
     finally:
         xla_options._supported.cache_clear()
+
+
+def test_programs_run_once_compile_quickly_on_cpu_only_and_never_over_the_users(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.delenv(xla_options.SWITCH, raising=False)
+    ynn = xla_options.compiler_options("cpu")
+    assert xla_options.once_options("cpu") == ynn | {xla_options.LEVEL_OPTION: "1"}
+    assert xla_options.once_options("gpu") == {}
+    monkeypatch.setenv("XLA_FLAGS", f"--{xla_options.LEVEL_OPTION}=3")
+    assert xla_options.once_options("cpu") == ynn
+    monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.setenv(xla_options.SWITCH, "xla")
+    assert xla_options.once_options("cpu") == {}
+
+
+class EveryInitialiser(nn.Module):
+    """One parameter of each initialiser voc-jax's networks use: He-normal convolutions (a
+    spatial one and a 1x1 product), BatchNorm's, and the transfer head's normals and constants."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = common.conv(8, 3, 2, 1, dtype=jnp.float32, name="conv")(x)
+        x = nn.BatchNorm(use_running_average=True)(x)
+        x = common.Pointwise(16)(x)
+        return TransferHead(num_classes=21, hidden=32)(x.mean((1, 2)))
+
+
+def test_a_program_run_once_gives_bitwise_the_values_of_xlas_defaults(monkeypatch):
+    """jit_once compiles at a lower backend level for a shorter compile: the initial
+    parameters must not change by a bit (level 0 would move them by ~1e-7)."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.delenv(xla_options.SWITCH, raising=False)
+    init = EveryInitialiser().init
+    args = (jax.random.key(3), jnp.zeros((1, 16, 16, 3)))
+    assert xla_options.LEVEL_OPTION in xla_options.once_options()
+    once = xla_options.jit_once(init)(*args)
+    with xla_options.defaults("xla"):
+        plain = xla_options.jit_once(init)(*args)
+    for a, b in zip(jax.tree.leaves(once), jax.tree.leaves(plain), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert len(jax.tree.leaves(once)) == 11
 
 
 def has_avx512() -> bool:
@@ -84,7 +127,7 @@ def test_step_gradients_against_float64(trainable, monkeypatch):
     y = rng.integers(0, 21, 4).astype(np.int32)
     valid = np.ones(4, bool)
     model = TransferNet(dropout_rate=0.0)
-    params = jax.jit(model.init)(jax.random.key(0), x[:1])["params"]
+    params = xla_options.jit_once(model.init)(jax.random.key(0), x[:1])["params"]
     labels = optim.trainable_labels(params, trainable)
     grads_of = steps.make_grads(model, labels)
     key = jax.random.key(1)

@@ -113,7 +113,7 @@ def build_model(
     if variables is None:
         size = m.patch_size
         # One compiled program (an eager init compiles every initialiser op on its own).
-        init_fn = jax.jit(module.init)
+        init_fn = xla_options.jit_once(module.init)
         variables = init_fn(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3)))
     variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), dict(variables))
     stats = variables.get("batch_stats", {})

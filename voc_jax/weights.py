@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
-from voc_jax import models
+from voc_jax import models, xla_options
 from voc_jax.atomic import atomic_directory
 from voc_jax.errors import WeightsError
 from voc_jax.models import Backbone
@@ -290,7 +290,7 @@ def classifier_from_metadata(metadata: Mapping[str, Any], **overrides: Any):
 
 def init_head(num_classes: int, hidden: int, seed: int, features: int = 4096) -> Params:
     """A freshly initialised transfer head (the reference's initialisers), from a seed."""
-    variables = jax.jit(TransferHead(num_classes=num_classes, hidden=hidden).init)(
+    variables = xla_options.jit_once(TransferHead(num_classes=num_classes, hidden=hidden).init)(
         jax.random.key(seed), jnp.zeros((1, features), jnp.float32)
     )
     return jax.tree.map(np.asarray, variables["params"])

@@ -213,7 +213,9 @@ def build_model(s: RunSettings) -> tuple[WholeImageNet, dict[str, Any], Preproce
         options=options,
     )
     side = s.image.inputs.sides[0]
-    fresh = jax.jit(module.init)(jax.random.PRNGKey(s.seed), jnp.zeros((1, side, side, 3)))
+    fresh = xla_options.jit_once(module.init)(
+        jax.random.PRNGKey(s.seed), jnp.zeros((1, side, side, 3))
+    )
     fresh = jax.tree.map(lambda a: np.asarray(a, np.float32), dict(fresh))
     if converted is not None:
         fresh = with_backbone(fresh, weights_lib.as_variables(converted), init.weights)
