@@ -11,15 +11,32 @@ from typing import Any
 TIMING_FIELDS = ("images_per_s", "patches_per_s")  # the only fields a rerun may change
 
 
+def summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch
+    whenever it is installed (the converter's dependency), only to accept torch tensors,
+    which voc-jax never passes; that import is 2 s of every run's start. torch itself stays
+    importable afterwards; a process that already holds it keeps it."""
+    import sys
+
+    if "tensorboardX.writer" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]  # "import torch" fails at once
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     def __init__(self, workdir: str | Path, enabled: bool = True):
         self.enabled = enabled
         self.path = Path(workdir) / "metrics.jsonl"
         self._tb = None
         if enabled:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            self._tb = summary_writer_class()(str(Path(workdir) / "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, Any], **context: Any) -> None:
         if not self.enabled:
