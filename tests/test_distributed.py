@@ -98,44 +98,59 @@ def run_one_process(workdir: Path, data_root: Path, *extra: str) -> subprocess.C
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_four_devices(tmp_path, data_root):
+    """Epoch 1 in two processes equals it in one; the two processes' checkpoint, resumed in
+    one process for epoch 2, equals the single process's own two epochs (one reference run
+    of two epochs serves both comparisons)."""
     two, one = tmp_path / "two", tmp_path / "one"
     results = run_two_processes(two, data_root)
     for r in results:
         assert r.returncode == 0, r.stderr[-4000:]
-    single = run_one_process(one, data_root)
+    single = run_one_process(
+        one, data_root, "--config.num_epochs=2", "--config.eval.every_epochs=1"
+    )
     assert single.returncode == 0, single.stderr[-4000:]
 
     # 3 calls of 4 images (every image trains), each 2 updates (8 patches, 4 per micro-batch)
-    assert checkpoint_steps(two) == checkpoint_steps(one) == [6]
-    _, params_two = final_params(two)
-    _, params_one = final_params(one)
-    data_two, data_one = checkpoint_data(two, 6), checkpoint_data(one, 6)
-    assert {k: v for k, v in data_two.items() if k not in ("digest", "sums")} == {
-        k: v for k, v in data_one.items() if k not in ("digest", "sums")
-    }
-    flat_two = {k: v for k, v in _flatten(params_two)}
-    for key, value in _flatten(params_one):
-        np.testing.assert_allclose(flat_two[key], value, rtol=2e-5, atol=2e-6, err_msg=key)
-
+    assert checkpoint_steps(two) == [6] and checkpoint_steps(one) == [6, 12]
+    assert_same_run(two, one, 6)
     # Evaluation: every test image scored exactly once (5 images over a global batch of 4),
     # the same scores as the single process, files written once (by process 0).
     scores_two = np.load(two / "eval" / "6" / "scores.npz")
-    scores_one = np.load(one / "eval" / "6" / "scores.npz")
     assert list(scores_two["image_ids"]) == [f"{i:06d}" for i in range(9, 14)]
-    np.testing.assert_allclose(scores_two["power"], scores_one["power"], rtol=1e-4, atol=1e-7)
     # Only process 0 logs the table.
     assert ("AP on test" in results[0].stdout) and ("AP on test" not in results[1].stdout)
     assert not (two / ".lock").exists()  # process 0 held the job's one lock and released it
 
-    # A checkpoint written by 2 processes resumes in 1 process (4 devices): one more epoch.
+    # A checkpoint written by 2 processes resumes in 1 process (4 devices): one more epoch,
+    # which ends where the single process's second epoch ended.
     resumed = tmp_path / "resumed"
     shutil.copytree(two, resumed)
     more = run_one_process(resumed, data_root, "--config.num_epochs=2")
     assert more.returncode == 0, more.stderr[-4000:]
     assert "resuming from checkpoint step 6" in more.stderr
-    assert checkpoint_steps(resumed)[-1] == 12
+    assert checkpoint_steps(resumed) == [6, 12]
+    assert_same_run(resumed, one, 12)
     config = json.loads((resumed / "config.json").read_text())
     assert config["images_per_step"] == 4
+
+
+def assert_same_run(workdir: Path, reference: Path, step: int) -> None:
+    """The checkpoint of ``step`` (position, counters: all but the float sums and digests),
+    the parameters and the test scores at it equal the reference run's (to float rounding:
+    the processes reduce in another order)."""
+    data, want = checkpoint_data(workdir, step), checkpoint_data(reference, step)
+    assert {k: v for k, v in data.items() if k not in ("digest", "sums")} == {
+        k: v for k, v in want.items() if k not in ("digest", "sums")
+    }
+    _, params = final_params(workdir, step)
+    _, params_want = final_params(reference, step)
+    flat = dict(_flatten(params))
+    for key, value in _flatten(params_want):
+        np.testing.assert_allclose(flat[key], value, rtol=2e-5, atol=2e-6, err_msg=key)
+    scores = np.load(workdir / "eval" / str(step) / "scores.npz")
+    scores_want = np.load(reference / "eval" / str(step) / "scores.npz")
+    assert list(scores["image_ids"]) == list(scores_want["image_ids"])
+    np.testing.assert_allclose(scores["power"], scores_want["power"], rtol=1e-4, atol=1e-7)
 
 
 def _flatten(tree, prefix=""):
