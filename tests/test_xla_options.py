@@ -100,6 +100,16 @@ def test_a_program_run_once_gives_bitwise_the_values_of_xlas_defaults(monkeypatc
     assert len(jax.tree.leaves(once)) == 11
 
 
+def test_an_equal_module_reuses_its_jitted_init_and_another_does_not(monkeypatch):
+    monkeypatch.delenv(xla_options.SWITCH, raising=False)
+    first = xla_options.jit_once(TransferHead(num_classes=3, hidden=8).init)
+    assert xla_options.jit_once(TransferHead(num_classes=3, hidden=8).init) is first
+    assert xla_options.jit_once(TransferHead(num_classes=4, hidden=8).init) is not first
+    with xla_options.defaults("xla"):  # other options: another program
+        assert xla_options.jit_once(TransferHead(num_classes=3, hidden=8).init) is not first
+    assert xla_options.jit_once(lambda x: x) is not xla_options.jit_once(lambda x: x)
+
+
 def has_avx512() -> bool:
     try:
         return "avx512f" in open("/proc/cpuinfo").read()

@@ -89,10 +89,24 @@ def once_options(backend: str | None = None) -> dict[str, str]:
     return options
 
 
-def jit_once(fun: Callable, **kwargs: Any) -> Any:
+def jit_once(fun: Callable) -> Any:
     """``jax.jit`` for a program that runs once, such as a network's initialisation: compiled
-    for a short compile rather than a fast run, with the same results."""
-    return jax.jit(fun, compiler_options=once_options() or None, **kwargs)
+    for a short compile rather than a fast run, with the same results. The method of an equal
+    module (flax modules compare by their fields) gets the same jitted function back, so a
+    process that builds one network twice traces and compiles its init once."""
+    options = tuple(sorted(once_options().items()))
+    owner, method = getattr(fun, "__self__", None), getattr(fun, "__func__", None)
+    if method is not None:
+        try:
+            return _jitted_method(method, owner, options)
+        except TypeError:  # an unhashable owner: no reuse
+            pass
+    return jax.jit(fun, compiler_options=dict(options) or None)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_method(method: Callable, owner: Any, options: tuple) -> Any:
+    return jax.jit(method.__get__(owner), compiler_options=dict(options) or None)
 
 
 @contextlib.contextmanager
