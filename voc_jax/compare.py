@@ -378,24 +378,30 @@ def load_real_splits(voc: Path, images: int = 0, classes: Sequence[str] = VOC_CL
     """train, val, trainval and test records (``images``: the first that many of trainval
     and test, and the train and val images among them). train and val must lie in trainval
     (the probe chooses C on them and refits on trainval)."""
-    from voc_jax.data.voc import load_dataset
+    from voc_jax.data.voc import load_dataset, read_split
 
-    splits = {}
     for split in ("train", "val", "trainval", "test"):
         if not (voc / "ImageSets" / "Main" / f"{split}.txt").is_file():
             raise ConfigError(f"--voc {voc}: no ImageSets/Main/{split}.txt (a VOC2007 directory?)")
-        splits[split] = load_dataset(voc, split, images="sizes", classes=classes).records
+    # trainval and test are read and checked; train and val are parts of trainval, taken from
+    # it (reading them again would parse and check every trainval file twice).
+    loaded = {s: load_dataset(voc, s, images="sizes", classes=classes).records
+              for s in ("trainval", "test")}  # fmt: skip
     for split in ("trainval", "test"):
-        if not splits[split]:
+        if not loaded[split]:
             raise DataError(f"--voc {voc}: ImageSets/Main/{split}.txt lists no image")
-    trainval = {r.image_id for r in splits["trainval"]}
+    by_id = {r.image_id: r for r in loaded["trainval"]}
+    splits = {}
     for split in ("train", "val"):
-        stray = [r.image_id for r in splits[split] if r.image_id not in trainval]
+        ids = read_split(voc, split)
+        stray = [i for i in ids if i not in by_id]
         if stray:
             raise DataError(
                 f"{voc / 'ImageSets' / 'Main' / (split + '.txt')}: {len(stray)} image(s) not in "
                 f"trainval.txt (first: {stray[0]}); train and val must be parts of trainval"
             )
+        splits[split] = [by_id[i] for i in ids]
+    splits |= loaded
     if images:
         for split in ("trainval", "test"):
             splits[split] = splits[split][:images]
