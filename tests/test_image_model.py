@@ -33,6 +33,17 @@ def shared_params(dense_vars, image_vars):
     return out
 
 
+def image_params_from(dense_vars, image, x):
+    """The image network's variables for its map (``stop="map"`` reads no head): the dense
+    network's backbone, of the shapes the image network's init gives (checked), and a head of
+    zeros; no init of its own to compile."""
+    shapes = jax.eval_shape(image.init, jax.random.PRNGKey(2), x)
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    out = shared_params(dense_vars, zeros)
+    assert jax.tree.map(np.shape, out) == jax.tree.map(lambda s: s.shape, shapes)
+    return out
+
+
 @pytest.mark.parametrize("arch,side", [("alexnet", 224), ("vgg16", 224)])
 def test_fc_as_convolutions_equal_the_dense_layers_at_the_patch_size(arch, side, quick_compiles):
     dense, image = transfer_and_image(arch)
@@ -40,7 +51,7 @@ def test_fc_as_convolutions_equal_the_dense_layers_at_the_patch_size(arch, side,
     dv = xla_options.jit_once(dense.init)(
         jax.random.PRNGKey(0), x
     )  # one quick compile, not op by op
-    iv = shared_params(dv, xla_options.jit_once(image.init)(jax.random.PRNGKey(2), x))
+    iv = image_params_from(dv, image, x)
     want = jax.jit(lambda v, x: dense.apply(v, x, stop="features"))(dv, x)
     got = jax.jit(lambda v, x: image.apply(v, x, stop="map"))(iv, x)
     assert got.shape == (2, 1, 1, want.shape[-1])
@@ -54,13 +65,13 @@ def test_each_position_of_the_alexnet_map_is_the_dense_network_on_its_window(qui
     dense, image = transfer_and_image("alexnet")
     x = jax.random.uniform(jax.random.PRNGKey(3), (1, 352, 352, 3))
     dv = xla_options.jit_once(dense.init)(jax.random.PRNGKey(0), x[:, :224, :224])
-    iv = shared_params(dv, xla_options.jit_once(image.init)(jax.random.PRNGKey(2), x))
+    iv = image_params_from(dv, image, x)
     fmap = np.asarray(jax.jit(lambda v, x: image.apply(v, x, stop="map"))(iv, x))
     assert fmap.shape[1:3] == (5, 5)
     # The trunk is not translation-exact at the border (padding), so compare the conv form's
     # fc6 input: pool5 of the whole image, window by window, through the dense fc6/fc7.
     o = image.clone(fc_as_conv=False)
-    ov = shared_params(dv, xla_options.jit_once(o.init)(jax.random.PRNGKey(2), x))
+    ov = image_params_from(dv, o, x)
     pool5 = jax.jit(lambda v, x: o.apply(v, x, stop="map"))(ov, x)
     fc = {k: dv["params"][k] for k in ("fc6", "fc7")}
     for i, j in [(0, 0), (2, 3), (4, 4)]:
@@ -77,7 +88,7 @@ def test_the_map_pools_to_the_patch_familys_features(arch, quick_compiles):
     dv = xla_options.jit_once(dense.init)(
         jax.random.PRNGKey(0), x
     )  # one compile, not an op at a time
-    iv = shared_params(dv, xla_options.jit_once(image.init)(jax.random.PRNGKey(2), x))
+    iv = image_params_from(dv, image, x)
     want = jax.jit(lambda v, x: dense.apply(v, x, stop="features"))(dv, x)
     fmap = jax.jit(lambda v, x: image.apply(v, x, stop="map"))(iv, x)
     assert fmap.shape[1:3] == (3, 4)
@@ -121,9 +132,8 @@ def test_the_map_equals_torchs(arch, quick_compiles):
     converted, _, _ = layout.torch_to_flax(models.backbone(arch), state, "mem")
     image = WholeImageNet(arch=arch, width=WIDTH)
     x = np.random.default_rng(0).uniform(-1, 1, (2, 96, 160, 3)).astype(np.float32)
-    fresh = jax.tree.map(
-        np.asarray, dict(xla_options.jit_once(image.init)(jax.random.PRNGKey(0), x))
-    )
+    shapes = jax.eval_shape(image.init, jax.random.PRNGKey(0), x)  # the map reads no head
+    fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), dict(shapes))
     variables = with_backbone(fresh, converted, "mem")
     got = np.asarray(jax.jit(lambda v, x: image.apply(v, x, stop="map"))(variables, x))
     trunk = torch_models.torch_map(arch, WIDTH, tmodel)
