@@ -141,3 +141,20 @@ def test_the_map_equals_torchs(arch, quick_compiles):
         want = trunk.eval()(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
     assert got.shape == want.shape == (2, 3, 5, got.shape[-1])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_head_only_init_gives_the_whole_inits_head_and_zeros_for_the_weights_to_replace():
+    """With converted weights only the head's initialisers are compiled and run: the head
+    equals the whole init's bitwise, every other leaf is a zero array of its shape."""
+    from voc_jax.image.experiment import initial_variables
+
+    net = WholeImageNet(arch="alexnet", width=WIDTH, num_classes=20, head_hidden=16)
+    whole = initial_variables(net, 3, 224)
+    head_only = initial_variables(net, 3, 224, head_only=True)
+    assert jax.tree.map(np.shape, head_only) == jax.tree.map(np.shape, whole)
+    assert set(head_only["params"]["head"]) == {"fc_a", "fc_b"}
+    for a, b in zip(jax.tree.leaves(head_only["params"]["head"]),
+                    jax.tree.leaves(whole["params"]["head"]), strict=True):  # fmt: skip
+        assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b)
+    rest = [v for k, v in head_only["params"].items() if k != "head"]
+    assert rest and not any(np.any(leaf) for leaf in jax.tree.leaves(rest))
