@@ -64,7 +64,7 @@ from voc_jax import models
 from voc_jax.data.crops import crop_batch
 from voc_jax.data.pipeline import PatchConfig, epoch_dataset, iterating
 from voc_jax.data.synthetic import SyntheticConfig, generate
-from voc_jax.data.voc import VocRecord, load_dataset
+from voc_jax.data.voc import VocRecord, load_dataset, parse_annotation, read_split
 from voc_jax.models.common import Options, scaled
 from voc_jax.preprocessing import TORCHVISION
 
@@ -722,7 +722,7 @@ def bench_cache(records, config, args) -> list[dict]:
             "patches_per_s": total / build_s,
             "ratio_vs_eval_pass": build_s / eval_s,
             "cache_bytes": size,
-            "voc_trainval_cache_gib": voc_trainval_candidates() * cache.width * 2 / 2**30,
+            "voc_trainval_cache_gib": voc_trainval_candidates(args.quick) * cache.width * 2 / 2**30,
         },
         {
             "section": "cache",
@@ -1171,16 +1171,20 @@ def torch_stem(features: int):
     )  # fmt: skip
 
 
-def voc_trainval_candidates() -> int:
+def voc_trainval_candidates(quick: bool = False) -> int:
     """Candidate patches of the reference's 5000 VOC 2007 trainval images (from the real
-    annotations when ../shared/data has them; else 5000 x 622, their measured mean)."""
+    annotations when ../shared/data has them; else 5000 x 622, their measured mean; --quick:
+    the first 250 images' count, scaled: within 0.3% of the 5000's, in a twentieth of the time)."""
     from voc_jax.data.pipeline import PatchConfig, candidates
 
     root = SHARED_DATA / "voc2007-annotations" / "VOC2007"
     if not root.is_dir():
         return 5000 * 622
-    records = load_dataset(root, "trainval", images="none").records[:5000]
-    return sum(len(candidates(r, PatchConfig())[0]) for r in records)
+    ids = read_split(root, "trainval")[:5000]
+    count = 250 if quick else len(ids)
+    parsed = (parse_annotation(root / "Annotations" / f"{i}.xml")[0] for i in ids[:count])
+    records = [r for r in parsed if r is not None]
+    return sum(len(candidates(r, PatchConfig())[0]) for r in records) * len(ids) // len(records)
 
 
 def bench_image_section(records, config, args) -> list[dict]:

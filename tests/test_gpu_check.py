@@ -50,7 +50,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert "XLA_FLAGS=" in (out / "bench_f32.log").read_text()
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [
-        "env", "bench_f32", "bench_bf16", "weights", "convert", "smoke_bf16", "scan_check"
+        "env", "bench_f32", "bench_bf16", "convert", "smoke_bf16", "scan_check"
     ]  # fmt: skip
     assert all(s["exit"] == 0 for s in steps)
     report = json.loads((out / "bench_f32.json").read_text())
