@@ -97,9 +97,14 @@ def test_logits_and_fc7_match_torch(converted, torch_model, size):
     model = weights.classifier_from_metadata(metadata)
     x = np.random.default_rng(1).standard_normal((2, *size, 3)).astype(np.float32)
     want_logits, want_fc7 = torch_outputs(torch_model, x)
+
+    @jax.jit  # one program a size (op by op, the pooling's slices compiled 150 programs)
+    def logits_and_fc7(params, x):
+        variables = {"params": params}
+        return model.apply(variables, x), model.apply(variables, x, features_only=True)
+
     with jax.default_matmul_precision("highest"):
-        logits = model.apply({"params": params}, x)
-        fc7 = model.apply({"params": params}, x, features_only=True)
+        logits, fc7 = logits_and_fc7(params, x)
     assert np.abs(want_logits).max() > 1.0  # the comparison is not between near-zeros
     np.testing.assert_allclose(np.asarray(logits), want_logits, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(fc7), want_fc7, rtol=1e-4, atol=1e-5)
