@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from voc_jax.data.crops import (
-    crop_and_normalize,
-    crop_batch,
-    crop_patches,
-    crop_patches_shared_rows,
-    share_intervals,
-)
+from voc_jax.data import crops
+from voc_jax.data.crops import crop_batch, share_intervals
 from voc_jax.preprocessing import NEON, TORCHVISION
+
+# Jitted as the train step uses them: one program a call, where op by op each slice and
+# gather compiled a program of its own (70 for one test).
+crop_patches = jax.jit(crops.crop_patches, static_argnums=3)
+crop_patches_shared_rows = jax.jit(crops.crop_patches_shared_rows, static_argnums=5)
+crop_and_normalize = jax.jit(crops.crop_and_normalize, static_argnums=(3, 4))
 
 CANVAS = 500
 

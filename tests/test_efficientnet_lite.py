@@ -67,10 +67,15 @@ def test_depthwise_convolution_is_xlas_grouped_convolution(kernel, stride, shape
             precision="highest",
         )  # fmt: skip
 
-    ours = module.apply(params, x)
-    np.testing.assert_allclose(ours, reference(params, x), rtol=1e-5, atol=1e-5)
+    # Jitted, as in a step (op by op, each shifted slice compiled a program of its own).
+    ours = jax.jit(module.apply)(params, x)
+    np.testing.assert_allclose(ours, jax.jit(reference)(params, x), rtol=1e-5, atol=1e-5)
     weights = jnp.asarray(rng.standard_normal(ours.shape), jnp.float32)
-    grad = lambda f: jax.grad(lambda p, x: (f(p, x) * weights).sum(), argnums=(0, 1))(params, x)  # noqa: E731
+
+    def grad(f):
+        loss = lambda p, x: (f(p, x) * weights).sum()  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+
     for a, b in zip(
         jax.tree.leaves(grad(module.apply)), jax.tree.leaves(grad(reference)), strict=True
     ):
