@@ -15,7 +15,7 @@ import pytest
 
 from voc_jax import compare, compare_out
 from voc_jax.classes import VOC_CLASSES
-from voc_jax.errors import ConfigError
+from voc_jax.errors import ConfigError, DataError
 
 TINY = [
     "--config.patches.per_image=8",
@@ -265,6 +265,38 @@ def test_train_images_outside_trainval_are_one_line(shared_data, tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "train.txt: 1 image(s) not in trainval.txt" in err
     assert tests[0] in err and not (tmp_path / "o").exists()
+
+
+def test_images_n_reads_and_checks_only_the_first_n(shared_data, tmp_path):
+    """--images N: trainval's and test's first N are read and checked (a broken annotation
+    after them does not stop a quick look), train and val are those among them, in their
+    lists' order; a train image outside trainval is refused all the same."""
+    from voc_jax.data.voc import VocError
+
+    real = shared_data / "voc2007-subset" / "VOCdevkit" / "VOC2007"
+    main = real / "ImageSets" / "Main"
+    ids = main.joinpath("trainval.txt").read_text().split()[:6]
+    tests = main.joinpath("test.txt").read_text().split()[:4]
+    voc = tmp_path / "voc"
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (voc / folder).mkdir(parents=True)
+    for name in (*ids, *tests):
+        shutil.copy(real / "Annotations" / f"{name}.xml", voc / "Annotations")
+        shutil.copy(real / "JPEGImages" / f"{name}.jpg", voc / "JPEGImages")
+    lists = {"train": ids[4::-2], "val": ids[1::2], "trainval": ids, "test": tests}
+    for split, names in lists.items():
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    for broken in (ids[5], tests[3]):
+        (voc / "Annotations" / f"{broken}.xml").write_text("<annotation><size>")
+    splits = compare.load_real_splits(voc, 3)
+    got = {split: [r.image_id for r in records] for split, records in splits.items()}
+    assert got == {"train": [ids[2], ids[0]], "val": [ids[1]], "trainval": ids[:3],
+                   "test": tests[:3]}  # fmt: skip
+    with pytest.raises(VocError, match=f"{ids[5]}.xml"):
+        compare.load_real_splits(voc, 0)
+    (voc / "ImageSets" / "Main" / "train.txt").write_text(f"{ids[0]}\n{tests[0]}\n")
+    with pytest.raises(DataError, match="1 image\\(s\\) not in trainval.txt"):
+        compare.load_real_splits(voc, 2)
 
 
 def test_out_holding_a_users_files_is_refused(shared_data, tmp_path, capsys):

@@ -376,8 +376,8 @@ def voc_classes(voc: Path) -> tuple[str, ...]:
 
 def load_real_splits(voc: Path, images: int = 0, classes: Sequence[str] = VOC_CLASSES) -> dict:
     """train, val, trainval and test records (``images``: the first that many of trainval
-    and test, and the train and val images among them). train and val must lie in trainval
-    (the probe chooses C on them and refits on trainval)."""
+    and test, and the train and val images among them; only those are read and checked).
+    train and val must lie in trainval (the probe chooses C on them and refits on trainval)."""
     from voc_jax.data.voc import load_dataset, read_split
 
     for split in ("train", "val", "trainval", "test"):
@@ -385,30 +385,26 @@ def load_real_splits(voc: Path, images: int = 0, classes: Sequence[str] = VOC_CL
             raise ConfigError(f"--voc {voc}: no ImageSets/Main/{split}.txt (a VOC2007 directory?)")
     # trainval and test are read and checked; train and val are parts of trainval, taken from
     # it (reading them again would parse and check every trainval file twice).
-    loaded = {s: load_dataset(voc, s, images="sizes", classes=classes).records
+    # With ``images``, only the first that many of each are (a quick look at full VOC would
+    # parse 10,000 annotations to use 48).
+    loaded = {s: load_dataset(voc, s, images="sizes", classes=classes, first=images).records
               for s in ("trainval", "test")}  # fmt: skip
     for split in ("trainval", "test"):
         if not loaded[split]:
             raise DataError(f"--voc {voc}: ImageSets/Main/{split}.txt lists no image")
     by_id = {r.image_id: r for r in loaded["trainval"]}
+    in_trainval = set(read_split(voc, "trainval"))
     splits = {}
     for split in ("train", "val"):
         ids = read_split(voc, split)
-        stray = [i for i in ids if i not in by_id]
+        stray = [i for i in ids if i not in in_trainval]
         if stray:
             raise DataError(
                 f"{voc / 'ImageSets' / 'Main' / (split + '.txt')}: {len(stray)} image(s) not in "
                 f"trainval.txt (first: {stray[0]}); train and val must be parts of trainval"
             )
-        splits[split] = [by_id[i] for i in ids]
-    splits |= loaded
-    if images:
-        for split in ("trainval", "test"):
-            splits[split] = splits[split][:images]
-        kept = {r.image_id for r in splits["trainval"]}
-        for split in ("train", "val"):
-            splits[split] = [r for r in splits[split] if r.image_id in kept]
-    return splits
+        splits[split] = [by_id[i] for i in ids if i in by_id]  # all of them, without images
+    return splits | loaded
 
 
 def method_label(method: str, setting: Setting, finetune_head: str = "frozen") -> str:
@@ -855,7 +851,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--images",
         type=int,
         default=0,
-        help="only the first N trainval and test images (a quick look; 0: all)",
+        help="only the first N trainval and test images, the only ones read and checked (a quick "
+        "look; 0: all)",
     )
     parser.add_argument(
         "--floor",

@@ -443,9 +443,11 @@ def load_dataset(
     progress: Callable[[Iterable], Iterable] | None = None,
     decoded: DecodedCache | None = None,
     classes: Sequence[str] = VOC_CLASSES,
+    first: int = 0,
 ) -> VocDataset:
     """Index ``root`` (a VOC2007-layout directory) for ``split``; object names must be in
-    ``classes`` (VOC's 20 unless the dataset names its own).
+    ``classes`` (VOC's 20 unless the dataset names its own). ``first``: only the split's
+    first that many images are read and checked (0: all), for a run that uses no others.
 
     ``images``: "none" (annotations only), "exist" (all listed images must exist: missing ones
     are reported together), "sizes" (also compare the XML size with the file's header), or
@@ -458,6 +460,8 @@ def load_dataset(
     if images not in IMAGE_CHECKS:
         raise ValueError(f"images must be none, exist, sizes or decode, got {images!r}")
     ids = read_split(root, split)
+    if first:
+        ids = ids[:first]
     problems: list[Problem] = []
     jpeg_dir = root / "JPEGImages"
     if images != "none":
