@@ -100,8 +100,10 @@ def test_one_table_for_the_method_the_probe_and_chance(
     assert "the weights (--weights)" in capsys.readouterr().err
     assert (out / "report.md").read_text() == before
 
-    # The same command again: the run is reused (evaluated, not retrained), and said so.
-    assert compare.main(_argv(voc, out, narrow_weights, "--methods", "frozen")) == 0
+    # The same command again: the run is reused (evaluated, not retrained), and said so (its
+    # score maps were drawn above).
+    again = _argv(voc, out, narrow_weights, "--methods", "frozen", "--score-maps", "0")
+    assert compare.main(again) == 0
     row = json.loads((out / "results.json").read_text())["methods"]["frozen"]
     assert row["reused"] == {"earlier_step": row["reused"]["final_step"],
                              "final_step": row["reused"]["final_step"], "retrained": False}  # fmt: skip
