@@ -6,9 +6,16 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score
 
 from voc_jax import metrics
+
+
+def average_precision_score(*args):
+    """scikit-learn's AP, imported when a test uses it (its import is a second of every
+    pytest worker's collection otherwise)."""
+    from sklearn.metrics import average_precision_score as sklearn_ap
+
+    return sklearn_ap(*args)
 
 
 def devkit_area(scores, targets):
