@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import random_variables
 from voc_jax import xla_options
 from voc_jax.models.alexnet import AlexNet
 from voc_jax.models.common import adaptive_avg_pool
@@ -81,7 +82,7 @@ def test_fc6_halves_compose_to_the_whole_network_dropout_included(quick_compiles
     the same dropout masks for the same rng."""
     model = TransferNet(width=NARROW, head_hidden=32)
     x = jax.random.normal(jax.random.key(1), (3, 64, 64, 3))
-    params = xla_options.jit_once(model.init)(jax.random.key(0), x)["params"]
+    params = random_variables(model, x)["params"]  # any parameters do: no init to compile
     apply = jax.jit(model.apply, static_argnames=("stop", "start", "train"))
     fc6 = apply({"params": params}, x, stop="prefix")
     assert fc6.shape == (3, 256) and bool((fc6 >= 0).all())  # after ReLU, before dropout
@@ -95,7 +96,7 @@ def test_fc6_halves_compose_to_the_whole_network_dropout_included(quick_compiles
 def test_dropout_only_in_training_mode(quick_compiles):
     model = TransferNet(num_classes=5, head_hidden=32, width=NARROW)
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
-    params = xla_options.jit_once(model.init)(jax.random.key(0), x)["params"]
+    params = random_variables(model, x)["params"]  # any parameters do: no init to compile
     apply = jax.jit(model.apply, static_argnames="train")
     eval_a = apply({"params": params}, x)
     eval_b = apply({"params": params}, x, train=False)
@@ -129,7 +130,7 @@ def test_dropout_is_inverted():
 def test_features_only_returns_fc7(quick_compiles):
     model = AlexNet(num_classes=10, width=NARROW)
     x = jnp.ones(SMALL)
-    params = xla_options.jit_once(model.init)(jax.random.key(0), x)["params"]
+    params = random_variables(model, x)["params"]  # any parameters do: no init to compile
     feats = jax.jit(model.apply, static_argnames="features_only")(
         {"params": params}, x, features_only=True
     )
@@ -144,7 +145,7 @@ def test_features_only_returns_fc7(quick_compiles):
 def test_bf16_compute_keeps_float32_params(quick_compiles):
     x = jax.random.normal(jax.random.key(1), SMALL)
     f32 = TransferNet(num_classes=4, width=NARROW)
-    params = xla_options.jit_once(f32.init)(jax.random.key(0), x)["params"]
+    params = random_variables(f32, x)["params"]  # any parameters do: no init to compile
     bf16 = TransferNet(num_classes=4, dtype=jnp.bfloat16, width=NARROW)
     params_bf16 = jax.eval_shape(bf16.init, jax.random.key(0), x)["params"]
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params_bf16))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from tests.helpers import random_variables
 from voc_jax import optim, steps, xla_options
 from voc_jax.models import common
 from voc_jax.models.transfer import TransferHead, TransferNet
@@ -33,7 +34,7 @@ def test_jitted_function_has_no_ynn_convolution_and_keeps_ynn_dots(monkeypatch):
     monkeypatch.delenv(xla_options.SWITCH, raising=False)
     model = TransferNet(width=1 / 16, head_hidden=32)
     x = jnp.ones((2, 64, 64, 3))
-    params = xla_options.jit_once(model.init)(jax.random.key(0), x)["params"]
+    params = random_variables(model, x)["params"]  # the compiled program is the point
 
     def loss(p):
         return model.apply({"params": p}, x).sum()
