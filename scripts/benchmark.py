@@ -642,6 +642,9 @@ def bench_e2e(records, config, args) -> list[dict]:
             pending.append(metrics)  # fetched at log steps only, as voc_jax.train does
         jax.device_get(pending)
         wall = time.perf_counter() - start
+        # The last batch's arrays may be the workers' shared memory itself (a CPU device_put
+        # need not copy): dropped before ``iterating`` waits for their unlinking.
+        del batch
     return [
         {
             "section": "e2e",
