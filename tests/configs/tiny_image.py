@@ -23,7 +23,7 @@ def get_config(arg: str = "resnet26,frozen") -> ml_collections.ConfigDict:
     c.data.synthetic.max_side = 150
     c.data.check_images = "sizes"
     c.data.workers = 0
-    c.checkpoint.every_steps = 1
+    c.checkpoint.every_steps = 3  # one save mid-epoch (step 3), besides the epochs' ends
     c.checkpoint.max_to_keep = 10
     c.eval.plots = False
     return c
