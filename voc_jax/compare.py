@@ -403,7 +403,7 @@ def load_real_splits(voc: Path, images: int = 0, classes: Sequence[str] = VOC_CL
                 f"{voc / 'ImageSets' / 'Main' / (split + '.txt')}: {len(stray)} image(s) not in "
                 f"trainval.txt (first: {stray[0]}); train and val must be parts of trainval"
             )
-        splits[split] = [by_id[i] for i in ids if i in by_id]  # all of them, without images
+        splits[split] = [by_id[i] for i in ids if i in by_id]  # with images: those read
     return splits | loaded
 
 
